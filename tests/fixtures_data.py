@@ -1,0 +1,1 @@
+"""Data fixtures: synthetic EmoSet trees and the official label map."""

@@ -1,0 +1,1 @@
+"""Model fixtures: tiny ViT and CLIP backbones saved to a temporary folder."""
