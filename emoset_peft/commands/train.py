@@ -1,0 +1,35 @@
+"""``emoset-peft train --config RECIPE.yaml [key=value ...]``: one training run.
+
+Runs the same code under ``accelerate launch -m emoset_peft train ...`` on many processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train one adapter from a recipe",
+        description="Train one adapter. Example: emoset-peft train --config recipes/vit_lora.yaml "
+        "data.root=/data/EmoSet-118K output_dir=runs/vit_lora train.lr=1e-3",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML recipe (see recipes/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.lr=3e-4 model.options.r=16")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from emoset_peft.config import load_config
+    from emoset_peft.engine.recipe import train
+
+    config = load_config(args.config, args.overrides)
+    metrics = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    test = metrics["test"]
+    print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  "
+          f"({metrics['trainable_params']:,} trainable parameters) -> {config.output_dir}")
+    return 0

@@ -1,0 +1,273 @@
+"""Typed run configuration: YAML recipe + dotted ``key=value`` overrides -> a frozen config.
+
+A recipe is a YAML file with the sections below (``data``, ``model``, ``train``) plus top-level
+run keys. Overrides on the command line use dotted paths (``train.lr=3e-4``,
+``model.options.r=16``). Unknown keys are errors that name the key and the closest valid ones;
+values are converted to the field's type. The resolved config is written into every run folder
+(``config.yaml``) and hashed so that a resume can check it is continuing the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emoset_peft.errors import EmoSetError
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # EmoSet root (the folder with train.json); required
+    per_class: int | str = 16  # training images per class; "all" = the whole train split
+    fraction: float | None = None  # alternative to per_class: this share of each class
+    data_seed: int = 0  # picks the subset; separate from train.seed on purpose
+    selection_per_class: int | None = 20  # model-selection images per class from validation; None = all
+    test_limit_per_class: int | None = None  # None = the whole test split (what papers report)
+    skip_corrupt: bool = True  # skip undecodable images (counted in metrics.json) instead of failing
+    skip_missing: bool = False  # skip records whose files are missing instead of failing
+    cache_dir: str | None = None  # index and decoded-image caches; default ~/.cache/emoset_peft
+    decode_workers: int = 2  # threads decoding JPEGs into the cache (PIL releases the GIL)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "google/vit-base-patch16-224-in21k"  # Hub id or local folder
+    method: str = "lora"
+    options: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {r: 16, alpha: 32}
+    targets: list[str] | None = None  # roles: q, k, v, out, mlp_in, mlp_out; None = method default
+    layers: list[int] | None = None  # restrict adapters to these layers; None = all
+    quantize: str | None = None  # "8bit" | "4bit" (bitsandbytes)
+    gradient_checkpointing: bool = False
+    head_init: str | None = None  # "text": CLIP head from the zero-shot text embeddings
+    frozen_dtype: str = "auto"  # "auto": frozen base weights in bf16 when training in bf16
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    head_lr: float | None = None  # None = same as lr
+    weight_decay: float = 0.01
+    batch_size: int = 32  # images per process per micro-batch (capped by the subset size)
+    eval_batch_size: int = 128
+    epochs: float = 30.0  # passes over the subset; the step budget is max(min_steps, epochs * n / batch)
+    min_steps: int = 60  # so that k=1 (8 images) still trains sensibly
+    max_steps: int | None = None  # hard cap (or exact budget when epochs=0)
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    label_smoothing: float = 0.1
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    seed: int = 0  # training randomness (init, dropout, augmentation)
+    eval_every: int | None = None  # steps between selection evals; None = ~10 evals per run
+    patience: int | None = None  # stop after this many evals without improvement; None = never
+    select_metric: str = "accuracy"  # validation metric used to pick the checkpoint
+    checkpoint_every: int | None = None  # steps between resumable checkpoints; None = none
+    keep_checkpoints: int = 2
+    report_to: str = "none"  # "none" | "tensorboard" | "wandb" | comma-separated
+    compile: bool = False  # torch.compile the model (the first steps are slow while it compiles)
+    deterministic: bool = False  # torch deterministic algorithms (for exact resume checks)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/run"
+    overwrite: bool = False  # replace an existing run folder
+    resume: bool = False  # continue an existing run folder from its latest checkpoint
+    cpu: bool = False  # force the CPU even when a GPU is present
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the result (not where it goes or how it resumes)."""
+        content = self.to_dict()
+        for key in ("output_dir", "overwrite", "resume"):
+            content.pop(key)
+        blob = json.dumps(content, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- building configs ---------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML recipe (optional), apply dotted overrides, and validate into a RunConfig."""
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        raw = _deep_merge(raw, read_yaml(path))
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return from_dict(RunConfig, raw, where="config")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise EmoSetError(f"recipe {path} does not exist; pass the path of a YAML recipe (see recipes/)")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise EmoSetError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(content, dict):
+        raise EmoSetError(f"recipe {path} must be a mapping of sections (data, model, train)")
+    return content
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    Path(path).write_text(f"# resolved config, fingerprint {config.fingerprint()}\n{text}")
+
+
+def parse_value(text: str) -> Any:
+    """``key=value`` values are YAML scalars/lists: 3e-4, true, null, [q, v], {r: 8}."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise EmoSetError(f"override {item!r} is not key=value (for example train.lr=3e-4)")
+    dotted, text = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise EmoSetError(f"override {item!r}: {key} is not a section")
+    node[keys[-1]] = parse_value(text)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(cls: type, raw: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``raw``, checking every key and converting every value."""
+    if not isinstance(raw, dict):
+        raise EmoSetError(f"{where} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise EmoSetError(
+                f"unknown key {where}.{key}{hint} (valid keys: {', '.join(fields)})"
+            )
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value or {}, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except EmoSetError as err:
+                errors.append(str(err))
+        raise EmoSetError(errors[0] if len(errors) == 1 else
+                          f"{where}={value!r} fits none of {_type_name(hint)}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = [value]  # train.targets=q is a one-item list
+        if not isinstance(value, list):
+            raise EmoSetError(f"{where} must be a list, got {value!r}")
+        return [_convert(v, item, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise EmoSetError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise EmoSetError(f"{where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise EmoSetError(f"{where} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise EmoSetError(f"{where} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise EmoSetError(f"{where} must be a string, got {value!r}")
+    raise EmoSetError(f"{where}: unsupported type {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+CHOICES = {
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "model.quantize": (None, "8bit", "4bit"),
+    "model.frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.select_metric": ("accuracy", "macro_f1", "balanced_accuracy", "loss"),
+}
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Checks across fields that types alone cannot express."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise EmoSetError(f"{dotted}={value!r} is not one of {', '.join(map(str, allowed))}")
+    per_class = config.data.per_class
+    if isinstance(per_class, str) and per_class != "all":
+        raise EmoSetError(f"data.per_class={per_class!r} must be a number of images or 'all'")
+    if isinstance(per_class, int) and per_class < 0:
+        raise EmoSetError(f"data.per_class={per_class} must be >= 0")
+    for key in ("batch_size", "eval_batch_size", "grad_accum", "min_steps"):
+        if getattr(config.train, key) < 1 and key != "min_steps":
+            raise EmoSetError(f"train.{key} must be >= 1")
+    if config.train.lr <= 0:
+        raise EmoSetError(f"train.lr={config.train.lr} must be > 0")
+    if not config.data.root:
+        raise EmoSetError("data.root is not set: pass data.root=/path/to/EmoSet-118K")
+    if config.overwrite and config.resume:
+        raise EmoSetError("overwrite=true and resume=true contradict each other; pick one")
+    return config

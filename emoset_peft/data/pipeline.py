@@ -1,0 +1,282 @@
+"""From dataset rows to model batches: decode each image once, augment whole batches as tensors.
+
+Decoding a web JPEG costs more than a small ViT's forward pass on a GPU, and a low-data study
+revisits the same few hundred images for hundreds of steps and dozens of cells. So each image is
+decoded once per cache key into a uint8 square at ``R = image_size / 0.875`` pixels (256 for 224:
+the standard eval resize), stored in a memory-mapped ``.npy`` under the cache folder and shared by
+epochs, cells and processes. From there:
+
+- eval = centre crop ``image_size`` of that square  == Resize(R) + CenterCrop(image_size);
+- train = RandomResizedCrop(image_size) + horizontal flip on the square, done per batch on the
+  device the model is on, from a generator seeded by (seed, step): a batch is a pure function of
+  its step number, which makes resume exact and multi-process sharding trivial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from tqdm.auto import tqdm
+
+from emoset_peft.data.images import CorruptImageError, open_image
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the decoded layout changes
+EVAL_CROP_RATIO = 0.875  # image_size / resize size, e.g. 224 / 256
+SLICE_ATTRIBUTES = ("facial_expression", "brightness", "scene", "human_action")
+
+
+def cache_resolution(image_size: int) -> int:
+    """Side of the cached square: the eval resize, which also leaves a margin for train crops."""
+    return int(round(image_size / EVAL_CROP_RATIO))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EMOSET_PEFT_CACHE", Path.home() / ".cache" / "emoset_peft"))
+
+
+@dataclass
+class DecodedImages:
+    """One split's images decoded to uint8 squares, with what metrics need beside them."""
+
+    pixels: np.ndarray  # uint8 [N, R, R, 3], usually a read-only memmap
+    labels: np.ndarray  # int64 [N]
+    image_ids: list[str]
+    attributes: dict[str, list] = field(default_factory=dict)  # column -> N values, for slices
+    skipped: list[str] = field(default_factory=list)  # image paths that could not be decoded
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def decode_split(split, image_size: int, *, cache_dir: str | Path | None = None,
+                 skip_corrupt: bool = True, workers: int = 2, desc: str = "decoding",
+                 show_progress: bool = True) -> DecodedImages:
+    """Decode every image of a ``datasets`` split once (or load the cached result).
+
+    The cache key covers the image paths with their sizes and mtimes and the resolution, so an
+    image replaced on disk is decoded again. A corrupt image raises ``CorruptImageError`` naming
+    its path, or with ``skip_corrupt`` is left out and listed in ``skipped``.
+    """
+    resolution = cache_resolution(image_size)
+    paths = [_image_path(row) for row in split.select_columns("image").cast_column(
+        "image", _undecoded_image_feature())["image"]]
+    key = _cache_key(paths, resolution)
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    folder = folder / "decoded"
+    array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+
+    if array_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        pixels = np.load(array_path, mmap_mode="r")
+    else:
+        pixels, meta = _decode_to_cache(paths, resolution, array_path, meta_path,
+                                        workers=workers, desc=desc, show_progress=show_progress)
+    failed = {int(i): reason for i, reason in meta["failed"].items()}
+    if failed and not skip_corrupt:
+        index, reason = next(iter(sorted(failed.items())))
+        raise CorruptImageError(
+            f"{len(failed)} image(s) in this split cannot be decoded, first: {reason} "
+            "(set data.skip_corrupt=true to leave them out)"
+        )
+    keep = np.array([i for i in range(len(paths)) if i not in failed], dtype=np.int64)
+    if failed:
+        log.warning("skipped %d undecodable image(s), e.g. %s", len(failed),
+                    next(iter(failed.values())))
+    labels = np.asarray(split["label"], dtype=np.int64)[keep]
+    ids = split["image_id"]
+    attributes = {name: [split[name][i] for i in keep] for name in SLICE_ATTRIBUTES
+                  if name in split.column_names}
+    pixels = pixels if len(keep) == len(paths) else pixels[keep]  # copy only when something failed
+    return DecodedImages(pixels=pixels, labels=labels, image_ids=[ids[i] for i in keep],
+                         attributes=attributes, skipped=[paths[i] for i in sorted(failed)])
+
+
+def _undecoded_image_feature():
+    import datasets
+
+    return datasets.Image(decode=False)
+
+
+def _image_path(image_field) -> str:
+    path = image_field.get("path") if isinstance(image_field, dict) else None
+    if not path:
+        raise ValueError("image column rows must carry a file path (load the split with load_emoset)")
+    return path
+
+
+def _cache_key(paths: Sequence[str], resolution: int) -> str:
+    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{resolution}".encode())
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}:missing\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode_to_cache(paths, resolution, array_path: Path, meta_path: Path, *, workers, desc,
+                     show_progress):
+    array_path.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename at the end: a killed process leaves only a temp file.
+    tmp_array = array_path.with_name(f".{array_path.stem}.{os.getpid()}.tmp.npy")
+    pixels = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint8,
+                                       shape=(len(paths), resolution, resolution, 3))
+    failed: dict[int, str] = {}
+
+    def work(index: int) -> None:
+        try:
+            pixels[index] = decode_square(paths[index], resolution)
+        except CorruptImageError as err:
+            failed[index] = str(err)
+            pixels[index] = 0
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, unit="img",
+                  disable=not show_progress, leave=False))
+    pixels.flush()
+    del pixels
+    meta = {"format": CACHE_FORMAT, "resolution": resolution, "count": len(paths),
+            "failed": {str(i): reason for i, reason in sorted(failed.items())}}
+    os.replace(tmp_array, array_path)
+    tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, meta_path)
+    return np.load(array_path, mmap_mode="r"), meta
+
+
+def decode_square(path: str, resolution: int) -> np.ndarray:
+    """Resize the shorter side to ``resolution`` and centre-crop a square: uint8 [R, R, 3]."""
+    image = open_image(path, draft_size=(resolution, resolution))
+    width, height = image.size
+    scale = resolution / min(width, height)
+    new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    image = image.resize(new_size, Image.BILINEAR, reducing_gap=3.0)
+    left = (new_size[0] - resolution) // 2
+    top = (new_size[1] - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    return np.asarray(image, dtype=np.uint8)
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+class Normalizer:
+    """uint8 NHWC batch -> normalised float NCHW on the model's device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+        self.device = device
+
+    def to_nchw(self, pixels: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.permute(0, 3, 1, 2)  # NHWC -> NCHW, still uint8
+
+    def __call__(self, batch_uint8_nchw: torch.Tensor) -> torch.Tensor:
+        return (batch_uint8_nchw.float() - self.mean) / self.std
+
+
+def center_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = batch.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return batch[..., top:top + size, left:left + size]
+
+
+def random_resized_crop_flip(batch: torch.Tensor, size: int, generator: torch.Generator,
+                             scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """torchvision's RandomResizedCrop(size) + RandomHorizontalFlip, per image, on a batch."""
+    count, _, height, width = batch.shape
+    area = height * width
+    out = []
+    # 10 attempts x (scale, aspect, top, left) uniforms, drawn up front from the step's generator.
+    draws = torch.rand(count, 10, 4, generator=generator).tolist()
+    flips = torch.rand(count, generator=generator).tolist()
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for index in range(count):
+        top, left, crop_h, crop_w = 0, 0, height, width  # fallback: the whole square
+        for u_scale, u_ratio, u_top, u_left in draws[index]:
+            target_area = area * (scale[0] + u_scale * (scale[1] - scale[0]))
+            aspect = math.exp(log_ratio[0] + u_ratio * (log_ratio[1] - log_ratio[0]))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top, left = int(u_top * (height - h + 1)), int(u_left * (width - w + 1))
+                crop_h, crop_w = h, w
+                break
+        crop = TF.resized_crop(batch[index], top, left, crop_h, crop_w, [size, size],
+                               antialias=True)
+        out.append(TF.horizontal_flip(crop) if flips[index] < 0.5 else crop)
+    return torch.stack(out)
+
+
+class TrainStream:
+    """Step-indexed training batches over a small subset, the same on every process.
+
+    The global batch of ``batch_size * world_size`` indices for step ``s`` comes from a chain of
+    seeded permutations of the subset (every image once per pass, no dropped remainder; a pass
+    may span two steps). Process ``rank`` takes its slice. A batch is a pure function of
+    ``(seed, step)``, so resuming at step s needs no skipping, only ``batch(s)``.
+    """
+
+    def __init__(self, images: DecodedImages, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if len(images) == 0:
+            raise ValueError("the training subset is empty")
+        # With 8 images and batch 32, a batch holds each image once rather than 4 times.
+        self.per_process = max(1, min(batch_size, len(images) // world_size or 1))
+        self.images, self.seed, self.rank, self.world = images, seed, rank, world_size
+        self.global_batch = self.per_process * world_size
+
+    def indices(self, step: int) -> np.ndarray:
+        n = len(self.images)
+        start = step * self.global_batch
+        first_pass, offset = divmod(start, n)
+        chunks, need, pass_index = [], self.global_batch, first_pass
+        while need > 0:
+            order = np.random.default_rng([self.seed, pass_index]).permutation(n)
+            take = order[offset:offset + need]
+            chunks.append(take)
+            need -= len(take)
+            offset, pass_index = 0, pass_index + 1
+        batch = np.concatenate(chunks)
+        return batch[self.rank * self.per_process:(self.rank + 1) * self.per_process]
+
+    def batch(self, step: int, normalizer: Normalizer, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = np.sort(self.indices(step))  # sorted reads are kinder to a memmap
+        raw = normalizer.to_nchw(self.images.pixels[index])
+        generator = torch.Generator(device="cpu").manual_seed(
+            int(np.random.default_rng([self.seed, step, self.rank, 7]).integers(2**62)))
+        crops = random_resized_crop_flip(raw, image_size, generator)
+        labels = torch.from_numpy(self.images.labels[index]).to(normalizer.device)
+        return normalizer(crops), labels
+
+
+def eval_batches(images: DecodedImages, batch_size: int, normalizer: Normalizer, image_size: int,
+                 rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's share of an eval split: (global indices, normalised centre crops).
+
+    Shards are contiguous ranges, so under N processes every image is evaluated exactly once.
+    """
+    bounds = np.linspace(0, len(images), world_size + 1).astype(int)
+    start, stop = bounds[rank], bounds[rank + 1]
+    for first in range(start, stop, batch_size):
+        index = np.arange(first, min(first + batch_size, stop))
+        raw = normalizer.to_nchw(images.pixels[index])
+        yield torch.from_numpy(index), normalizer(center_crop(raw, image_size))

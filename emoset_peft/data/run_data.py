@@ -1,0 +1,72 @@
+"""The three image sets one run needs, decoded once: training subset, selection set, test set.
+
+Every process computes the same subsets from the data seed (the subset functions are
+deterministic by construction); ``subset_digest`` lets the trainer check that across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from emoset_peft.config import DataConfig
+from emoset_peft.data.pipeline import DecodedImages, decode_split
+
+
+@dataclass
+class RunData:
+    class_names: list[str]
+    train: DecodedImages | None  # None for zero-shot (k = 0)
+    selection: DecodedImages
+    test: DecodedImages
+    train_manifest: dict[str, Any] | None
+
+
+def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]:
+    """(train subset or None, selection set, test set, train manifest) as ``datasets`` splits."""
+    from emoset_peft.data.subsets import low_data_subset, selection_subset, subset_manifest
+
+    train = emoset["train"]
+    if data.fraction is not None:
+        args = {"fraction": data.fraction, "seed": data.data_seed}
+        train = low_data_subset(train, **args)
+    elif data.per_class == "all":
+        args = {"per_class": "all", "seed": data.data_seed}
+    elif data.per_class == 0:
+        train, args = None, {"per_class": 0}
+    else:
+        args = {"per_class": int(data.per_class), "seed": data.data_seed}
+        train = low_data_subset(train, **args)
+    manifest = subset_manifest(train, split="train", **args) if train is not None else None
+
+    selection = emoset["validation"]
+    if data.selection_per_class is not None:
+        selection = selection_subset(selection, per_class=data.selection_per_class,
+                                     seed=data.data_seed)
+    test = emoset["test"]
+    if data.test_limit_per_class is not None:
+        test = low_data_subset(test, per_class=data.test_limit_per_class, seed=0, allow_fewer=True)
+    return train, selection, test, manifest
+
+
+def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
+                  show_progress: bool = True) -> RunData:
+    """Load EmoSet (unless given), pick the subsets and decode them (cached across runs)."""
+    if emoset is None:
+        from emoset_peft.data.emoset import load_emoset
+
+        emoset = load_emoset(data.root, cache_dir=data.cache_dir, skip_missing=data.skip_missing)
+    train, selection, test, manifest = select_splits(data, emoset)
+
+    def decode(split, desc):
+        return decode_split(split, image_size, cache_dir=data.cache_dir,
+                            skip_corrupt=data.skip_corrupt, workers=data.decode_workers,
+                            desc=desc, show_progress=show_progress)
+
+    return RunData(
+        class_names=list(emoset["train"].features["label"].names),
+        train=decode(train, "decoding train") if train is not None else None,
+        selection=decode(selection, "decoding validation"),
+        test=decode(test, "decoding test"),
+        train_manifest=manifest,
+    )

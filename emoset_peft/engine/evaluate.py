@@ -1,0 +1,65 @@
+"""Evaluation across processes: every image is scored exactly once, results are in split order."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from emoset_peft.data.pipeline import DecodedImages, Normalizer, eval_batches
+
+
+@torch.inference_mode()
+def predict_probs(model, images: DecodedImages, accelerator, normalizer: Normalizer,
+                  image_size: int, batch_size: int) -> np.ndarray:
+    """Softmax probabilities [N, C] for the whole split, identical on every process.
+
+    Each process scores a contiguous shard; shards are padded to equal length (index -1),
+    gathered, and put back in split order, so N processes give the 1-process result.
+    """
+    model = accelerator.unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    indices, logits = [], []
+    for index, pixels in eval_batches(images, batch_size, normalizer, image_size,
+                                      accelerator.process_index, accelerator.num_processes):
+        with accelerator.autocast():
+            out = model(pixel_values=pixels).logits
+        indices.append(index.to(accelerator.device))
+        logits.append(out.float())
+    model.train(was_training)
+    num_classes = _num_classes(model)
+    local_index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long,
+                                                                 device=accelerator.device)
+    local_logits = (torch.cat(logits) if logits else
+                    torch.empty(0, num_classes, device=accelerator.device))
+    if accelerator.num_processes > 1:
+        local_index = accelerator.pad_across_processes(local_index, pad_index=-1)
+        local_logits = accelerator.pad_across_processes(local_logits, pad_index=0)
+        local_index = accelerator.gather(local_index)
+        local_logits = accelerator.gather(local_logits)
+    keep = local_index >= 0
+    order = torch.argsort(local_index[keep])
+    probs = torch.softmax(local_logits[keep][order], dim=-1).cpu().numpy()
+    if len(probs) != len(images):
+        raise RuntimeError(f"evaluation scored {len(probs)} images, expected {len(images)}")
+    return probs
+
+
+def _num_classes(model) -> int:
+    config = getattr(model, "config", None)
+    labels = getattr(config, "id2label", None) if config is not None else None
+    return len(labels) if labels else 8
+
+
+def evaluate(model, images: DecodedImages, class_names, accelerator, normalizer, image_size,
+             batch_size) -> tuple[dict, np.ndarray]:
+    """(metrics dict, probabilities) for one split."""
+    from emoset_peft.engine.metrics import classification_metrics
+
+    probs = predict_probs(model, images, accelerator, normalizer, image_size, batch_size)
+    metrics = classification_metrics(probs, images.labels, class_names,
+                                     attributes=images.attributes or None)
+    # Cross-entropy of the predictions, for selection by loss and for the log.
+    picked = probs[np.arange(len(probs)), images.labels]
+    metrics["loss"] = float(-np.log(np.clip(picked, 1e-12, None)).mean()) if len(probs) else 0.0
+    return metrics, probs

@@ -1,0 +1,209 @@
+"""One training run, start to finish: setup -> fit on the subset -> select on val -> test once -> save.
+
+``train(config)`` is what ``emoset-peft train`` and ``accelerate launch -m emoset_peft train``
+run, and what research code calls. It returns the metrics dict it writes to metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from emoset_peft.config import RunConfig, save_config, validate
+from emoset_peft.data.pipeline import Normalizer
+from emoset_peft.data.run_data import RunData, load_run_data
+from emoset_peft.engine.evaluate import evaluate
+from emoset_peft.engine.run_dir import prepare_run_dir
+from emoset_peft.engine.trainer import FitResult, fit, step_budget
+from emoset_peft.errors import EmoSetError
+from emoset_peft.utils.io import atomic_write_json
+from emoset_peft.utils.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+
+def make_accelerator(config: RunConfig, project_dir: Path | None = None):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    trackers = [t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")]
+    return Accelerator(
+        cpu=config.cpu,
+        mixed_precision=config.train.mixed_precision,
+        log_with=trackers or None,
+        project_dir=str(project_dir) if project_dir else None,
+        # A CLIP model keeps parameters that a vision-only loss never reaches (text tower,
+        # zero-shot scale); DDP must not wait for their gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def frozen_dtype(config: RunConfig) -> torch.dtype | None:
+    """Store frozen base weights in bf16/fp16 (autocast would cast them every step anyway)."""
+    name = config.model.frozen_dtype
+    if name == "auto":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
+    return None if name == "float32" else getattr(torch, name)
+
+
+def cast_frozen_weights(model, dtype: torch.dtype | None) -> None:
+    if dtype is None:
+        return
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def build_run_model(config: RunConfig, class_names, total_steps: int | None = None, backbone=None):
+    from emoset_peft.models import build_model
+
+    m = config.model
+    model = build_model(
+        backbone if backbone is not None else m.backbone, m.method, num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)), targets=m.targets, layers=m.layers,
+        quantize=m.quantize, gradient_checkpointing=m.gradient_checkpointing,
+        total_steps=total_steps, head_init=m.head_init, **m.options)
+    if m.quantize is None:
+        cast_frozen_weights(model, frozen_dtype(config))
+    return model
+
+
+def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path | None,
+                 resume_from: Path | None = None, backbone=None,
+                 show_progress: bool = True) -> dict:
+    """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics."""
+    from emoset_peft.models import count_parameters, input_spec
+
+    torch.manual_seed(config.train.seed)  # head init and dropout; the data seed is separate
+    if config.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    total_steps = None
+    if data.train is not None:
+        batch = max(1, min(config.train.batch_size, len(data.train) // accelerator.num_processes or 1))
+        total_steps = step_budget(len(data.train), batch, accelerator.num_processes, config.train)
+    model = build_run_model(config, data.class_names, total_steps, backbone=backbone)
+    spec = input_spec(model)
+    model.to(accelerator.device)
+    normalizer = Normalizer(spec.mean, spec.std, accelerator.device)
+    trainable, total = count_parameters(model)
+
+    if data.train is None or config.model.method == "zeroshot":
+        if config.model.method != "zeroshot":
+            raise EmoSetError("data.per_class=0 trains on no images: only model.method=zeroshot fits")
+        validation, _ = evaluate(model, data.selection, data.class_names, accelerator, normalizer,
+                                 spec.image_size, config.train.eval_batch_size)
+        result = FitResult(steps=0, best_step=0, best_validation=validation, train_seconds=0.0,
+                           stopped_early=False)
+    else:
+        result = fit(model, data, config.train, accelerator, normalizer, spec.image_size,
+                     out_dir=out_dir, resume_from=resume_from, show_progress=show_progress)
+
+    started = time.perf_counter()
+    test, test_probs = evaluate(model, data.test, data.class_names, accelerator, normalizer,
+                                spec.image_size, config.train.eval_batch_size)
+    eval_seconds = time.perf_counter() - started
+    metrics = {
+        "test": test,
+        "validation": result.best_validation,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_images": len(data.train) if data.train is not None else 0,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.train_seconds, 3),
+        "test_eval_seconds": round(eval_seconds, 3),
+        "skipped_images": {name: len(images.skipped) for name, images in
+                           (("train", data.train), ("validation", data.selection),
+                            ("test", data.test)) if images is not None},
+        "num_processes": accelerator.num_processes,
+        "config_fingerprint": config.fingerprint(),
+    }
+    if out_dir is not None and accelerator.is_main_process:
+        from emoset_peft.engine.metrics import write_predictions
+
+        accelerator.unwrap_model(model).save_pretrained(str(out_dir / "adapter"))
+        write_predictions(out_dir / "predictions_test.csv", data.test.image_ids, data.test.labels,
+                          test_probs, data.class_names)
+        atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def train(config: RunConfig, *, show_progress: bool = True) -> dict:
+    """Run one training job as configured; returns the metrics written to metrics.json."""
+    validate(config)
+    out_dir, resume_from = prepare_run_dir_on_main(config)
+    accelerator = make_accelerator(config, out_dir)
+    if accelerator.is_main_process:
+        save_config(config, out_dir / "config.yaml")
+        atomic_write_json(out_dir / "provenance.json", provenance())
+    if accelerator.log_with:
+        accelerator.init_trackers("emoset-peft", config=_flat(config.to_dict()))
+
+    image_size = backbone_image_size(config.model.backbone)
+    with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
+        data = load_run_data(config.data, image_size,
+                             show_progress=show_progress and accelerator.is_main_process)
+    _check_same_subset(accelerator, data)
+    if data.train_manifest and accelerator.is_main_process:
+        atomic_write_json(out_dir / "train_manifest.json", data.train_manifest)
+    metrics = run_training(config, data, accelerator, out_dir=out_dir, resume_from=resume_from,
+                           show_progress=show_progress)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        log.info("test accuracy %.4f, macro-F1 %.4f -> %s", metrics["test"]["accuracy"],
+                 metrics["test"]["macro_f1"], out_dir / "metrics.json")
+    return metrics
+
+
+def backbone_image_size(backbone: str) -> int:
+    """The input resolution from the backbone's config alone (the data is decoded before the
+    model is built, since AdaLoRA's schedule needs the subset size)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(backbone)
+    except OSError as err:
+        raise EmoSetError(f"cannot load backbone {backbone!r}: {err}") from None
+    vision = getattr(config, "vision_config", None) or config
+    return int(vision.image_size)
+
+
+def prepare_run_dir_on_main(config: RunConfig):
+    """Only one process decides about the folder; under torchrun the others wait for it."""
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return prepare_run_dir(config)
+    out = Path(config.output_dir)
+    for _ in range(600):  # rank 0 creates the folder within seconds
+        if out.exists():
+            break
+        time.sleep(0.1)
+    from emoset_peft.engine.checkpoint import latest_checkpoint
+
+    return out, latest_checkpoint(out / "checkpoints") if config.resume else None
+
+
+def _check_same_subset(accelerator, data: RunData) -> None:
+    if accelerator.num_processes == 1 or data.train_manifest is None:
+        return
+    from accelerate.utils import gather_object
+
+    digests = gather_object([data.train_manifest["sha256"]])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"processes chose different training subsets: {digests}")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

@@ -1,0 +1,57 @@
+"""The run folder: what is in it, and the rule that an existing run is never overwritten silently.
+
+Layout of ``output_dir``:
+    config.yaml            resolved config (with its fingerprint)
+    provenance.json        versions, git commit, host, command line
+    train_manifest.json    the image ids this run trained on
+    checkpoints/           resumable states (``latest`` names the newest complete one)
+    adapter/               the trained adapter + head (a peft folder, or this toolkit's format)
+    metrics.json           validation (selected checkpoint) and test metrics, parameter counts
+    predictions_test.csv   image_id, label, prediction, one probability per emotion
+    log.jsonl              one line per evaluation
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from emoset_peft.config import RunConfig
+from emoset_peft.engine.checkpoint import latest_checkpoint
+from emoset_peft.errors import EmoSetError
+
+
+def prepare_run_dir(config: RunConfig) -> tuple[Path, Path | None]:
+    """Create or reuse the output folder. Returns (folder, checkpoint to resume from or None)."""
+    out = Path(config.output_dir)
+    occupied = out.exists() and any(out.iterdir())
+    if not occupied:
+        out.mkdir(parents=True, exist_ok=True)
+        return out, None
+    if config.overwrite:
+        if not (out / "config.yaml").exists():
+            raise EmoSetError(f"{out} is not empty and holds no emoset-peft run; refusing to delete "
+                              "it even with overwrite=true: pick another output_dir")
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+        return out, None
+    if not config.resume:
+        state = "a finished run" if (out / "metrics.json").exists() else "a run"
+        raise EmoSetError(f"{out} already holds {state}; pass resume=true to continue it, "
+                          "overwrite=true to replace it, or another output_dir")
+    if (out / "metrics.json").exists():
+        raise EmoSetError(f"{out} holds a finished run (metrics.json exists); nothing to resume. "
+                          "Pass overwrite=true to run it again")
+    saved = out / "config.yaml"
+    if saved.exists():
+        first_line = saved.read_text().splitlines()[0]
+        if config.fingerprint() not in first_line:
+            raise EmoSetError(f"{saved} was written by a different config; resume needs the same "
+                              "recipe and overrides (or pass overwrite=true)")
+    return out, latest_checkpoint(out / "checkpoints")
+
+
+def read_saved_config(out: Path) -> dict:
+    return yaml.safe_load((out / "config.yaml").read_text())
