@@ -1,0 +1,34 @@
+"""``emoset-peft study --config recipes/study/NAME.yaml [key=value ...]``: run a scaling study.
+
+Under ``accelerate launch --num_processes N -m emoset_peft study ...`` the cells are shared out.
+"""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "study", help="run a grid of method x images-per-class x seed, resumably",
+        description="Run a low-data scaling study. Example: emoset-peft study --config "
+        "recipes/study/vit_methods.yaml data.root=/data/EmoSet-118K seeds=[0,1,2]")
+    parser.add_argument("--config", help="YAML study recipe (see recipes/study/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="study keys (seeds=[0,1], per_class=[1,4]) or base recipe keys "
+                        "(data.root=..., train.lr=...)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from accelerate import PartialState
+
+    from emoset_peft.study.grid import load_study_config
+    from emoset_peft.study.runner import run_study
+
+    study = load_study_config(args.config, args.overrides)
+    out = run_study(study, show_progress=not args.no_progress)
+    if PartialState().is_main_process:
+        print(f"results: {out / 'results.csv'}")
+        if study.report:
+            print(f"report:  {out / 'report.md'}")
+    return 0

@@ -1,0 +1,92 @@
+"""A one-process stand-in for ``accelerate.Accelerator``, for study cells trained by one process.
+
+Under ``accelerate launch --num_processes N`` a study gives each process its own cells. The real
+Accelerator would wrap every model in DDP across all N processes, and a cell trained by one of
+them would wait forever for the others' gradients. This class offers the part of the Accelerator
+interface that the training loop uses, on this process's device alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from emoset_peft.errors import EmoSetError
+
+
+class SoloAccelerator:
+    process_index = 0
+    num_processes = 1
+    is_main_process = True
+    log_with = None
+
+    def __init__(self, device: torch.device, mixed_precision: str = "no"):
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+        self._scaler = (torch.amp.GradScaler(device.type)
+                        if mixed_precision == "fp16" else None)
+
+    def prepare(self, *objects):
+        prepared = []
+        for obj in objects:
+            if isinstance(obj, torch.nn.Module):
+                obj = obj.to(self.device)
+            elif self._scaler is not None and isinstance(obj, torch.optim.Optimizer):
+                self._optimizer = obj
+                obj = _ScaledOptimizer(obj, self._scaler)
+            prepared.append(obj)
+        return prepared[0] if len(prepared) == 1 else prepared
+
+    def autocast(self):
+        if self._dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self._scaler.scale(loss) if self._scaler else loss).backward()
+
+    def clip_grad_norm_(self, params, max_norm: float):
+        if self._scaler is not None:
+            self._scaler.unscale_(self._optimizer)  # clip the true gradients, not scaled ones
+        return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+
+    def unwrap_model(self, model):
+        return model
+
+    def no_sync(self, model):
+        return contextlib.nullcontext()
+
+    def register_for_checkpointing(self, *objects) -> None:
+        raise EmoSetError("train.checkpoint_every does not apply to study cells: a study resumes "
+                          "by skipping finished cells; remove it from the study's base recipe")
+
+    def log(self, values, step=None) -> None:
+        pass
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def end_training(self) -> None:
+        pass
+
+    def free_memory(self) -> None:
+        pass
+
+
+class _ScaledOptimizer:
+    """fp16: the scaler skips a step whose gradients overflowed and adapts its scale."""
+
+    def __init__(self, optimizer, scaler):
+        self.optimizer, self.scaler = optimizer, scaler
+
+    def step(self):
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)

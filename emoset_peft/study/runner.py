@@ -1,0 +1,217 @@
+"""Run a study's grid: every cell exactly once across processes, resumable, one CSV row per cell.
+
+- Under ``accelerate launch --num_processes N`` the small cells are dealt round-robin to the
+  processes, each training its cells alone; cells marked large (``large_per_class``) are trained
+  by all processes together with DDP, before the small ones.
+- Per process, EmoSet's index, the decoded images (via the on-disk cache) and the backbone are
+  loaded once and reused: every cell builds its adapter on a fresh copy of the loaded backbone,
+  so no cell can see another's weights.
+- A finished cell appends its row to ``results.csv`` (read, append, write a temp file, rename,
+  under a file lock); a rerun skips cells whose (name, config hash) is already there, so a kill
+  loses at most the cells in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import fcntl
+import io
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from emoset_peft.errors import EmoSetError
+from emoset_peft.study.grid import Cell, StudyConfig, expand, grid_fingerprint, shard
+from emoset_peft.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = (
+    "method", "per_class", "seed", "data_seed", "train_seed",
+    "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "test_valence_accuracy",
+    "test_top2_accuracy", "val_accuracy", "trainable_params", "total_params", "train_images",
+    "steps", "best_step", "train_seconds", "eval_seconds", "cell_seconds", "num_processes",
+    "config_hash", "run_dir",
+)
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def append_result(path: Path, row: dict) -> None:
+    """Append one row so that a kill at any moment leaves the previous complete file."""
+    with _locked(path.with_name(".results.lock")):
+        rows = read_results(path)
+        rows.append({key: row.get(key, "") for key in RESULT_COLUMNS})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class CellContext:
+    """What a process loads once and every cell reuses: EmoSet's index and the backbone."""
+
+    def __init__(self):
+        self._emoset = {}
+        self._backbones = {}
+
+    def emoset(self, data_cfg):
+        key = (data_cfg.root, data_cfg.cache_dir, data_cfg.skip_missing)
+        if key not in self._emoset:
+            from emoset_peft.data.emoset import load_emoset
+
+            self._emoset[key] = load_emoset(data_cfg.root, cache_dir=data_cfg.cache_dir,
+                                            skip_missing=data_cfg.skip_missing)
+        return self._emoset[key]
+
+    def fresh_backbone(self, model_cfg, num_labels: int):
+        """A private copy of the loaded backbone (copying memory is far cheaper than loading)."""
+        from emoset_peft.models import load_backbone
+
+        if model_cfg.quantize is not None:
+            return None  # quantized weights are built at load time: load per cell
+        key = (model_cfg.backbone, model_cfg.method == "zeroshot", num_labels)
+        if key not in self._backbones:
+            self._backbones[key] = load_backbone(model_cfg.backbone, num_labels=num_labels,
+                                                 with_text=model_cfg.method == "zeroshot"
+                                                 or model_cfg.head_init == "text")
+        return copy.deepcopy(self._backbones[key])
+
+
+def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
+             show_progress: bool) -> dict | None:
+    """Train and test one cell; returns its results row (on the process that writes it)."""
+    from emoset_peft.data.run_data import load_run_data
+    from emoset_peft.engine.recipe import backbone_image_size, run_training, save_config
+
+    started = time.perf_counter()
+    config = cell.config
+    out = Path(config.output_dir)
+    if accelerator.is_main_process:
+        shutil.rmtree(out, ignore_errors=True)  # a half-written cell from a killed run
+        out.mkdir(parents=True)
+        save_config(config, out / "config.yaml")
+    accelerator.wait_for_everyone()
+    emoset = context.emoset(config.data)
+    class_names = list(emoset["train"].features["label"].names)
+    data = load_run_data(config.data, backbone_image_size(config.model.backbone), emoset=emoset,
+                         show_progress=False)
+    backbone = context.fresh_backbone(config.model, len(class_names))
+    metrics = run_training(config, data, accelerator, out_dir=out, backbone=backbone,
+                           show_progress=show_progress)
+    if not accelerator.is_main_process:
+        return None
+    test, validation = metrics["test"], metrics["validation"]
+    return {
+        "method": cell.method, "per_class": cell.per_class, "seed": cell.seed,
+        "data_seed": config.data.data_seed, "train_seed": config.train.seed,
+        "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_valence_accuracy": test["valence_accuracy"],
+        "test_top2_accuracy": test["top2_accuracy"],
+        "val_accuracy": validation.get("accuracy", ""),
+        "trainable_params": metrics["trainable_params"], "total_params": metrics["total_params"],
+        "train_images": metrics["train_images"], "steps": metrics["steps"],
+        "best_step": metrics["best_step"], "train_seconds": metrics["train_seconds"],
+        "eval_seconds": metrics["test_eval_seconds"],
+        "cell_seconds": round(time.perf_counter() - started, 3),
+        "num_processes": metrics["num_processes"], "config_hash": cell.config_hash,
+        "run_dir": str(out.relative_to(study_dir)),
+    }
+
+
+def check_study_dir(study: StudyConfig, cells: list[Cell]) -> Path:
+    """Create the study folder, or check that an existing one holds this same grid."""
+    out = Path(study.output_dir)
+    marker = out / "study.yaml"
+    fingerprint = grid_fingerprint(cells)
+    if marker.exists():
+        saved = yaml.safe_load(marker.read_text()) or {}
+        if saved.get("grid_fingerprint") != fingerprint and not study.allow_grid_change:
+            raise EmoSetError(
+                f"{out} holds a study with a different grid (fingerprint "
+                f"{saved.get('grid_fingerprint')} != {fingerprint}); use another output_dir, or "
+                "pass allow_grid_change=true to keep its finished cells and run the rest")
+    elif out.exists() and any(out.iterdir()):
+        raise EmoSetError(f"{out} is not empty and holds no study; pick another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    content = {"grid_fingerprint": fingerprint, "cells": len(cells),
+               "study": {k: v for k, v in vars(study).items()}}
+    atomic_write_text(marker, yaml.safe_dump(content, sort_keys=False))
+    return out
+
+
+def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
+    """Run every unfinished cell of the grid; returns the study folder."""
+    from accelerate import PartialState
+
+    from emoset_peft.engine.recipe import make_accelerator
+    from emoset_peft.engine.solo import SoloAccelerator
+
+    state = PartialState()
+    cells = expand(study)
+    out = Path(study.output_dir)
+    if state.is_main_process:
+        check_study_dir(study, cells)
+    state.wait_for_everyone()
+    results_path = out / "results.csv"
+    done = {(row["method"], str(row["per_class"]), str(row["seed"]), row["config_hash"])
+            for row in read_results(results_path)}
+    todo = [c for c in cells if (c.method, str(c.per_class), str(c.seed), c.config_hash) not in done]
+    mine = [c for c in todo if c.large] + shard([c for c in todo if not c.large],
+                                                state.process_index, state.num_processes)
+    if state.is_main_process:
+        log.info("study %s: %d cells, %d finished, %d to run on %d process(es)", out, len(cells),
+                 len(cells) - len(todo), len(todo), state.num_processes)
+    context = CellContext()
+    bar = tqdm(total=len(mine), desc=f"study (rank {state.process_index})" if
+               state.num_processes > 1 else "study", unit="cell", disable=not show_progress,
+               position=0)
+    for cell in mine:
+        bar.set_postfix_str(cell.name)
+        if cell.large:
+            accelerator = make_accelerator(cell.config)
+        else:
+            accelerator = SoloAccelerator(state.device if not cell.config.cpu else
+                                          _cpu_device(), cell.config.train.mixed_precision)
+        row = run_cell(cell, accelerator, context, out, show_progress)
+        accelerator.free_memory()
+        if row is not None:
+            append_result(results_path, row)
+        bar.update(1)
+    bar.close()
+    state.wait_for_everyone()
+    if study.report and state.is_main_process:
+        from emoset_peft.study.report import write_report
+
+        write_report(out)
+    return out
+
+
+def _cpu_device():
+    import torch
+
+    return torch.device("cpu")
