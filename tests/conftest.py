@@ -1,4 +1,13 @@
 """Fixtures shared by the suite live in fixtures_*.py (one module per area) and are imported here."""
 
-from fixtures_data import *  # noqa: F401,F403
-from fixtures_models import *  # noqa: F401,F403
+import os
+import tempfile
+
+# Caches (EmoSet index, decoded images) go to a throwaway folder, never the user's ~/.cache.
+os.environ.setdefault("EMOSET_PEFT_CACHE", tempfile.mkdtemp(prefix="emoset-peft-test-cache-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fixtures_data import *  # noqa: E402,F401,F403
+from fixtures_models import *  # noqa: E402,F401,F403
+from fixtures_train import *  # noqa: E402,F401,F403

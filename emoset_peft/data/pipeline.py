@@ -161,7 +161,7 @@ def _decode_to_cache(paths, resolution, array_path: Path, meta_path: Path, *, wo
 
 def decode_square(path: str, resolution: int) -> np.ndarray:
     """Resize the shorter side to ``resolution`` and centre-crop a square: uint8 [R, R, 3]."""
-    image = open_image(path, draft_size=(resolution, resolution))
+    image = open_image(path)
     width, height = image.size
     scale = resolution / min(width, height)
     new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))

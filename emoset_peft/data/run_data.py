@@ -37,12 +37,14 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
     else:
         args = {"per_class": int(data.per_class), "seed": data.data_seed}
         train = low_data_subset(train, **args)
-    manifest = subset_manifest(train, split="train", **args) if train is not None else None
+    manifest = (subset_manifest(train, split_size=len(emoset["train"]), **args)
+                if train is not None else None)
 
     selection = emoset["validation"]
     if data.selection_per_class is not None:
+        # A small validation split (or class) gives all it has: selection needs no exact count.
         selection = selection_subset(selection, per_class=data.selection_per_class,
-                                     seed=data.data_seed)
+                                     seed=data.data_seed, allow_fewer=True)
     test = emoset["test"]
     if data.test_limit_per_class is not None:
         test = low_data_subset(test, per_class=data.test_limit_per_class, seed=0, allow_fewer=True)

@@ -27,6 +27,10 @@ def prepare_run_dir(config: RunConfig) -> tuple[Path, Path | None]:
     """Create or reuse the output folder. Returns (folder, checkpoint to resume from or None)."""
     out = Path(config.output_dir)
     occupied = out.exists() and any(out.iterdir())
+    if occupied and _never_got_going(out):
+        # An earlier attempt stopped before its first checkpoint: nothing in it can be lost.
+        shutil.rmtree(out)
+        occupied = False
     if not occupied:
         out.mkdir(parents=True, exist_ok=True)
         return out, None
@@ -51,6 +55,13 @@ def prepare_run_dir(config: RunConfig) -> tuple[Path, Path | None]:
             raise EmoSetError(f"{saved} was written by a different config; resume needs the same "
                               "recipe and overrides (or pass overwrite=true)")
     return out, latest_checkpoint(out / "checkpoints")
+
+
+def _never_got_going(out: Path) -> bool:
+    names = {path.name for path in out.iterdir()}
+    return bool(names) and names <= {"config.yaml", "provenance.json", "train_manifest.json",
+                                     "log.jsonl", "checkpoints"} and \
+        latest_checkpoint(out / "checkpoints") is None and (out / "config.yaml").exists()
 
 
 def read_saved_config(out: Path) -> dict:

@@ -101,6 +101,9 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
     if resume_from is not None:
         state, best_weights = load_checkpoint(accelerator, resume_from)
         log.info("resumed from %s at step %d", resume_from, state["step"])
+        if out_dir is not None and accelerator.is_main_process:  # drop evals after the checkpoint
+            (out_dir / "log.jsonl").write_text(
+                "".join(json.dumps(entry) + "\n" for entry in state["history"]))
 
     def select(step: int) -> bool:
         """Evaluate on the selection set; True when patience has run out."""

@@ -1,0 +1,53 @@
+"""Kill a run with SIGKILL after a checkpoint; resuming ends where the uninterrupted run ends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from emoset_peft.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def deterministic_run(tiny_run, name):
+    return tiny_run(name, **{"train.max_steps": 400, "train.min_steps": 400,
+                             "train.eval_every": 100, "train.checkpoint_every": 40,
+                             "train.deterministic": "true", "train.batch_size": 16})
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tiny_run, tmp_path):
+    assert main(["train", *deterministic_run(tiny_run, "straight")]) == 0
+
+    killed = tmp_path / "killed"
+    args = deterministic_run(tiny_run, "killed")
+    process = subprocess.Popen([sys.executable, "-m", "emoset_peft", "train", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not latest.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest.exists(), process.stderr.read().decode()[-3000:]
+    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
+
+    assert main(["train", *args, "resume=true"]) == 0
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert resumed["steps"] == straight["steps"] == 400
+    for key in ("accuracy", "macro_f1", "confusion_matrix"):
+        assert resumed["test"][key] == straight["test"][key]
+    assert resumed["best_step"] == straight["best_step"]
+    weights_a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    weights_b = load_file(str(killed / "adapter" / "adapter_model.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert (weights_a[key] == weights_b[key]).all(), key

@@ -1,0 +1,69 @@
+"""One training run through the CLI, in-process: files, metrics, selection, folder policy."""
+
+import json
+
+import pytest
+
+from emoset_peft.cli import main
+from emoset_peft.config import load_config
+from emoset_peft.engine.trainer import step_budget
+
+
+@pytest.mark.parametrize("backbone, method", [("vit", "lora"), ("clip", "lora"), ("vit", "ia3"),
+                                              ("clip", "zeroshot")])
+def test_cli_train_writes_a_complete_run(tiny_run, tiny_vit_dir, tiny_clip_dir, tmp_path, backbone,
+                                         method, capsys):
+    folder = tiny_vit_dir if backbone == "vit" else tiny_clip_dir
+    extra = {"model.method": method}
+    if method == "zeroshot":
+        extra["data.per_class"] = 0
+    assert main(["train", *tiny_run("run", backbone=folder, **extra)]) == 0
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("test", "validation"):
+        for key in ("accuracy", "macro_f1", "balanced_accuracy", "valence_accuracy"):
+            assert 0.0 <= metrics[split][key] <= 1.0
+    assert metrics["test"]["num_images"] == 8 * 6  # test_limit_per_class x 8 classes, each once
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["train_images"] == (0 if method == "zeroshot" else 32)
+    assert (run / "config.yaml").exists() and (run / "provenance.json").exists()
+    assert (run / "adapter").is_dir()
+    predictions = (run / "predictions_test.csv").read_text().splitlines()
+    assert len(predictions) == 1 + 48 and "prob_amusement" in predictions[0]
+    if method != "zeroshot":
+        assert json.loads((run / "train_manifest.json").read_text())["image_ids"]
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert [entry["step"] for entry in log] == [6, 12]
+        best = max(log, key=lambda entry: entry["val_accuracy"])  # first best wins ties
+        assert metrics["best_step"] == best["step"]
+        assert metrics["validation"]["accuracy"] == pytest.approx(best["val_accuracy"])
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_existing_run_is_never_overwritten_silently(tiny_run, tmp_path, capsys):
+    args = ["train", *tiny_run("run")]
+    assert main(args) == 0
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    assert main(args) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+    assert main(args + ["resume=true"]) == 2  # finished: nothing to resume
+    assert main(args + ["overwrite=true", "train.seed=1"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config_fingerprint"] != \
+        json.loads(before)["config_fingerprint"]
+
+
+def test_bad_config_is_one_clear_line(tiny_run, capsys):
+    assert main(["train", *tiny_run(), "train.lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key config.train.lrr" in err and "did you mean lr" in err
+    assert "Traceback" not in err
+    assert main(["train", *tiny_run(), "model.method=nope"]) == 2
+    assert "lora" in capsys.readouterr().err  # the error lists the valid methods
+
+
+def test_step_budget_gives_small_subsets_a_sensible_run():
+    train = load_config(None, []).train  # epochs 30, min_steps 60
+    assert step_budget(8, 8, 1, train) == 60  # k=1: 8 images would be 30 steps -> min_steps
+    assert step_budget(128, 32, 1, train) == 120  # k=16: 4 steps/epoch x 30 epochs
+    assert step_budget(128, 16, 2, train) == 120  # 2 processes x 16 = the same global batch
