@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Set up (in the active virtual environment, or ./.venv) and run the test suite.
-# This is the README's test command; .ci/run calls it in a fresh virtual environment.
+# The README's test command: create (or reuse) a virtual environment, install emoset-peft with
+# its test tools, run the whole suite. VENV picks the environment's folder (default: .venv);
+# .ci/run points it at a fresh temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${VIRTUAL_ENV:-}" ]; then
-    [ -d .venv ] || python3 -m venv .venv
-    # shellcheck disable=SC1091
-    . .venv/bin/activate
-fi
-python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[dev]"
-exec python -m pytest -q "$@"
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+exec "$VENV/bin/python" -m pytest -q "$@"
