@@ -1,0 +1,547 @@
+"""The EmoSet-118K tree on disk -> a ``datasets.DatasetDict`` (train / validation / test).
+
+The tree as users download it::
+
+    ROOT/info.json                       label maps (emotion order, attribute vocabularies)
+    ROOT/{train,val,test}.json           lists of records, paths relative to ROOT:
+        ["awe", "image/awe/awe_06628.jpg", "annotation/awe/awe_06628.json"]            (3-element)
+        ["awe", "awe_06628", "image/awe/awe_06628.jpg", "annotation/awe/awe_06628.json"] (4-element)
+    ROOT/image/<emotion>/<emotion>_NNNNN.jpg
+    ROOT/annotation/<emotion>/<emotion>_NNNNN.json
+
+Reading 118,102 annotation files takes 7-11 s on 2 CPUs with the files in the OS page cache (far
+longer from a cold network disk), so the index is built once and kept as Arrow files in a cache
+OUTSIDE the dataset folder (the dataset folder is never written to; it may be read-only). Later
+loads memory-map those files: about a second, most of it ``import datasets``. The cache key is the
+resolved root plus the size and mtime of the split files and info.json, so editing a split file
+rebuilds the index; editing an annotation file alone does not (delete the cache entry, or touch
+the split file).
+
+Columns of every split:
+    image             datasets.Image(mode="RGB") (decoded lazily; stores the absolute path only)
+    label             ClassLabel, names in info.json's emotion order (official order without it)
+    valence           ClassLabel ["positive", "negative"]
+    image_id          str, the file stem, e.g. "awe_06628"
+    brightness        float 0.0..1.0 or None
+    colorfulness      float 0.0..1.0 or None
+    scene             ClassLabel from info.json (-1 when missing); str or None without info.json
+    object            list[str] ([] when missing)
+    facial_expression like scene
+    human_action      like scene
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from emoset_peft.errors import EmoSetError
+from emoset_peft.labels import ATTRIBUTES, EMOTIONS, VALENCES, valence_of
+
+if TYPE_CHECKING:
+    import datasets
+
+log = logging.getLogger(__name__)
+
+# Split name in the DatasetDict -> file name in ROOT.
+SPLIT_FILES: dict[str, str] = {"train": "train.json", "validation": "val.json", "test": "test.json"}
+# Attributes that become ClassLabel columns when info.json gives their vocabulary.
+CATEGORICAL_ATTRIBUTES: tuple[str, ...] = ("scene", "facial_expression", "human_action")
+FLOAT_ATTRIBUTES: tuple[str, ...] = ("brightness", "colorfulness")
+COLUMNS: tuple[str, ...] = ("image", "label", "valence", "image_id", *ATTRIBUTES)
+# Bump when the cached columns or their meaning change: old cache entries are then ignored.
+CACHE_FORMAT_VERSION = 1
+# Annotation files are read by this many threads (<= 1: a plain loop). With the files in the page
+# cache a plain loop is fastest (118,102 files, 2 CPUs: 6.8 s cold load vs 12.0 s with 4
+# threads, since json.loads holds the GIL); threads may pay off on a network file system.
+# Compare with: python benchmarks/bench_load_emoset.py --threads 0,4
+READ_THREADS = 0
+_EXAMPLES = 5  # how many offending records an error message lists
+# "image/awe/awe_06628.jpg": relative, no "." or ".." parts, no doubled or backslash separators.
+_PLAIN_RELATIVE = re.compile(r"^(?![A-Za-z]:)(?:[^/\\.][^/\\]*)(?:/[^/\\.][^/\\]*)*$")
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Emotion order and, when info.json gives them, the categorical attribute vocabularies."""
+
+    emotions: tuple[str, ...]
+    vocabs: dict[str, tuple[str, ...]]  # attribute -> names in index order; empty without info.json
+    source: str  # "info.json" or "official order (no info.json)"
+
+
+class _Record(NamedTuple):
+    index: int  # 0-based position in the split file, for error messages
+    emotion: str
+    image_id: str
+    image_rel: str  # normalised, relative to ROOT
+    annotation_rel: str
+
+
+def default_cache_dir() -> Path:
+    """``$EMOSET_PEFT_CACHE`` if set, else ``~/.cache/emoset_peft``."""
+    env = os.environ.get("EMOSET_PEFT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "emoset_peft"
+
+
+def load_emoset(
+    root: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    skip_missing: bool = False,
+) -> "datasets.DatasetDict":
+    """Load an EmoSet tree as a DatasetDict with ``train``, ``validation`` and ``test`` splits.
+
+    The first call reads every annotation file and writes the index to ``cache_dir`` (default
+    :func:`default_cache_dir`); later calls memory-map it. Records whose image or annotation file
+    is missing raise :class:`EmoSetError`, or are left out (and counted in the log) when
+    ``skip_missing`` is true. Any malformed input raises :class:`EmoSetError` naming the file and
+    the record (0-based index in the split file).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise EmoSetError(f"EmoSet root {root} is not a folder: pass the folder that holds "
+                          "info.json, train.json, val.json, test.json, image/ and annotation/")
+    root = root.resolve()
+    for name in SPLIT_FILES.values():
+        if not (root / name).is_file():
+            raise EmoSetError(f"{root / name} not found: an EmoSet root holds train.json, "
+                              "val.json and test.json; check the path or re-extract the download")
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key = _cache_key(root, skip_missing)
+    entry = cache_root / f"{_safe_name(root.name)}-{key[:24]}"
+    cached = _open_cached(entry)
+    if cached is not None:
+        return cached
+    # Several processes started together (accelerate launch) index once: the others wait here.
+    with _build_lock(entry):
+        cached = _open_cached(entry)
+        if cached is not None:
+            return cached
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, if any
+        return _build(root, entry, key, skip_missing)
+
+
+def _build(root: Path, entry: Path, key: str, skip_missing: bool) -> "datasets.DatasetDict":
+    """The cold path: index every record, write the cache entry, open it."""
+    started = time.perf_counter()
+    label_map = read_label_map(root)
+    tables = {split: _index_split(root, file, label_map, skip_missing)
+              for split, file in SPLIT_FILES.items()}
+    features = emoset_features(label_map)
+    log.info("indexed %s (%s records) in %.1f s",
+             root, sum(t.num_rows for t in tables.values()), time.perf_counter() - started)
+    try:
+        _write_cache(entry, tables, features, root, key)
+    except OSError as err:
+        # A read-only home or full disk must not stop the user: load from memory this time.
+        log.warning("could not write the EmoSet index cache to %s (%s); the next load will "
+                    "index again. Set EMOSET_PEFT_CACHE or cache_dir= to a writable folder.",
+                    entry, err)
+        return _in_memory(tables, features)
+    dataset = _open_cached(entry)
+    if dataset is None:
+        raise EmoSetError(f"the EmoSet index cache {entry} cannot be read right after writing "
+                          "it; check the disk, or set EMOSET_PEFT_CACHE to another folder")
+    return dataset
+
+
+def emoset_features(label_map: LabelMap) -> "datasets.Features":
+    """The column types of a split; attribute types depend on whether info.json was present."""
+    import datasets
+
+    columns: dict[str, Any] = {
+        "image": datasets.Image(mode="RGB"),  # grayscale/CMYK files decode as RGB too
+        "label": datasets.ClassLabel(names=list(label_map.emotions)),
+        "valence": datasets.ClassLabel(names=list(VALENCES)),
+        "image_id": datasets.Value("string"),
+    }
+    for name in ATTRIBUTES:
+        if name in FLOAT_ATTRIBUTES:
+            columns[name] = datasets.Value("float64")
+        elif name == "object":
+            columns[name] = datasets.List(datasets.Value("string"))
+        elif name in label_map.vocabs:
+            columns[name] = datasets.ClassLabel(names=list(label_map.vocabs[name]))
+        else:
+            columns[name] = datasets.Value("string")
+    return datasets.Features(columns)
+
+
+def read_label_map(root: str | os.PathLike) -> LabelMap:
+    """Emotion order and attribute vocabularies from ``ROOT/info.json``.
+
+    Without info.json: the official emotion order and no vocabularies."""
+    path = Path(root) / "info.json"
+    if not path.is_file():
+        return LabelMap(EMOTIONS, {}, "official order (no info.json)")
+    info = _read_json_file(path)
+    if not isinstance(info, dict) or "emotion" not in info:
+        raise EmoSetError(f"{path}: expected an object with an 'emotion' key holding label2idx; "
+                          "restore info.json from the EmoSet download or delete it to use the "
+                          "official emotion order")
+    emotions = _names_in_index_order(info["emotion"], path, "emotion")
+    unknown = [name for name in emotions if name not in EMOTIONS]
+    if unknown:
+        raise EmoSetError(f"{path}: emotion(s) {unknown} are not EmoSet emotions "
+                          f"{list(EMOTIONS)}; valence cannot be assigned. Fix info.json.")
+    vocabs = {name: _names_in_index_order(info[name], path, name)
+              for name in CATEGORICAL_ATTRIBUTES if name in info}
+    return LabelMap(emotions, vocabs, "info.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Indexing (the cold path)
+
+
+def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool):
+    """Read one split file and its annotations into an Arrow table (the cached form)."""
+    split_path = root / file_name
+    records = _read_split_records(split_path, label_map.emotions)
+    present_images = _present_files(root, (rec.image_rel for rec in records))
+    root_str = str(root)
+    annotations = _read_annotations([os.path.join(root_str, rec.annotation_rel)
+                                     for rec in records])
+
+    missing = []  # (record index, what, relative path)
+    keep = []
+    for rec, annotation in zip(records, annotations):
+        index, emotion, _, image_rel, annotation_rel = rec
+        gone = []
+        if image_rel not in present_images:
+            gone.append(("image", image_rel))
+        if annotation is None:
+            gone.append(("annotation", annotation_rel))
+        if gone:
+            missing.extend((index, what, rel) for what, rel in gone)
+            continue
+        if isinstance(annotation, Exception):
+            problem = "cannot be read" if isinstance(annotation, OSError) else "is not valid JSON"
+            raise EmoSetError(f"{root / annotation_rel} (record {index} of {split_path}) "
+                              f"{problem}: {annotation}. Restore it from the EmoSet download.")
+        if not isinstance(annotation, dict):
+            raise EmoSetError(f"{root / annotation_rel} (record {index} of {split_path}) must "
+                              "hold a JSON object; restore it from the EmoSet download.")
+        stated = annotation.get("emotion")
+        if stated is not None and stated != emotion:
+            raise EmoSetError(f"{root / annotation_rel} says emotion {stated!r} but record "
+                              f"{index} of {split_path} says {emotion!r}; one of the two files is "
+                              "wrong: restore them from the EmoSet download.")
+        keep.append((rec, annotation))
+
+    if missing:
+        records_hit = len({index for index, _, _ in missing})
+        examples = "; ".join(f"record {i}: {what} {rel}" for i, what, rel in missing[:_EXAMPLES])
+        message = (f"{split_path}: {records_hit} of {len(records)} records point to missing files "
+                   f"({len(missing)} files; first: {examples})")
+        if not skip_missing:
+            raise EmoSetError(f"{message}. Restore the files, or pass skip_missing=True "
+                              "(CLI: --skip-missing) to leave those records out.")
+        log.warning("%s; skipped them (skip_missing=True)", message)
+    return _to_arrow(root, keep, label_map, split_path)
+
+
+def _read_split_records(split_path: Path, emotions: tuple[str, ...]) -> list[_Record]:
+    """Validate a split file and return its records with normalised relative paths."""
+    data = _read_json_file(split_path)
+    if not isinstance(data, list):
+        raise EmoSetError(f"{split_path}: expected a JSON list of records, got "
+                          f"{type(data).__name__}; restore it from the EmoSet download")
+    known = set(emotions)
+    out = []
+    for index, record in enumerate(data):
+        where = f"{split_path}: record {index}"
+        if not isinstance(record, list) or len(record) not in (3, 4):
+            raise EmoSetError(
+                f"{where} is {record!r}; expected [emotion, image_path, annotation_path] or "
+                "[emotion, image_id, image_path, annotation_path]")
+        if len(record) == 3:
+            emotion, image_rel, annotation_rel = record
+            image_id = None
+        else:
+            emotion, image_id, image_rel, annotation_rel = record
+        if emotion not in known:
+            raise EmoSetError(f"{where}: emotion {emotion!r} is not in the label map "
+                              f"{list(emotions)}; fix the record or info.json")
+        image_rel = _checked_relative(image_rel, where, "image path")
+        annotation_rel = _checked_relative(annotation_rel, where, "annotation path")
+        if image_id is None:
+            image_id = posixpath.splitext(posixpath.basename(image_rel))[0]
+        elif not isinstance(image_id, str) or not image_id:
+            raise EmoSetError(f"{where}: image_id {image_id!r} must be a non-empty string")
+        out.append(_Record(index, emotion, image_id, image_rel, annotation_rel))
+    return out
+
+
+def _checked_relative(path: Any, where: str, what: str) -> str:
+    """A record path, normalised; refuses absolute paths and paths that climb out of ROOT."""
+    if not isinstance(path, str) or not path:
+        raise EmoSetError(f"{where}: {what} {path!r} must be a non-empty string")
+    if not _PLAIN_RELATIVE.match(path):  # the common case needs no normalisation
+        posix = path.replace("\\", "/")
+        if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+            raise EmoSetError(f"{where}: {what} {path!r} is absolute; paths must be relative to "
+                              "the EmoSet root (e.g. image/awe/awe_06628.jpg)")
+        normal = posixpath.normpath(posix)
+        if normal == ".." or normal.startswith("../"):
+            raise EmoSetError(f"{where}: {what} {path!r} points outside the EmoSet root; paths "
+                              "must stay inside it (e.g. image/awe/awe_06628.jpg)")
+        return normal
+    return path
+
+
+def _present_files(root: Path, relative_paths) -> set[str]:
+    """The relative paths that exist, with one directory listing per folder (not one stat each)."""
+    by_folder: dict[str, set[str]] = {}
+    for rel in relative_paths:
+        folder, name = posixpath.split(rel)
+        by_folder.setdefault(folder, set()).add(name)
+    present = set()
+    for folder, wanted in by_folder.items():
+        try:
+            with os.scandir(root / folder) as entries:
+                listed = {entry.name for entry in entries}
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        present.update(posixpath.join(folder, name) if folder else name
+                       for name in wanted & listed)
+    return present
+
+
+def _read_annotations(paths: list[str]) -> list[Any]:
+    """Parsed JSON per path; None for a missing file, the exception for an unreadable one."""
+    if READ_THREADS <= 1 or len(paths) < 256:
+        return [_read_annotation(path) for path in paths]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(_read_annotation, paths, chunksize=512))
+
+
+def _read_annotation(path: str) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:  # a folder, no permission: reported with the record
+        return err
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        return err
+
+
+def _to_arrow(root: Path, kept: list[tuple], label_map: LabelMap, split_path: Path):
+    """Column lists -> a pyarrow Table in the schema of :func:`emoset_features`."""
+    import pyarrow as pa
+
+    emotion_index = {name: i for i, name in enumerate(label_map.emotions)}
+    vocab_index = {name: {value: i for i, value in enumerate(names)}
+                   for name, names in label_map.vocabs.items()}
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
+    odd: list[str] = []  # attribute values that are malformed or not in the vocabulary
+    root_str = str(root)
+    for (index, emotion, image_id, image_rel, annotation_rel), annotation in kept:
+        columns["image"].append(os.path.join(root_str, image_rel))
+        columns["label"].append(emotion_index[emotion])
+        columns["valence"].append(valence_of(emotion))
+        columns["image_id"].append(image_id)
+        for name in FLOAT_ATTRIBUTES:
+            value = annotation.get(name)
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not is_number:
+                odd.append(f"{annotation_rel}: {name}={value!r}")
+                value = None
+            columns[name].append(None if value is None else float(value))
+        objects = annotation.get("object")
+        if isinstance(objects, str):
+            objects = [objects]
+        elif not isinstance(objects, list):
+            objects = []
+        columns["object"].append([str(item) for item in objects])
+        for name in CATEGORICAL_ATTRIBUTES:
+            value = annotation.get(name)
+            if value is not None and not isinstance(value, str):
+                odd.append(f"{annotation_rel}: {name}={value!r}")
+                value = None
+            if name in vocab_index:
+                code = vocab_index[name].get(value, -1)
+                if code < 0 and value is not None:
+                    odd.append(f"{annotation_rel}: {name}={value!r} not in info.json")
+                columns[name].append(code)
+            else:
+                columns[name].append(value)
+    if odd:
+        log.warning("%s: %d attribute values are malformed or not in info.json's vocabulary and "
+                    "were stored as missing (first: %s)",
+                    split_path, len(odd), "; ".join(odd[:_EXAMPLES]))
+
+    schema = emoset_features(label_map).arrow_schema
+    n = len(columns["image"])
+    arrays = {name: pa.array(values, type=schema.field(name).type)
+              for name, values in columns.items() if name != "image"}
+    arrays["image"] = pa.StructArray.from_arrays(
+        [pa.nulls(n, pa.binary()), pa.array(columns["image"], pa.string())],
+        names=["bytes", "path"])
+    return pa.table([arrays[name] for name in schema.names], schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache (Arrow IPC stream files, the format datasets itself memory-maps)
+
+
+def _cache_key(root: Path, skip_missing: bool) -> str:
+    """Hash of everything that decides the index without reading the annotation files."""
+    import datasets
+
+    parts = [f"format={CACHE_FORMAT_VERSION}", f"root={root}", f"skip_missing={skip_missing}",
+             f"datasets={datasets.__version__.split('.')[0]}"]
+    for name in ("info.json", *SPLIT_FILES.values()):
+        try:
+            stat = (root / name).stat()
+            parts.append(f"{name}={stat.st_size}:{stat.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append(f"{name}=absent")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "root"
+
+
+def _write_cache(entry: Path, tables: dict, features, root: Path, key: str) -> None:
+    """Write the tables into a temporary folder beside ``entry``, then rename it into place.
+
+    A killed process leaves at most a ``.tmp-*`` folder, never a half-written entry. Entries for
+    the same root with an older key (a split file changed) are removed afterwards.
+    """
+    import pyarrow as pa
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared by a group
+        for split, table in tables.items():
+            with pa.OSFile(str(tmp / f"{split}.arrow"), "wb") as sink, \
+                    pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table, max_chunksize=10_000)
+        (tmp / "source.json").write_text(json.dumps(
+            {"root": str(root), "key": key, "format": CACHE_FORMAT_VERSION,
+             "features": features.to_dict()}, indent=1))
+        (tmp / "done").write_text("")
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not (entry / "done").is_file():  # not another process winning the same race
+                raise
+            log.debug("another process wrote %s first", entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _prune_stale_entries(entry, root)
+
+
+@contextlib.contextmanager
+def _build_lock(entry: Path):
+    """An exclusive lock file beside ``entry`` (POSIX); without one, proceed unlocked."""
+    try:
+        import fcntl
+
+        (entry.parent / ".locks").mkdir(parents=True, exist_ok=True)
+        handle = open(entry.parent / ".locks" / f"{entry.name}.lock", "a")
+    except (ImportError, OSError):  # Windows, or an unwritable cache: _build warns about it
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prune_stale_entries(entry: Path, root: Path) -> None:
+    """Delete cache entries of the same root that an earlier version of its split files made."""
+    prefix = entry.name.rsplit("-", 1)[0] + "-"
+    for other in entry.parent.glob(prefix + "*"):
+        if other == entry or other.name.startswith(".tmp-"):
+            continue
+        try:
+            source = json.loads((other / "source.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if source.get("root") == str(root):
+            shutil.rmtree(other, ignore_errors=True)
+            (entry.parent / ".locks" / f"{other.name}.lock").unlink(missing_ok=True)
+
+
+def _open_cached(entry: Path) -> "datasets.DatasetDict | None":
+    """The cached splits, memory-mapped; None when there is no complete, readable entry."""
+    import datasets
+
+    if not (entry / "done").is_file():
+        return None
+    try:
+        features = datasets.Features.from_dict(
+            json.loads((entry / "source.json").read_text())["features"])
+        dataset = datasets.DatasetDict({
+            split: datasets.Dataset.from_file(
+                str(entry / f"{split}.arrow"), info=datasets.DatasetInfo(features=features),
+                split=datasets.NamedSplit(split))
+            for split in SPLIT_FILES})
+    except (OSError, ValueError, KeyError, TypeError) as err:  # ArrowInvalid is a ValueError
+        log.warning("the EmoSet index cache %s is damaged (%s); indexing again", entry, err)
+        return None
+    log.debug("EmoSet index from cache %s", entry)
+    return dataset
+
+
+def _in_memory(tables: dict, features) -> "datasets.DatasetDict":
+    import datasets
+
+    return datasets.DatasetDict({
+        split: datasets.Dataset(table, info=datasets.DatasetInfo(features=features),
+                                split=datasets.NamedSplit(split))
+        for split, table in tables.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read())
+    except FileNotFoundError:
+        raise EmoSetError(f"{path} not found") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise EmoSetError(f"{path} is not valid JSON ({err}); restore it from the EmoSet "
+                          "download") from None
+
+
+def _names_in_index_order(entry: Any, path: Path, key: str) -> tuple[str, ...]:
+    """``{"label2idx": {name: i}}`` -> names ordered by i (which must be 0..n-1)."""
+    mapping = entry.get("label2idx") if isinstance(entry, dict) else None
+    if not isinstance(mapping, dict) or not mapping:
+        raise EmoSetError(f"{path}: '{key}' must hold a non-empty 'label2idx' object "
+                          "{name: index}; restore info.json from the EmoSet download")
+    try:
+        order = sorted(mapping, key=lambda name: int(mapping[name]))
+        indices = sorted(int(i) for i in mapping.values())
+    except (TypeError, ValueError):
+        raise EmoSetError(f"{path}: '{key}.label2idx' values must be integers") from None
+    if indices != list(range(len(mapping))):
+        raise EmoSetError(f"{path}: '{key}.label2idx' indices must be 0..{len(mapping) - 1} "
+                          "without gaps or repeats")
+    return tuple(order)
