@@ -1,0 +1,85 @@
+"""Bad input to build_model / load_adapter: one clear EmoSetError that names what to fix."""
+
+import json
+
+import pytest
+
+from emoset_peft.errors import EmoSetError
+from emoset_peft.models import METHODS, build_model, load_adapter
+
+
+def test_unknown_method_lists_the_methods(tiny_vit_dir):
+    with pytest.raises(EmoSetError, match="unknown method 'lorra'.*" + ", ".join(METHODS)):
+        build_model(tiny_vit_dir, "lorra")
+
+
+def test_unknown_option_names_it_and_the_valid_ones(tiny_vit_dir):
+    with pytest.raises(EmoSetError, match="no option.*rank.*its options: r, alpha, dropout, rslora"):
+        build_model(tiny_vit_dir, "lora", rank=4)
+    with pytest.raises(EmoSetError, match="'linear' has no option.*its options: none"):
+        build_model(tiny_vit_dir, "linear", r=4)
+
+
+def test_option_of_the_wrong_type(tiny_vit_dir):
+    with pytest.raises(EmoSetError, match="num_prompts"):
+        build_model(tiny_vit_dir, "vpt", num_prompts=2.5)
+    with pytest.raises(EmoSetError, match="deep"):
+        build_model(tiny_vit_dir, "vpt", deep="yes")
+
+
+def test_unsupported_architecture_names_its_model_type(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(EmoSetError, match=r"model_type 'bert'; supported model types: vit, dinov2, clip"):
+        build_model(tmp_path, "lora")
+
+
+@pytest.mark.parametrize("backbone", ["./no/such/folder", "/no/such/folder", "a/b/c", "../up"])
+def test_missing_folder_that_is_no_hub_id(backbone):
+    with pytest.raises(EmoSetError, match="no such folder, and not a Hugging Face Hub id"):
+        build_model(backbone, "lora")
+
+
+def test_folder_without_a_checkpoint(tmp_path):
+    with pytest.raises(EmoSetError, match="could not load config.json"):
+        build_model(tmp_path, "lora")
+
+
+def test_options_that_do_not_fit_the_method(tiny_vit_dir):
+    with pytest.raises(EmoSetError, match="targets= only applies to the PEFT methods"):
+        build_model(tiny_vit_dir, "prefix", targets=["q"])
+    with pytest.raises(EmoSetError, match="layers= applies to"):
+        build_model(tiny_vit_dir, "vpt", layers=[0])
+    with pytest.raises(EmoSetError, match="needs total_steps"):
+        build_model(tiny_vit_dir, "adalora")
+    with pytest.raises(EmoSetError, match="unknown target role"):
+        build_model(tiny_vit_dir, "lora", targets=["query"])
+    with pytest.raises(EmoSetError, match="head_init='xavier'"):
+        build_model(tiny_vit_dir, "lora", head_init="xavier")
+
+
+def test_label_maps(tiny_vit_dir):
+    with pytest.raises(EmoSetError, match="num_labels=3: give id2label"):
+        build_model(tiny_vit_dir, "linear", num_labels=3)
+    with pytest.raises(EmoSetError, match="classes 0..2"):
+        build_model(tiny_vit_dir, "linear", num_labels=3, id2label=["a", "b"])
+    model = build_model(tiny_vit_dir, "linear", num_labels=2)
+    assert model.config.id2label == {0: "positive", 1: "negative"}
+
+
+def test_load_adapter_rejects_foreign_folders(tmp_path, tiny_vit_dir):
+    with pytest.raises(EmoSetError, match="no emoset_peft.json"):
+        load_adapter(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(EmoSetError, match="plain PEFT folder"):
+        load_adapter(tmp_path)
+    (tmp_path / "emoset_peft.json").write_text(json.dumps({"format_version": 99, "method": "lora"}))
+    with pytest.raises(EmoSetError, match="format_version 99"):
+        load_adapter(tmp_path)
+
+
+def test_load_adapter_onto_another_architecture(tmp_path, tiny_vit_dir, tiny_clip_dir):
+    build_model(tiny_vit_dir, "linear").save_pretrained(tmp_path)
+    with pytest.raises(EmoSetError, match="saved on a 'vit' backbone"):
+        load_adapter(tmp_path, backbone=tiny_clip_dir)
