@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def deterministic_run(tiny_run, name):
-    return tiny_run(name, **{"train.max_steps": 400, "train.min_steps": 400,
-                             "train.eval_every": 100, "train.checkpoint_every": 40,
+    return tiny_run(name, **{"train.max_steps": 160, "train.min_steps": 160,
+                             "train.eval_every": 40, "train.checkpoint_every": 20,
                              "train.deterministic": "true", "train.batch_size": 16})
 
 
@@ -42,7 +42,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_run, tmp_path):
     assert main(["train", *args, "resume=true"]) == 0
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
-    assert resumed["steps"] == straight["steps"] == 400
+    assert resumed["steps"] == straight["steps"] == 160
     for key in ("accuracy", "macro_f1", "confusion_matrix"):
         assert resumed["test"][key] == straight["test"][key]
     assert resumed["best_step"] == straight["best_step"]

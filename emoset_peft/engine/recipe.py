@@ -56,12 +56,12 @@ def cast_frozen_weights(model, dtype: torch.dtype | None) -> None:
             param.data = param.data.to(dtype)
 
 
-def build_run_model(config: RunConfig, class_names, total_steps: int | None = None, backbone=None):
+def build_run_model(config: RunConfig, class_names, total_steps: int | None = None):
     from emoset_peft.models import build_model
 
     m = config.model
     model = build_model(
-        backbone if backbone is not None else m.backbone, m.method, num_labels=len(class_names),
+        m.backbone, m.method, num_labels=len(class_names),
         id2label=dict(enumerate(class_names)), targets=m.targets, layers=m.layers,
         quantize=m.quantize, gradient_checkpointing=m.gradient_checkpointing,
         total_steps=total_steps, head_init=m.head_init, **m.options)
@@ -71,7 +71,7 @@ def build_run_model(config: RunConfig, class_names, total_steps: int | None = No
 
 
 def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path | None,
-                 resume_from: Path | None = None, backbone=None,
+                 resume_from: Path | None = None,
                  show_progress: bool = True) -> dict:
     """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics."""
     from emoset_peft.models import count_parameters, input_spec
@@ -83,7 +83,7 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
     if data.train is not None:
         batch = max(1, min(config.train.batch_size, len(data.train) // accelerator.num_processes or 1))
         total_steps = step_budget(len(data.train), batch, accelerator.num_processes, config.train)
-    model = build_run_model(config, data.class_names, total_steps, backbone=backbone)
+    model = build_run_model(config, data.class_names, total_steps)
     spec = input_spec(model)
     model.to(accelerator.device)
     normalizer = Normalizer(spec.mean, spec.std, accelerator.device)

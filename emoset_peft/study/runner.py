@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import fcntl
 import io
@@ -72,11 +71,11 @@ def _locked(lock_path: Path):
 
 
 class CellContext:
-    """What a process loads once and every cell reuses: EmoSet's index and the backbone."""
+    """What a process loads once and every cell reuses: EmoSet's index (the decoded images come
+    from the on-disk cache, the backbone weights from the models' in-process cache)."""
 
     def __init__(self):
         self._emoset = {}
-        self._backbones = {}
 
     def emoset(self, data_cfg):
         key = (data_cfg.root, data_cfg.cache_dir, data_cfg.skip_missing)
@@ -87,18 +86,6 @@ class CellContext:
                                             skip_missing=data_cfg.skip_missing)
         return self._emoset[key]
 
-    def fresh_backbone(self, model_cfg, num_labels: int):
-        """A private copy of the loaded backbone (copying memory is far cheaper than loading)."""
-        from emoset_peft.models import load_backbone
-
-        if model_cfg.quantize is not None:
-            return None  # quantized weights are built at load time: load per cell
-        key = (model_cfg.backbone, model_cfg.method == "zeroshot", num_labels)
-        if key not in self._backbones:
-            self._backbones[key] = load_backbone(model_cfg.backbone, num_labels=num_labels,
-                                                 with_text=model_cfg.method == "zeroshot"
-                                                 or model_cfg.head_init == "text")
-        return copy.deepcopy(self._backbones[key])
 
 
 def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
@@ -116,12 +103,9 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
         save_config(config, out / "config.yaml")
     accelerator.wait_for_everyone()
     emoset = context.emoset(config.data)
-    class_names = list(emoset["train"].features["label"].names)
     data = load_run_data(config.data, backbone_image_size(config.model.backbone), emoset=emoset,
                          show_progress=False)
-    backbone = context.fresh_backbone(config.model, len(class_names))
-    metrics = run_training(config, data, accelerator, out_dir=out, backbone=backbone,
-                           show_progress=show_progress)
+    metrics = run_training(config, data, accelerator, out_dir=out, show_progress=show_progress)
     if not accelerator.is_main_process:
         return None
     test, validation = metrics["test"], metrics["validation"]
