@@ -27,7 +27,7 @@ def run(args) -> int:
 
     study = load_study_config(args.config, args.overrides)
     out = run_study(study, show_progress=not args.no_progress)
-    if PartialState().is_main_process:
+    if PartialState().is_main_process:  # the state run_study set up
         print(f"results: {out / 'results.csv'}")
         if study.report:
             print(f"report:  {out / 'report.md'}")

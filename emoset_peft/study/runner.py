@@ -36,7 +36,7 @@ RESULT_COLUMNS = (
     "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "test_valence_accuracy",
     "test_top2_accuracy", "val_accuracy", "trainable_params", "total_params", "train_images",
     "steps", "best_step", "train_seconds", "eval_seconds", "cell_seconds", "num_processes",
-    "config_hash", "run_dir",
+    "process_index", "config_hash", "run_dir",
 )
 
 
@@ -89,7 +89,7 @@ class CellContext:
 
 
 def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
-             show_progress: bool) -> dict | None:
+             show_progress: bool, process_index: int = 0) -> dict | None:
     """Train and test one cell; returns its results row (on the process that writes it)."""
     from emoset_peft.data.run_data import load_run_data
     from emoset_peft.engine.recipe import backbone_image_size, run_training, save_config
@@ -122,7 +122,8 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
         "best_step": metrics["best_step"], "train_seconds": metrics["train_seconds"],
         "eval_seconds": metrics["test_eval_seconds"],
         "cell_seconds": round(time.perf_counter() - started, 3),
-        "num_processes": metrics["num_processes"], "config_hash": cell.config_hash,
+        "num_processes": metrics["num_processes"], "process_index": process_index,
+        "config_hash": cell.config_hash,
         "run_dir": str(out.relative_to(study_dir)),
     }
 
@@ -155,8 +156,9 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
     from emoset_peft.engine.recipe import make_accelerator
     from emoset_peft.engine.solo import SoloAccelerator
 
-    state = PartialState()
     cells = expand(study)
+    # cpu=true in the recipe must reach the process group too (gloo instead of NCCL).
+    state = PartialState(cpu=any(cell.config.cpu for cell in cells))
     out = Path(study.output_dir)
     if state.is_main_process:
         check_study_dir(study, cells)
@@ -172,7 +174,8 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
                  len(cells) - len(todo), len(todo), state.num_processes)
     context = CellContext()
     bar = tqdm(total=len(mine), desc=f"study (rank {state.process_index})" if
-               state.num_processes > 1 else "study", unit="cell", disable=not show_progress,
+               state.num_processes > 1 else "study", unit="cell",
+               disable=not (show_progress and state.is_main_process),
                position=0)
     for cell in mine:
         bar.set_postfix_str(cell.name)
@@ -181,7 +184,8 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
         else:
             accelerator = SoloAccelerator(state.device if not cell.config.cpu else
                                           _cpu_device(), cell.config.train.mixed_precision)
-        row = run_cell(cell, accelerator, context, out, show_progress)
+        row = run_cell(cell, accelerator, context, out, show_progress and state.is_main_process,
+                       state.process_index)
         accelerator.free_memory()
         if row is not None:
             append_result(results_path, row)
