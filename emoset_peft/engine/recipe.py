@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState, GradientState
 
+    # Accelerate keeps one global state per process and refuses a second Accelerator with other
+    # settings (say bf16 after fp32). Runs in one process (tests, notebooks, research code) each
+    # get their own; the process group itself (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     trackers = [t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")]
     return Accelerator(
         cpu=config.cpu,
