@@ -70,3 +70,13 @@ def test_step_budget_gives_small_subsets_a_sensible_run():
     assert step_budget(8, 8, 1, train) == 60  # k=1: 8 images would be 30 steps -> min_steps
     assert step_budget(128, 32, 1, train) == 120  # k=16: 4 steps/epoch x 30 epochs
     assert step_budget(128, 16, 2, train) == 120  # 2 processes x 16 = the same global batch
+
+
+def test_python_entry_and_offline_tensorboard(tiny_run, tmp_path):
+    import emoset_peft as ep
+
+    config = ep.load_config(None, tiny_run("tb", **{"train.report_to": "tensorboard"}))
+    metrics = ep.train(config, show_progress=False)
+    assert metrics == json.loads((tmp_path / "tb" / "metrics.json").read_text())
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
