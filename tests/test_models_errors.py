@@ -30,7 +30,9 @@ def test_option_of_the_wrong_type(tiny_vit_dir):
 def test_unsupported_architecture_names_its_model_type(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
+    BertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
+    ).save_pretrained(tmp_path)
     with pytest.raises(EmoSetError, match=r"model_type 'bert'; supported model types: vit, dinov2, clip"):
         build_model(tmp_path, "lora")
 

@@ -71,7 +71,7 @@ def test_prefix_and_vpt_learn_a_toy_task(method, backbone, tiny_backbones):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
-    moved = [(p - s).abs().max().item() for p, s in zip(method_parameters(model), start)]
+    moved = [(p - s).abs().max().item() for p, s in zip(method_parameters(model), start, strict=True)]
     assert min(moved) > 1e-2
 
 
@@ -83,7 +83,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(method, 
         model = build(method, tiny_clip_dir, gradient_checkpointing=checkpointing).train()
         attention = model.classifier_model.vision_model.encoder.layers[0].self_attn
         count = []
-        attention.register_forward_hook(lambda *_: count.append(1))
+        attention.register_forward_hook(lambda *_, count=count: count.append(1))
         loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
         loss.backward()
         calls[checkpointing] = len(count)
@@ -104,7 +104,11 @@ def test_bf16_autocast(method, backbone, tiny_backbones):
     assert logits.dtype == torch.bfloat16
     torch.nn.functional.cross_entropy(logits.float(), y).backward()
     for param in method_parameters(model):
-        assert param.grad.dtype == torch.float32 and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
+        assert (
+            param.grad.dtype == torch.float32
+            and torch.isfinite(param.grad).all()
+            and param.grad.abs().sum() > 0
+        )
 
 
 @pytest.mark.parametrize("method", ["prefix", "vpt", "lora"])
@@ -179,7 +183,9 @@ def test_prefix_attention_extends_a_padding_mask(mask_dtype):
     module.emoset_layer_index, module.emoset_inner_attention = 0, "sdpa"
     q, k, v = (torch.randn(2, 2, 5, 4) for _ in range(3))
     prefix = torch.randn(1, 2, 2, 3, 4)  # 1 layer, k/v, heads, 3 positions, head dim
-    mask = torch.zeros(2, 1, 5, 5) if mask_dtype == torch.float32 else torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask = (
+        torch.zeros(2, 1, 5, 5) if mask_dtype == torch.float32 else torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    )
     out, _ = prefix_attention(module, q, k, v, mask, emoset_prefix=prefix, scaling=0.5, dropout=0.0)
     reference, _ = prefix_attention(module, q, k, v, None, emoset_prefix=prefix, scaling=0.5, dropout=0.0)
     torch.testing.assert_close(out, reference)

@@ -83,7 +83,10 @@ def test_dinov2_4x_names():
 
 def test_layers_restrict_depth_with_negative_indices():
     got = resolve_targets(vit4_names(4), "vit", ["q"], layers=[0, -1])
-    assert got == ["vit.encoder.layer.0.attention.attention.query", "vit.encoder.layer.3.attention.attention.query"]
+    assert got == [
+        "vit.encoder.layer.0.attention.attention.query",
+        "vit.encoder.layer.3.attention.attention.query",
+    ]
     assert layer_names(vit4_names(4), "vit")[-1] == "vit.encoder.layer.3"
 
 

@@ -67,7 +67,9 @@ def test_head_init_text_starts_from_the_zero_shot_head(method, tiny_clip_dir, im
             head = model.network.classifier
             assert torch.equal(head.weight, zero.network.classifier.weight)
         else:  # LoRA starts as the identity (B = 0), linear has nothing else
-            assert torch.allclose(model(pixel_values=images).logits, zero(pixel_values=images).logits, atol=1e-6)
+            assert torch.allclose(
+                model(pixel_values=images).logits, zero(pixel_values=images).logits, atol=1e-6
+            )
 
 
 def test_zeroshot_needs_clip_with_a_text_tower(tiny_vit_dir, tiny_clip_vision_dir):

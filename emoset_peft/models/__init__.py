@@ -11,12 +11,12 @@ torch, transformers and peft until a model is actually built.
 import importlib
 
 _EXPORTS = {
-    "METHODS": "adapters",
-    "MERGEABLE": "adapters",
+    "METHODS": "methods",
+    "MERGEABLE": "methods",
     "build_model": "adapters",
     "build_model_from_config": "adapters",
     "load_adapter": "adapters",
-    "plain_peft_snippet": "adapters",
+    "plain_peft_snippet": "wrapper",
     "EmoSetCLIPForImageClassification": "backbones",
     "InputSpec": "backbones",
     "QUANTIZABLE_METHODS": "quant",
