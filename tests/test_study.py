@@ -143,3 +143,25 @@ def test_two_processes_share_the_grid(study_recipe, tmp_path):
     assert len(cells) == len(set(cells)) == 8  # every cell exactly once
     by_process = {r["process_index"] for r in rows}
     assert by_process == {"0", "1"}  # both processes trained cells
+
+
+def test_cells_share_one_loaded_backbone_and_never_touch_it(tiny_vit_dir):
+    import torch
+
+    from emoset_peft.models import build_model
+    from emoset_peft.models.backbones import reuse_loaded_backbones
+
+    with reuse_loaded_backbones() as cache:
+        first = build_model(str(tiny_vit_dir), "full")
+        (original,) = cache.values()
+        snapshot = {k: v.clone() for k, v in original.state_dict().items()}
+        for method in ("full", "lora"):  # two cells, each training its own copy hard
+            model = first if method == "full" else build_model(str(tiny_vit_dir), method)
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+            model(pixel_values=torch.randn(2, 3, 32, 32)).logits.sum().backward()
+            optimizer.step()
+        assert len(cache) == 1  # read from disk once
+        for key, value in original.state_dict().items():
+            assert torch.equal(value, snapshot[key]), key
+        changed = first.classifier_model.state_dict()
+        assert any(not torch.equal(changed[k], snapshot[k]) for k in snapshot if k in changed)

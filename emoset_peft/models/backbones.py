@@ -27,6 +27,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
@@ -93,13 +94,18 @@ class Backbone:
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Hide transformers' load report: a text tower or pooler the classifier drops is expected."""
+    """Hide transformers' load report and its per-checkpoint progress bar: a text tower or pooler
+    the classifier drops is expected, and a bar per cell of a study is noise."""
     previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_source(backbone: str | os.PathLike) -> str:
@@ -260,6 +266,24 @@ def _labels(id2label: dict[int, str]) -> dict:
     }
 
 
+# Set by ``reuse_loaded_backbones()``: (source, labels) -> a loaded classifier that is never
+# handed out itself, only copied. None = every build reads the checkpoint again.
+_LOADED: dict | None = None
+
+
+@contextlib.contextmanager
+def reuse_loaded_backbones():
+    """Within this block each backbone is read from disk once per process; every build gets a
+    private deep copy (copying memory is far cheaper than parsing a checkpoint) with a freshly
+    initialised head, so no build can see another's weights. Quantized loads are not cached."""
+    global _LOADED
+    outer, _LOADED = _LOADED, ({} if _LOADED is None else _LOADED)
+    try:
+        yield _LOADED
+    finally:
+        _LOADED = outer
+
+
 def load_classifier(
     info: Backbone,
     config: PretrainedConfig,
@@ -268,6 +292,23 @@ def load_classifier(
     quantization_config=None,
 ) -> nn.Module:
     """The pretrained backbone with a fresh linear head named ``classifier`` (``len(id2label)`` outputs)."""
+    if _LOADED is None or quantization_config is not None:
+        return _read_classifier(info, config, id2label, quantization_config=quantization_config)
+    key = (info.source, tuple(sorted(id2label.items())))
+    if key not in _LOADED:
+        # Reading draws random numbers (the new head); keep them out of the caller's stream so
+        # that a build gives the same model whether or not it was the one that read the disk.
+        with torch.random.fork_rng(devices=[]):
+            _LOADED[key] = _read_classifier(info, config, id2label)
+    network = copy.deepcopy(_LOADED[key])
+    # The cached head was initialised once; each build draws its own from the current seed.
+    with torch.no_grad():
+        network._init_weights(network.classifier)
+    return network
+
+
+def _read_classifier(info: Backbone, config: PretrainedConfig, id2label: dict[int, str], *,
+                     quantization_config=None) -> nn.Module:
     kwargs = {"trust_remote_code": False, "use_safetensors": True}
     if quantization_config is not None:
         from emoset_peft.models.quant import kbit_device_map

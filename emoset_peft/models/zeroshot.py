@@ -34,8 +34,24 @@ def class_text_embeddings(
 ) -> tuple[torch.Tensor, float]:
     """([classes, projection_dim] unit-norm text embeddings, exp(logit_scale)) from a CLIP checkpoint.
 
-    The tokenizer is loaded from the same folder or Hub id as the model.
+    The tokenizer is loaded from the same folder or Hub id as the model. Inside
+    ``reuse_loaded_backbones()`` the result is computed once per process (the text tower is
+    frozen, so every cell of a study would compute the same embeddings).
     """
+    from emoset_peft.models import backbones
+
+    cache = backbones._LOADED
+    key = ("text", source, tuple(class_names), tuple(templates))
+    if cache is not None and key in cache:
+        embeds, scale = cache[key]
+        return embeds.clone(), scale
+    embeds, scale = _compute_text_embeddings(source, class_names, templates)
+    if cache is not None:
+        cache[key] = (embeds.clone(), scale)
+    return embeds, scale
+
+
+def _compute_text_embeddings(source, class_names, templates) -> tuple[torch.Tensor, float]:
     from transformers import AutoTokenizer, CLIPModel
 
     from emoset_peft.models.backbones import quiet_transformers

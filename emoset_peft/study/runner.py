@@ -153,8 +153,7 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
     """Run every unfinished cell of the grid; returns the study folder."""
     from accelerate import PartialState
 
-    from emoset_peft.engine.recipe import make_accelerator
-    from emoset_peft.engine.solo import SoloAccelerator
+    from emoset_peft.models.backbones import reuse_loaded_backbones
 
     cells = expand(study)
     # cpu=true in the recipe must reach the process group too (gloo instead of NCCL).
@@ -172,24 +171,11 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
     if state.is_main_process:
         log.info("study %s: %d cells, %d finished, %d to run on %d process(es)", out, len(cells),
                  len(cells) - len(todo), len(todo), state.num_processes)
-    context = CellContext()
     bar = tqdm(total=len(mine), desc=f"study (rank {state.process_index})" if
                state.num_processes > 1 else "study", unit="cell",
-               disable=not (show_progress and state.is_main_process),
-               position=0)
-    for cell in mine:
-        bar.set_postfix_str(cell.name)
-        if cell.large:
-            accelerator = make_accelerator(cell.config)
-        else:
-            accelerator = SoloAccelerator(state.device if not cell.config.cpu else
-                                          _cpu_device(), cell.config.train.mixed_precision)
-        row = run_cell(cell, accelerator, context, out, show_progress and state.is_main_process,
-                       state.process_index)
-        accelerator.free_memory()
-        if row is not None:
-            append_result(results_path, row)
-        bar.update(1)
+               disable=not (show_progress and state.is_main_process), position=0)
+    with reuse_loaded_backbones():  # each backbone is read once per process, copied per cell
+        _run_cells(mine, state, out, results_path, bar, show_progress)
     bar.close()
     state.wait_for_everyone()
     if study.report and state.is_main_process:
@@ -197,6 +183,27 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
 
         write_report(out)
     return out
+
+
+def _run_cells(cells: list[Cell], state, out: Path, results_path: Path, bar,
+               show_progress: bool) -> None:
+    from emoset_peft.engine.recipe import make_accelerator
+    from emoset_peft.engine.solo import SoloAccelerator
+
+    context = CellContext()
+    for cell in cells:
+        bar.set_postfix_str(cell.name)
+        if cell.large:  # all processes train it together (DDP)
+            accelerator = make_accelerator(cell.config)
+        else:
+            device = _cpu_device() if cell.config.cpu else state.device
+            accelerator = SoloAccelerator(device, cell.config.train.mixed_precision)
+        row = run_cell(cell, accelerator, context, out, show_progress and state.is_main_process,
+                       state.process_index)
+        accelerator.free_memory()
+        if row is not None:
+            append_result(results_path, row)
+        bar.update(1)
 
 
 def _cpu_device():
