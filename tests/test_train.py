@@ -80,3 +80,28 @@ def test_python_entry_and_offline_tensorboard(tiny_run, tmp_path):
     assert metrics == json.loads((tmp_path / "tb" / "metrics.json").read_text())
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_early_stopping_and_gradient_accumulation(tiny_run, tmp_path):
+    # A learning rate too small to change any prediction: selection accuracy cannot improve,
+    # so patience=2 stops the run after the first evaluation plus two more.
+    args = tiny_run("stop", **{"train.lr": 1e-12, "train.eval_every": 1, "train.patience": 2,
+                               "train.max_steps": 30, "train.min_steps": 30, "train.grad_accum": 2,
+                               "train.warmup_ratio": 0.0})
+    assert main(["train", *args]) == 0
+    metrics = json.loads((tmp_path / "stop" / "metrics.json").read_text())
+    assert metrics["stopped_early"] is True
+    assert metrics["steps"] == 3 and metrics["best_step"] == 1
+
+
+def test_data_seed_and_training_seed_are_separate(tiny_run, tmp_path):
+    runs = {"a": {}, "b": {"train.seed": 1}, "c": {"data.data_seed": 1}}
+    for name, extra in runs.items():
+        assert main(["train", *tiny_run(name, **extra)]) == 0
+    ids = {name: json.loads((tmp_path / name / "train_manifest.json").read_text())["image_ids"]
+           for name in runs}
+    assert ids["a"] == ids["b"]  # another training seed trains on the same images
+    assert ids["a"] != ids["c"]  # another data seed picks other images
+    adapters = {name: (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
+                for name in ("a", "b")}
+    assert adapters["a"] != adapters["b"]  # ... with other initialisation and augmentation
