@@ -105,3 +105,22 @@ def test_data_seed_and_training_seed_are_separate(tiny_run, tmp_path):
     adapters = {name: (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
                 for name in ("a", "b")}
     assert adapters["a"] != adapters["b"]  # ... with other initialisation and augmentation
+
+
+def test_corrupt_images_are_skipped_and_counted_or_named(tiny_run, training_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "EmoSet"
+    shutil.copytree(training_root, root)
+    record = json.loads((root / "test.json").read_text())[0]
+    broken = root / record[1]
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated JPEG, as downloads sometimes are
+
+    assert main(["train", *tiny_run("skip", **{"data.root": root})]) == 0
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    assert metrics["skipped_images"]["test"] == 1
+    assert metrics["test"]["num_images"] == 47
+
+    assert main(["train", *tiny_run("strict", **{"data.root": root,
+                                                 "data.skip_corrupt": "false"})]) == 2
+    assert str(broken) in capsys.readouterr().err
