@@ -1,0 +1,107 @@
+"""What both benchmarks share: the data, the ViT-S backbone, child processes, the machine, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PLAIN = HERE / "plain_path.py"
+
+# EmoSet-shaped synthetic JPEGs of web-photo sizes; one tree serves both benchmarks.
+DATA = dict(seed=0, train_per_class=32, val_per_class=8, test_per_class=32, size_range=(300, 640))
+# ViT-S/16 at 224 px (22 M parameters), random init.
+VIT_S = dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12,
+             num_attention_heads=6, intermediate_size=1536)
+
+
+def synthetic_tree(workdir: Path) -> Path:
+    from emoset_peft.data.synthetic import make_synthetic_emoset
+
+    root = workdir / "emoset"
+    if not (root / "test.json").exists():
+        make_synthetic_emoset(root, **DATA)
+    return root
+
+
+def save_vit_s(folder: Path, seed: int = 0) -> Path:
+    """A random-init ViT-S/16 saved like a Hub checkpoint (config, weights, preprocessor)."""
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    ViTModel(ViTConfig(**VIT_S), add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+def write_records(path: Path, class_names, splits: dict) -> Path:
+    """The plain path's input: {split: [[image path, label], ...]} from ``datasets`` splits."""
+    import datasets
+
+    out = {"class_names": list(class_names), "splits": {}}
+    for name, split in splits.items():
+        paths = split.cast_column("image", datasets.Image(decode=False))["image"]
+        out["splits"][name] = [[p["path"], int(y)] for p, y in zip(paths, split["label"])]
+    path.write_text(json.dumps(out))
+    return path
+
+
+def run_child(args: list[str], env: dict | None = None, timeout: float = 1200) -> dict:
+    """Run ``python args...`` in a fresh process; its last stdout line is a JSON object.
+
+    Adds ``wall_seconds`` (including interpreter start and imports) to the result.
+    """
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_VERBOSITY": "error", **(env or {})}
+    tick = time.perf_counter()
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+    wall = time.perf_counter() - tick
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"child {' '.join(map(str, args[:2]))} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1])
+    result["wall_seconds"] = wall
+    return result
+
+
+def steady_images_per_second(step_seconds: list[float], batch: int, warmup: int) -> float:
+    """Images/s from the median step time after ``warmup`` steps (robust to a co-tenant's burst)."""
+    timed = step_seconds[warmup:] or step_seconds
+    return batch / statistics.median(timed)
+
+
+def machine() -> dict:
+    model = platform.processor() or "unknown"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    return {"cpu": model, "cores": os.cpu_count(), "isa": ",".join(isa) or "?",
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_avg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
