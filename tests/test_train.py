@@ -124,3 +124,10 @@ def test_corrupt_images_are_skipped_and_counted_or_named(tiny_run, training_root
     assert main(["train", *tiny_run("strict", **{"data.root": root,
                                                  "data.skip_corrupt": "false"})]) == 2
     assert str(broken) in capsys.readouterr().err
+
+
+def test_attribute_slices_are_named(tiny_run, tmp_path):
+    assert main(["train", *tiny_run("slices")]) == 0
+    slices = json.loads((tmp_path / "slices" / "metrics.json").read_text())["test"]["slices"]
+    scenes = slices.get("scene", {})
+    assert scenes and not any(name.lstrip("-").isdigit() for name in scenes)  # names, not indices

@@ -58,6 +58,7 @@ class DecodedImages:
     labels: np.ndarray  # int64 [N]
     image_ids: list[str]
     attributes: dict[str, list] = field(default_factory=dict)  # column -> N values, for slices
+    attribute_labels: dict[str, list[str]] = field(default_factory=dict)  # ClassLabel index -> name
     skipped: list[str] = field(default_factory=list)  # image paths that could not be decoded
 
     def __len__(self) -> int:
@@ -105,9 +106,12 @@ def decode_split(split, image_size: int, *, cache_dir: str | Path | None = None,
     labels = np.asarray(table["label"], dtype=np.int64)[keep]
     attributes = {name: [table[name][i] for i in keep] for name in names}
     pixels = pixels if len(keep) == len(paths) else pixels[keep]  # copy only when something failed
+    attribute_labels = {name: list(split.features[name].names) for name in names
+                        if hasattr(split.features[name], "names")}
     return DecodedImages(pixels=pixels, labels=labels,
                          image_ids=[table["image_id"][i] for i in keep],
-                         attributes=attributes, skipped=[paths[i] for i in sorted(failed)])
+                         attributes=attributes, attribute_labels=attribute_labels,
+                         skipped=[paths[i] for i in sorted(failed)])
 
 
 def _undecoded_image_feature():

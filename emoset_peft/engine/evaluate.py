@@ -96,7 +96,8 @@ def evaluate(model, images: DecodedImages, class_names, accelerator, normalizer,
 
     probs = predict_probs(model, images, accelerator, normalizer, image_size, batch_size)
     metrics = classification_metrics(probs, images.labels, class_names,
-                                     attributes=images.attributes or None)
+                                     attributes=images.attributes or None,
+                                     attribute_labels=images.attribute_labels or None)
     # Cross-entropy of the predictions, for selection by loss and for the log.
     picked = probs[np.arange(len(probs)), images.labels]
     metrics["loss"] = float(-np.log(np.clip(picked, 1e-12, None)).mean()) if len(probs) else 0.0
