@@ -56,23 +56,44 @@ def write_records(path: Path, class_names, splits: dict) -> Path:
     return path
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot (/proc/stat), or 0 off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def run_child(args: list[str], env: dict | None = None, timeout: float = 1200) -> dict:
     """Run ``python args...`` in a fresh process; its last stdout line is a JSON object.
 
-    Adds ``wall_seconds`` (including interpreter start and imports) to the result.
+    Adds ``wall_seconds`` (including interpreter start and imports) and ``others_cpu``: the
+    share of the machine's cores that *other* processes kept busy meanwhile (0 = the child had
+    the machine to itself; a co-tenant's 2-thread job on 2 cores is ~0.5 and slows a
+    2-thread PyTorch process several-fold).
     """
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_VERBOSITY": "error", **(env or {})}
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = _busy_cpu_seconds()
     tick = time.perf_counter()
     proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
     wall = time.perf_counter() - tick
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    others = max(0.0, _busy_cpu_seconds() - busy - own) / (wall * (os.cpu_count() or 1))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {' '.join(map(str, args[:2]))} failed ({proc.returncode}):\n"
                            f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     result = json.loads(lines[-1])
     result["wall_seconds"] = wall
+    result["others_cpu"] = others
     return result
 
 

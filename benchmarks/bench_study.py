@@ -158,11 +158,13 @@ def main(argv=None) -> int:
 def report(host, precision, toolkit, toolkit_rows, plain_rows, plain_wall, n_seeds, seconds):
     cells = len(toolkit_rows)
     rows = [["toolkit: emoset-peft study (1 process)", f"{toolkit['wall_seconds']:.0f}",
-             f"{toolkit['wall_seconds'] / cells:.1f}", f"{toolkit['maxrss_mib']:.0f}", "1.00x"]]
+             f"{toolkit['wall_seconds'] / cells:.1f}", f"{toolkit['maxrss_mib']:.0f}",
+             f"{100 * toolkit['others_cpu']:.0f}%", "1.00x"]]
     if plain_rows:
+        others = statistics.mean(r["others_cpu"] for r in plain_rows)
         rows.append([f"plain: Trainer+PEFT, {len(plain_rows)} processes", f"{plain_wall:.0f}",
                      f"{plain_wall / len(plain_rows):.1f}",
-                     f"{max(r['maxrss_mib'] for r in plain_rows):.0f}",
+                     f"{max(r['maxrss_mib'] for r in plain_rows):.0f}", f"{100 * others:.0f}%",
                      f"{plain_wall / toolkit['wall_seconds']:.2f}x"])
     lines = [
         "",
@@ -172,7 +174,7 @@ def report(host, precision, toolkit, toolkit_rows, plain_rows, plain_wall, n_see
         f"load average at start {host['load_avg']}",
         "",
         table(["side", "wall s", "s/cell", "peak RSS MiB (max over processes)",
-               "wall time / toolkit"], rows),
+               "co-tenant CPU", "wall time / toolkit"], rows),
     ]
     train_s = sum(float(r["train_seconds"]) for r in toolkit_rows)
     eval_s = sum(float(r["eval_seconds"]) for r in toolkit_rows)
