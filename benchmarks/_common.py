@@ -1,4 +1,4 @@
-"""What both benchmarks share: the data, the ViT-S backbone, child processes, the machine, tables."""
+"""What both benchmarks share: data, the ViT-S backbone, child processes, the machine, tables."""
 
 from __future__ import annotations
 

@@ -1,16 +1,18 @@
 """Training and evaluation throughput of emoset_peft vs the plain Trainer + PEFT path, against
 the machine's physical limit, with peak memory. One command, one table:
 
-    python benchmarks/bench_train_eval.py [--workdir DIR] [--steps 8] [--warmup 2] [--no-bf16]
+    python benchmarks/bench_train_eval.py [--workdir DIR] [--steps 8] [--warmup 2] [--rounds 2]
+                                          [--no-bf16]
 
 Both sides: synthetic EmoSet-shaped JPEGs of 300-640 px, a random-init ViT-S/16 at 224 px loaded
 from a folder, LoRA r=16 (alpha 16, dropout 0.1) on q and v, batch 16, torch's default threads.
 Precision: bf16 autocast where this CPU multiplies bf16 natively, else fp32 for both sides (the
 toolkit's ``resolve_mixed_precision``); the plain path as a user writes it (``bf16=True``) is
 measured as well unless ``--no-bf16``. Each measurement runs in its own process (peak RSS is its
-``ru_maxrss``). Training images/s: median step time after ``--warmup`` steps; the toolkit's step
-times come from ``FitResult.step_seconds``, the plain path's from a ``TrainerCallback``; both
-include the data. Evaluation: a 256-image test split after a 32-image warm-up; the toolkit reads
+``ru_maxrss``); each side runs ``--rounds`` times, alternating, plus retries while a co-tenant
+used the cores, and its fastest run counts. Training images/s: median step time after
+``--warmup`` steps; the toolkit's step times come from ``FitResult.step_seconds``, the plain
+path's from a ``TrainerCallback``; both include the data. Evaluation: a 256-image test split after a 32-image warm-up; the toolkit reads
 its decode cache (the cold decode is timed separately), the plain path decodes every JPEG.
 The limit: FLOPs per image (``torch.utils.flop_counter.FlopCounterMode`` on the same model with
 eager attention; training = forward + input-gradient backward + adapter weight gradients)
@@ -352,11 +354,16 @@ def main(argv=None) -> int:
     measure("eval", {"toolkit": toolkit_eval,
                      "plain": lambda: plain("eval-throughput", "--precision", precision)},
             eval_speed)
-    if not args.no_bf16 and precision != "bf16":
-        results["plain bf16 train"] = plain("train-throughput", "--steps", 2, "--precision",
-                                            "bf16")
-        results["plain bf16 eval"] = plain("eval-throughput", "--precision", "bf16",
-                                           "--eval-images", 48, "--warmup-images", 16)
+    if not args.no_bf16 and precision != "bf16":  # one run each (slow), again if disturbed
+        for phase, run, speed in (
+                ("train", lambda: plain("train-throughput", "--steps", 2, "--precision", "bf16"),
+                 train_speed),
+                ("eval", lambda: plain("eval-throughput", "--precision", "bf16",
+                                       "--eval-images", 48, "--warmup-images", 16), eval_speed)):
+            result = run()
+            if result["others_cpu"] > QUIET:
+                result = max(result, run(), key=speed)
+            results[f"plain bf16 {phase}"] = result
     again = toolkit("gemm", precisions=[precision])["gemm"]  # again at the end: keep the best
     for name, rates in again.items():
         for shape, rate in rates.items():
