@@ -57,3 +57,17 @@ def test_quantize_needs_a_method_with_quantized_layers(tiny_vit_dir):
         build_model(tiny_vit_dir, "dora", quantize="8bit")
     with pytest.raises(EmoSetError, match="choose one of 8bit, 4bit"):
         build_model(tiny_vit_dir, "lora", quantize="2bit")
+
+
+def test_narrow_4bit_layers_keep_the_generic_cpu_kernel(tiny_vit_dir):
+    # bitsandbytes' AVX512-BF16 repacking fails for in_features < 64 (the tiny ViT is 32 wide):
+    # such layers must never take that path, whatever this CPU supports.
+    import bitsandbytes as bnb
+
+    model = build_model(tiny_vit_dir, "lora", quantize="4bit")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    narrow = [m for m in layers if m.in_features % 64]
+    wide = [m for m in layers if not m.in_features % 64]  # the MLP's fc2 (64 -> 32)
+    assert narrow and wide
+    assert not any(m.support_avx512bf16_for_cpu for m in narrow)
+    assert all(m.support_avx512bf16_for_cpu == bnb.functional.has_avx512bf16() for m in wide)

@@ -206,6 +206,8 @@ def build_model(
     label_map, _ = backbones.label_maps(num_labels, id2label)
     qconfig = quant.quantization_config(quantize) if quantize else None
     network = backbones.load_classifier(info, config, label_map, quantization_config=qconfig)
+    if quantize:
+        quant.keep_cpu_packing_in_bounds(network)
     if spec.kind == "zeroshot" or head_init == "text":
         templates = options.templates if spec.kind == "zeroshot" else zeroshot.DEFAULT_TEMPLATES
         names = [label_map[i] for i in range(num_labels)]
@@ -363,6 +365,8 @@ def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) ->
         import peft
 
         network = backbones.load_classifier(info, config, label_map, quantization_config=qconfig)
+        if quantize:
+            quant.keep_cpu_packing_in_bounds(network)
         if quantize and trainable:
             network = quant.prepare_for_training(network)
         network = peft.PeftModel.from_pretrained(network, str(path), is_trainable=trainable)

@@ -93,3 +93,24 @@ def prepare_for_training(model: torch.nn.Module) -> torch.nn.Module:
 
     # Checkpointing is switched on by build_model itself (non-reentrant), not here.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def keep_cpu_packing_in_bounds(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep bitsandbytes' AVX512-BF16 4-bit path off layers it cannot pack.
+
+    On a CPU with AVX512-BF16 (or AMX), bitsandbytes 0.50 repacks a ``Linear4bit`` weight the
+    first time it runs without gradients, which needs ``in_features`` to be a multiple of the
+    quantization block (64) and ``out_features`` of 32; a narrower layer fails inside
+    bitsandbytes ("shape '[32, 0]' is invalid"). Those layers keep the generic CPU kernel.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return model
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            state = getattr(module.weight, "quant_state", None)
+            block = getattr(state, "blocksize", 64) or 64
+            if module.in_features % block or module.out_features % 32:
+                module.support_avx512bf16_for_cpu = False
+    return model
