@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from emoset_peft.engine.trainer import resolve_mixed_precision
+    from emoset_peft.engine.precision import resolve_mixed_precision
 
     started = time.perf_counter()
     host = machine()

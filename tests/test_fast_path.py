@@ -119,19 +119,19 @@ def test_train_batches_are_a_pure_function_of_seed_and_step(synthetic_root, tmp_
 
 
 def test_precision_policy_drops_only_emulated_low_precision(monkeypatch):
-    from emoset_peft.engine import trainer
+    from emoset_peft.engine import precision
 
     cpu = torch.device("cpu")
-    assert trainer.resolve_mixed_precision("no", cpu) == "no"
-    monkeypatch.setattr(trainer, "native_low_precision", lambda device, dtype: False)
-    assert trainer.resolve_mixed_precision("bf16", cpu) == "no"
-    assert trainer.resolve_mixed_precision("fp16", cpu) == "no"
-    monkeypatch.setattr(trainer, "native_low_precision", lambda device, dtype: True)
-    assert trainer.resolve_mixed_precision("bf16", cpu) == "bf16"
+    assert precision.resolve_mixed_precision("no", cpu) == "no"
+    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: False)
+    assert precision.resolve_mixed_precision("bf16", cpu) == "no"
+    assert precision.resolve_mixed_precision("fp16", cpu) == "no"
+    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: True)
+    assert precision.resolve_mixed_precision("bf16", cpu) == "bf16"
 
 
 def test_native_bf16_check_agrees_with_onednn():
-    from emoset_peft.engine.trainer import native_low_precision
+    from emoset_peft.engine.precision import native_low_precision
 
     expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert native_low_precision(torch.device("cpu"), torch.bfloat16) is expected

@@ -56,38 +56,6 @@ def step_budget(num_images: int, per_process_batch: int, world_size: int, cfg: T
     return steps
 
 
-def native_low_precision(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
-    """Whether ``dtype`` matrix multiplies run at hardware speed on ``device``.
-
-    CUDA: bf16 from Ampere on, fp16 everywhere. CPU: only with AVX512-BF16/AMX/AVX-NE-CONVERT
-    (what oneDNN's bf16 kernels need); elsewhere PyTorch falls back to a reference GEMM that
-    runs 4-15x slower than fp32 (measured on an AVX2 EPYC: 9 vs 130 GFLOP/s at ViT-S shapes).
-    """
-    if device.type == "cuda":
-        return dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        check = {torch.bfloat16: "_is_mkldnn_bf16_supported",
-                 torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
-        probe = getattr(torch.ops.mkldnn, check, None) if check else None
-        return bool(probe()) if probe is not None else False
-    return True  # mps, xpu, ...: trust the user's choice
-
-
-def resolve_mixed_precision(requested: str, device: torch.device) -> str:
-    """The precision to actually train in: ``requested``, unless it is emulated on ``device``.
-
-    bf16/fp16 on a CPU without native support is several times slower than fp32 (and no
-    smaller in a way that matters for ViT/CLIP-sized models), so it becomes "no" with a warning.
-    """
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(requested)
-    if dtype is None or native_low_precision(device, dtype):
-        return requested
-    log.warning("mixed_precision=%s is emulated on this %s (no native %s matrix multiply): "
-                "training in fp32 instead, which is several times faster here", requested,
-                device.type, requested)
-    return "no"
-
-
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()
             if p.requires_grad}
@@ -125,7 +93,6 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
     # Not passed to prepare(): accelerate would step it once per process per step.
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    _warn_if_emulated(accelerator)
     if cfg.compile:
         # Measured on a 2-core AVX2 CPU, ViT-S/16 + LoRA, fp32: 0.95x eager, after a 75 s compile.
         log.info("train.compile=true: compiling the model with torch.compile; the first step "
@@ -226,17 +193,6 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
                      best_validation=state["best_validation"],
                      train_seconds=state["train_seconds"], stopped_early=stopped_early,
                      history=state["history"], step_seconds=step_seconds)
-
-
-def _warn_if_emulated(accelerator) -> None:
-    """A recipe written for a GPU or a bf16 CPU (recipes/*.yaml say bf16) may land on a CPU
-    that only emulates bf16; say so rather than run several times slower in silence."""
-    name = str(getattr(accelerator, "mixed_precision", "no"))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
-    if dtype is not None and not native_low_precision(accelerator.device, dtype):
-        log.warning("mixed_precision=%s on a %s without native %s matrix multiplies runs several "
-                    "times slower than fp32; set train.mixed_precision=no here", name,
-                    accelerator.device.type, name)
 
 
 def _maybe_no_sync(accelerator, model, sync: bool):

@@ -187,6 +187,7 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
 
 def _run_cells(cells: list[Cell], state, out: Path, results_path: Path, bar,
                show_progress: bool) -> None:
+    from emoset_peft.engine.precision import resolve_mixed_precision
     from emoset_peft.engine.recipe import make_accelerator
     from emoset_peft.engine.solo import SoloAccelerator
 
@@ -197,7 +198,8 @@ def _run_cells(cells: list[Cell], state, out: Path, results_path: Path, bar,
             accelerator = make_accelerator(cell.config)
         else:
             device = _cpu_device() if cell.config.cpu else state.device
-            accelerator = SoloAccelerator(device, cell.config.train.mixed_precision)
+            accelerator = SoloAccelerator(
+                device, resolve_mixed_precision(cell.config.train.mixed_precision, device))
         row = run_cell(cell, accelerator, context, out, show_progress and state.is_main_process,
                        state.process_index)
         accelerator.free_memory()
