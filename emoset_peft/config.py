@@ -74,6 +74,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     report_to: str = "none"  # "none" | "tensorboard" | "wandb" | comma-separated
     compile: bool = False  # torch.compile the model (the first steps are slow while it compiles)
+    fast_kernels: bool = True  # CPU training: matmul attention + PCG64 dropout masks (models/kernels.py)
     deterministic: bool = False  # torch deterministic algorithms (for exact resume checks)
 
 

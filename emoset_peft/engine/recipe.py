@@ -16,6 +16,7 @@ from emoset_peft.config import RunConfig, save_config, validate
 from emoset_peft.data.pipeline import Normalizer
 from emoset_peft.data.run_data import RunData, load_run_data
 from emoset_peft.engine.evaluate import evaluate
+from emoset_peft.engine.precision import cast_frozen_weights, frozen_dtype, resolve_mixed_precision
 from emoset_peft.engine.run_dir import prepare_run_dir
 from emoset_peft.engine.trainer import FitResult, fit, step_budget
 from emoset_peft.errors import EmoSetError
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def make_accelerator(config: RunConfig, project_dir: Path | None = None):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
     from accelerate.state import AcceleratorState, GradientState
 
     # Accelerate keeps one global state per process and refuses a second Accelerator with other
@@ -35,9 +36,10 @@ def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     trackers = [t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")]
+    device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
         cpu=config.cpu,
-        mixed_precision=config.train.mixed_precision,
+        mixed_precision=resolve_mixed_precision(config.train.mixed_precision, device),
         log_with=trackers or None,
         project_dir=str(project_dir) if project_dir else None,
         # A CLIP model keeps parameters that a vision-only loss never reaches (text tower,
@@ -46,24 +48,12 @@ def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     )
 
 
-def frozen_dtype(config: RunConfig) -> torch.dtype | None:
-    """Store frozen base weights in bf16/fp16 (autocast would cast them every step anyway)."""
-    name = config.model.frozen_dtype
-    if name == "auto":
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.mixed_precision)
-    return None if name == "float32" else getattr(torch, name)
-
-
-def cast_frozen_weights(model, dtype: torch.dtype | None) -> None:
-    if dtype is None:
-        return
-    for param in model.parameters():
-        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
-            param.data = param.data.to(dtype)
-
-
-def build_run_model(config: RunConfig, class_names, total_steps: int | None = None):
-    from emoset_peft.models import build_model
+def build_run_model(config: RunConfig, class_names, total_steps: int | None = None, *,
+                    precision: str = "no"):
+    """The run's model: ``config.model`` built, frozen weights stored for ``precision`` (the
+    resolved mixed precision: ``accelerator.mixed_precision``), fast CPU kernels unless
+    ``train.fast_kernels=false``."""
+    from emoset_peft.models import build_model, enable_fast_kernels
 
     m = config.model
     model = build_model(
@@ -72,7 +62,9 @@ def build_run_model(config: RunConfig, class_names, total_steps: int | None = No
         quantize=m.quantize, gradient_checkpointing=m.gradient_checkpointing,
         total_steps=total_steps, head_init=m.head_init, **m.options)
     if m.quantize is None:
-        cast_frozen_weights(model, frozen_dtype(config))
+        cast_frozen_weights(model, frozen_dtype(m.frozen_dtype, precision))
+    if config.train.fast_kernels:
+        enable_fast_kernels(model)
     return model
 
 
@@ -89,7 +81,8 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
     if data.train is not None:
         batch = max(1, min(config.train.batch_size, len(data.train) // accelerator.num_processes or 1))
         total_steps = step_budget(len(data.train), batch, accelerator.num_processes, config.train)
-    model = build_run_model(config, data.class_names, total_steps)
+    precision = str(accelerator.mixed_precision)
+    model = build_run_model(config, data.class_names, total_steps, precision=precision)
     spec = input_spec(model)
     model.to(accelerator.device)
     normalizer = Normalizer(spec.mean, spec.std, accelerator.device)
@@ -125,6 +118,7 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
                            (("train", data.train), ("validation", data.selection),
                             ("test", data.test)) if images is not None},
         "num_processes": accelerator.num_processes,
+        "mixed_precision": precision,  # as run: bf16 in the recipe becomes "no" where emulated
         "config_fingerprint": config.fingerprint(),
     }
     if out_dir is not None and accelerator.is_main_process:

@@ -25,6 +25,8 @@ _EXPORTS = {
     "resolve_targets": "roles",
     "save_tiny_backbone": "tiny",
     "EmoSetModel": "wrapper",
+    "FastDropout": "kernels",
+    "enable_fast_kernels": "kernels",
     "after_optimizer_step": "wrapper",
     "count_parameters": "wrapper",
     "extra_loss": "wrapper",
