@@ -12,8 +12,11 @@ measured as well unless ``--no-bf16``. Each measurement runs in its own process 
 ``ru_maxrss``); each side runs ``--rounds`` times, alternating, plus retries while a co-tenant
 used the cores, and its fastest run counts. Training images/s: median step time after
 ``--warmup`` steps; the toolkit's step times come from ``FitResult.step_seconds``, the plain
-path's from a ``TrainerCallback``; both include the data. Evaluation: a 256-image test split after a 32-image warm-up; the toolkit reads
-its decode cache (the cold decode is timed separately), the plain path decodes every JPEG.
+path's from a ``TrainerCallback``; both include the data. The toolkit also trains with
+``train.fast_kernels=false`` (SDPA attention and ``nn.Dropout``), and a kernel table times
+those two pieces alone. Evaluation: a 256-image test split after a 32-image warm-up; the
+toolkit reads its decode cache (the cold decode is timed separately), the plain path decodes
+every JPEG.
 The limit: FLOPs per image (``torch.utils.flop_counter.FlopCounterMode`` on the same model with
 eager attention; training = forward + input-gradient backward + adapter weight gradients)
 divided by the best GEMM rate of the precision in use, measured in this run.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -54,7 +58,8 @@ def _run_config(o: dict):
            "model": {"backbone": o["backbone"], "method": "lora", "options": LORA},
            "train": {"batch_size": 16, "epochs": 0, "min_steps": o["steps"],
                      "max_steps": o["steps"], "eval_every": 10**6, "lr": 5e-3,
-                     "mixed_precision": o["precision"], "eval_batch_size": EVAL_BATCH}}
+                     "mixed_precision": o["precision"], "eval_batch_size": EVAL_BATCH,
+                     "fast_kernels": o.get("fast_kernels", True)}}
     return from_dict(RunConfig, raw, where="bench")
 
 
@@ -72,7 +77,8 @@ def child_toolkit_train(o: dict) -> dict:
     data = load_run_data(config.data, 224, show_progress=False)
     accelerator = make_accelerator(config)
     torch.manual_seed(0)
-    model = build_run_model(config, data.class_names, o["steps"]).to(accelerator.device)
+    model = build_run_model(config, data.class_names, o["steps"],
+                            precision=accelerator.mixed_precision).to(accelerator.device)
     spec = input_spec(model)
     normalizer = Normalizer(spec.mean, spec.std, accelerator.device)
     result = fit(model, data, config.train, accelerator, normalizer, spec.image_size,
@@ -97,7 +103,8 @@ def child_toolkit_eval(o: dict) -> dict:
     decode_seconds = time.perf_counter() - tick
     accelerator = make_accelerator(config)
     torch.manual_seed(0)
-    model = build_run_model(config, list(test_split.features["label"].names), 1)
+    model = build_run_model(config, list(test_split.features["label"].names), 1,
+                            precision=accelerator.mixed_precision)
     model.to(accelerator.device)
     spec = input_spec(model)
     normalizer = Normalizer(spec.mean, spec.std, accelerator.device)
@@ -191,7 +198,7 @@ def child_limits(o: dict) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from emoset_peft.engine.recipe import cast_frozen_weights
+    from emoset_peft.engine.precision import cast_frozen_weights
 
     out = child_gemm(o)
 
@@ -242,8 +249,53 @@ def child_limits(o: dict) -> dict:
     return out
 
 
+def child_kernels(o: dict) -> dict:
+    """Milliseconds per call, forward + backward, at ViT-S's shapes for a batch of 16: SDPA vs
+    the toolkit's training attention (per layer, [16, 6, 197, 64]) and nn.Dropout vs
+    FastDropout (per LoRA projection, [16, 197, 384]); best of 3 rounds of 10 calls."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from emoset_peft.models.kernels import FastDropout, fast_attention
+
+    autocast = o["precision"] == "bf16"
+    dtype = torch.bfloat16 if autocast else torch.float32
+
+    class Layer(torch.nn.Module):
+        is_causal = False
+
+    q, k, v = (torch.randn(16, 6, 197, 64).to(dtype).requires_grad_() for _ in range(3))
+    x = torch.randn(16, 197, 384, requires_grad=True)  # LoRA's dropout sees the fp32 LN output
+
+    def attention(function):
+        def call():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out, _ = function(Layer(), q, k, v, None, scaling=0.125)
+            out.float().sum().backward()
+        return call
+
+    def dropout(layer):
+        return lambda: layer(x).sum().backward()
+
+    calls = {"attention: SDPA (fused)": attention(sdpa_attention_forward),
+             "attention: toolkit (matmul + softmax)": attention(fast_attention),
+             "dropout: nn.Dropout (bernoulli_)": dropout(torch.nn.Dropout(0.1)),
+             "dropout: toolkit FastDropout": dropout(FastDropout(0.1))}
+    out = {}
+    for name, call in calls.items():
+        call()
+        best = math.inf
+        for _ in range(3):
+            tick = time.perf_counter()
+            for _ in range(10):
+                call()
+            best = min(best, (time.perf_counter() - tick) / 10)
+        out[name] = best * 1e3
+    return {"kernels_ms": out}
+
+
 CHILDREN = {"toolkit-train": child_toolkit_train, "toolkit-eval": child_toolkit_eval,
-            "limits": child_limits, "gemm": child_gemm}
+            "limits": child_limits, "gemm": child_gemm, "kernels": child_kernels}
 
 
 # -- the orchestrator -----------------------------------------------------------------------------
@@ -285,7 +337,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from emoset_peft.engine.trainer import resolve_mixed_precision
+    from emoset_peft.engine.precision import resolve_mixed_precision
 
     started = time.perf_counter()
     host = machine()
@@ -343,8 +395,10 @@ def main(argv=None) -> int:
             for side in runs), flush=True)
 
     measure("train", {"toolkit": lambda: toolkit("toolkit-train"),
+                      "toolkit-nofast": lambda: toolkit("toolkit-train", fast_kernels=False),
                       "plain": lambda: plain("train-throughput", "--steps", args.steps,
                                              "--precision", precision)}, train_speed)
+    limits.update(toolkit("kernels"))
     cold = str(workdir / "cold_cache")
 
     def toolkit_eval():
@@ -396,7 +450,10 @@ def report(host, precision, limits, results, args, seconds) -> str:
 
     t_tool, t_plain = train_ips("toolkit train"), train_ips("plain train")
     e_tool, e_plain = eval_ips("toolkit eval"), eval_ips("plain eval")
+    t_nofast = train_ips("toolkit-nofast train")
     rows = [row("training", "toolkit", "toolkit train", t_tool, t_plain, limit_train[precision]),
+            row("training", "toolkit, train.fast_kernels=false", "toolkit-nofast train",
+                t_nofast, t_plain, limit_train[precision]),
             row("training", "plain Trainer+PEFT", "plain train", t_plain, t_plain,
                 limit_train[precision])]
     if "plain bf16 train" in results:
@@ -418,7 +475,7 @@ def report(host, precision, limits, results, args, seconds) -> str:
         rows.append(row("evaluation", "plain, bf16=True as written", "plain bf16 eval", e_bf16,
                         e_plain, limit_eval["bf16"], "bf16 (emulated)"))
         rows[-1][5] += " of bf16"
-    main_table = table(["phase", "side", "precision", "images/s", "vs plain fp32", "% of limit",
+    main_table = table(["phase", "side", "precision", "images/s", "vs plain", "% of limit",
                         "peak RSS MiB", "co-tenant CPU", "all rounds img/s"], rows)
     if "plain bf16 train" in results:
         main_table += (f"\ntoolkit ({precision}) vs the plain path as written (bf16=True): "
@@ -428,6 +485,7 @@ def report(host, precision, limits, results, args, seconds) -> str:
                      for p, r in limits["gemm"].items())
     limit_rows = [[p, f"{rate[p]:.1f}", f"{limit_train[p]:.2f}", f"{limit_eval[p]:.2f}"]
                   for p in rate]
+    kernel_rows = [[name, f"{ms:.2f}"] for name, ms in limits["kernels_ms"].items()]
     probe_rows = [[r["setting"], f"{r['images_per_s']:.2f}", f"{r['loss']:.4f}",
                    f"{r.get('max_logit_diff', 0):.4f}", str(r.get("argmax_agree", "-")),
                    f"{r.get('grad_cosine', 1):.4f}"] for r in limits["probe"]]
@@ -454,6 +512,10 @@ def report(host, precision, limits, results, args, seconds) -> str:
         f"GEMM GFLOP/s (best of 3): {gemm}",
         table(["precision", "best GEMM GFLOP/s", "training limit img/s", "forward limit img/s"],
               limit_rows),
+        "",
+        f"kernels ({precision}, forward + backward, ViT-S shapes at batch 16; one attention per "
+        "layer, one dropout per LoRA projection):",
+        table(["kernel", "ms per call"], kernel_rows),
         "",
         "precision probe (one training step of 4 images, LoRA ViT-S, vs fp32):",
         table(["setting", "images/s", "loss", "max |logit diff|", "same argmax",
