@@ -55,11 +55,13 @@ def _run_config(o: dict):
     raw = {"cpu": True, "output_dir": o["out"],
            "data": {"root": o["root"], "per_class": TRAIN_PER_CLASS, "data_seed": 0,
                     "selection_per_class": 1, "cache_dir": o["cache"]},
-           "model": {"backbone": o["backbone"], "method": "lora", "options": LORA},
+           "model": {"backbone": o["backbone"], "method": "lora", "options": LORA,
+                     "gradient_checkpointing": o.get("gradient_checkpointing", False)},
            "train": {"batch_size": 16, "epochs": 0, "min_steps": o["steps"],
                      "max_steps": o["steps"], "eval_every": 10**6, "lr": 5e-3,
                      "mixed_precision": o["precision"], "eval_batch_size": EVAL_BATCH,
-                     "fast_kernels": o.get("fast_kernels", True)}}
+                     "fast_kernels": o.get("fast_kernels", True),
+                     "compile": o.get("compile", False)}}
     return from_dict(RunConfig, raw, where="bench")
 
 
@@ -399,6 +401,11 @@ def main(argv=None) -> int:
                       "plain": lambda: plain("train-throughput", "--steps", args.steps,
                                              "--precision", precision)}, train_speed)
     limits.update(toolkit("kernels"))
+    # Options a user may switch on, once each: memory for time, and a compiled model.
+    levers = {"model.gradient_checkpointing=true": toolkit("toolkit-train",
+                                                           gradient_checkpointing=True),
+              "train.compile=true": toolkit("toolkit-train", compile=True)}
+    print("levers measured", flush=True)
     cold = str(workdir / "cold_cache")
 
     def toolkit_eval():
@@ -423,11 +430,11 @@ def main(argv=None) -> int:
         for shape, rate in rates.items():
             limits["gemm"][name][shape] = max(rate, limits["gemm"][name][shape])
     host["load_avg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(report(host, precision, limits, results, args, time.perf_counter() - started))
+    print(report(host, precision, limits, results, levers, args, time.perf_counter() - started))
     return 0
 
 
-def report(host, precision, limits, results, args, seconds) -> str:
+def report(host, precision, limits, results, levers, args, seconds) -> str:
     flops = limits["flops"]
     rate = {name: max(rates.values()) for name, rates in limits["gemm"].items()}
     limit_train = {p: rate[p] * 1e9 / flops["train_counted"] for p in rate}
@@ -486,6 +493,13 @@ def report(host, precision, limits, results, args, seconds) -> str:
     limit_rows = [[p, f"{rate[p]:.1f}", f"{limit_train[p]:.2f}", f"{limit_eval[p]:.2f}"]
                   for p in rate]
     kernel_rows = [[name, f"{ms:.2f}"] for name, ms in limits["kernels_ms"].items()]
+    lever_rows = []
+    for setting, r in levers.items():
+        speed = steady_images_per_second(r["step_seconds"], r["batch_size"], args.warmup)
+        lever_rows.append([setting, f"{speed:.2f}", f"{speed / t_tool:.2f}x",
+                           f"{r['step_seconds'][0]:.1f}", f"{r['maxrss_mib']:.0f}",
+                           f"{results['toolkit train']['maxrss_mib']:.0f}",
+                           f"{100 * r['others_cpu']:.0f}%"])
     probe_rows = [[r["setting"], f"{r['images_per_s']:.2f}", f"{r['loss']:.4f}",
                    f"{r.get('max_logit_diff', 0):.4f}", str(r.get("argmax_agree", "-")),
                    f"{r.get('grad_cosine', 1):.4f}"] for r in limits["probe"]]
@@ -512,6 +526,10 @@ def report(host, precision, limits, results, args, seconds) -> str:
         f"GEMM GFLOP/s (best of 3): {gemm}",
         table(["precision", "best GEMM GFLOP/s", "training limit img/s", "forward limit img/s"],
               limit_rows),
+        "",
+        "training options (toolkit, one run each; the first step includes any compilation):",
+        table(["setting", "images/s", "vs toolkit default", "first step s", "peak RSS MiB",
+               "default's peak RSS MiB", "co-tenant CPU"], lever_rows),
         "",
         f"kernels ({precision}, forward + backward, ViT-S shapes at batch 16; one attention per "
         "layer, one dropout per LoRA projection):",

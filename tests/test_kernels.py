@@ -101,6 +101,18 @@ def test_fast_dropout_follows_torch_seed_and_backpropagates_its_mask():
     assert torch.equal(layer.eval()(x), x)
 
 
+def test_fast_dropout_in_bf16_rounds_once_from_fp32():
+    # What an fp32 dropout feeding a bf16 matmul gives: x * scale in fp32, rounded to bf16 once
+    # (a bf16 mask would round the scale itself: 1/0.9 -> 1.109375, a 0.16% bias).
+    torch.manual_seed(0)
+    x = torch.randn(200_000).to(torch.bfloat16)
+    y = FastDropout(0.1).train()(x)
+    scale = 65536 / (65536 - round(0.1 * 65536))
+    kept = y != 0
+    assert y.dtype == torch.bfloat16 and 0.09 < 1 - kept.float().mean().item() < 0.11
+    assert torch.equal(y[kept], (x[kept].float() * scale).to(torch.bfloat16))
+
+
 def _build(folder, method, fast, **options):
     torch.manual_seed(0)
     model = build_model(folder, method, **options)
@@ -130,6 +142,19 @@ def test_fast_model_gives_the_plain_logits_and_gradients(backbone, method, optio
                  and getattr(m.config, "_attn_implementation", None) == FAST_ATTENTION]
     inner = [m for m in modules if getattr(m, "emoset_inner_attention", None) == FAST_ATTENTION]
     assert (inner if method == "prefix" else uses_fast), "no layer routes through the fast attention"
+
+
+def test_under_autocast_lora_inputs_stay_bf16_and_logits_agree(tiny_vit_dir):
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    plain = _build(tiny_vit_dir, "lora", False, dropout=0.0).train()
+    fast = enable_fast_kernels(_build(tiny_vit_dir, "lora", False, dropout=0.0),
+                               autocast=True).train()
+    flags = [m.cast_input_dtype_enabled for m in fast.modules()
+             if hasattr(m, "cast_input_dtype_enabled")]
+    assert flags and not any(flags)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = plain(pixel_values=x).logits, fast(pixel_values=x).logits
+    torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
 
 
 def test_lora_dropout_is_swapped_and_the_saved_folder_is_unchanged(tiny_vit_dir, tmp_path):

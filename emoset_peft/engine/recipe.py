@@ -63,8 +63,8 @@ def build_run_model(config: RunConfig, class_names, total_steps: int | None = No
         total_steps=total_steps, head_init=m.head_init, **m.options)
     if m.quantize is None:
         cast_frozen_weights(model, frozen_dtype(m.frozen_dtype, precision))
-    if config.train.fast_kernels:
-        enable_fast_kernels(model)
+    if config.train.fast_kernels:  # every forward of a run is under its accelerator's autocast
+        enable_fast_kernels(model, autocast=precision in ("bf16", "fp16"))
     return model
 
 

@@ -76,7 +76,8 @@ class FastDropout(nn.Dropout):
     """``nn.Dropout`` whose CPU masks come from numpy's PCG64 instead of ``bernoulli_``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or self.p >= 1 or x.device.type != "cpu":
+        if (not self.training or self.p == 0 or self.p >= 1 or x.device.type != "cpu"
+                or torch.compiler.is_compiling()):  # inductor fuses its own RNG into the graph
             return super().forward(x)
         drop = int(round(self.p * (1 << _MASK_BITS)))  # masks drop exactly drop / 65,536
         seed = int(torch.randint(0, 2**62, (1,)).item())  # follows torch.manual_seed
@@ -85,17 +86,29 @@ class FastDropout(nn.Dropout):
             -(-count // 4))  # 4 x 16 bits per 64-bit word
         # int16 because torch has no comparison for uint16: u - 32768 >= drop - 32768.
         bits = torch.from_numpy(words.view(np.int16)[:count]).view(x.shape)
-        mask = (bits >= drop - (1 << (_MASK_BITS - 1))).to(x.dtype)
-        mask.mul_((1 << _MASK_BITS) / ((1 << _MASK_BITS) - drop))
+        keep = bits >= drop - (1 << (_MASK_BITS - 1))
+        scale = (1 << _MASK_BITS) / ((1 << _MASK_BITS) - drop)
+        if x.dtype in (torch.bfloat16, torch.float16):
+            # A bf16 mask would round the scale (1/0.9 -> 1.109375: a 0.16% bias); x * scale is
+            # computed in fp32 and rounded once, as an fp32 dropout feeding a bf16 matmul is.
+            return x.mul_(scale).mul_(keep) if self.inplace else x.mul(scale).mul_(keep)
+        mask = keep.to(x.dtype).mul_(scale)
         return x.mul_(mask) if self.inplace else x * mask
 
 
-def enable_fast_kernels(model: nn.Module) -> nn.Module:
+def enable_fast_kernels(model: nn.Module, *, autocast: bool = False) -> nn.Module:
     """Switch ``model`` (an EmoSetModel or any transformers vision model) to the kernels above.
 
     Attention changes only where the model uses SDPA (an explicit "eager" or flash choice is
     kept); prefix tuning keeps its own attention function and hands over to the fast one.
+    ``autocast=True`` promises that every forward runs under autocast: then peft's LoRA layers
+    need not cast their bf16 input to the adapter's fp32 (autocast casts it straight back for
+    the matmul), which saves two copies of each adapted activation per step and direction.
     """
+    if autocast:
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):  # peft's switch for that cast
+                module.cast_input_dtype_enabled = False
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout and child.p > 0:
