@@ -130,6 +130,19 @@ def test_precision_policy_drops_only_emulated_low_precision(monkeypatch):
     assert precision.resolve_mixed_precision("bf16", cpu) == "bf16"
 
 
+def test_runs_and_study_cells_train_in_the_resolved_precision(monkeypatch, tiny_run):
+    from emoset_peft.config import load_config
+    from emoset_peft.engine import precision
+    from emoset_peft.engine.recipe import make_accelerator
+
+    config = load_config(overrides=tiny_run("precision", **{"train.mixed_precision": "bf16",
+                                                             "cpu": "true"}))
+    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: False)
+    assert make_accelerator(config).mixed_precision == "no"
+    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: True)
+    assert make_accelerator(config).mixed_precision == "bf16"
+
+
 def test_native_bf16_check_agrees_with_onednn():
     from emoset_peft.engine.precision import native_low_precision
 
