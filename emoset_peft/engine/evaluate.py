@@ -50,6 +50,9 @@ def predict_probs(model, images: DecodedImages, accelerator, normalizer: Normali
     return probs
 
 
+CACHE_SHARE_CAP = 32 << 20  # bytes of last-level cache one process can count on
+
+
 def cpu_forward_batch(model, batch_size: int) -> int:
     """Images per forward pass on a CPU: at most ``batch_size``, and few enough that the widest
     activation (tokens x MLP width, fp32) stays within the last-level cache.
@@ -71,9 +74,6 @@ def cpu_forward_batch(model, batch_size: int) -> int:
     fit = max(1, int(0.75 * min(last_level_cache_bytes(), CACHE_SHARE_CAP) // per_image))
     fit = 1 << (fit.bit_length() - 1)  # a power of two: 19 -> 16
     return max(1, min(batch_size, fit))
-
-
-CACHE_SHARE_CAP = 32 << 20  # bytes of last-level cache one process can count on
 
 
 @functools.lru_cache(maxsize=1)
