@@ -9,28 +9,37 @@ import numpy as np
 import torch
 
 from emoset_peft.data.pipeline import DecodedImages, Normalizer, eval_batches
+from emoset_peft.models.merging import merged_for_inference
+
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")  # accelerate DistributedType values
 
 
 @torch.inference_mode()
 def predict_probs(model, images: DecodedImages, accelerator, normalizer: Normalizer,
-                  image_size: int, batch_size: int) -> np.ndarray:
+                  image_size: int, batch_size: int, *, merge_adapters: bool = True) -> np.ndarray:
     """Softmax probabilities [N, C] for the whole split, identical on every process.
 
     Each process scores a contiguous shard; shards are padded to equal length (index -1),
     gathered, and put back in split order, so N processes give the 1-process result.
+    ``merge_adapters``: fold PEFT adapters into the base weights while scoring (models/merging.py;
+    the weights are restored exactly afterwards). Not done for a compiled model, whose graphs
+    were traced unmerged, nor where accelerate shards the weights (FSDP, DeepSpeed).
     """
     model = accelerator.unwrap_model(model)
     was_training = model.training
     model.eval()
     if accelerator.device.type == "cpu":
         batch_size = cpu_forward_batch(model, batch_size)
+    merge = (merge_adapters and getattr(model, "_compiled_call_impl", None) is None
+             and accelerator.distributed_type not in SHARDED)
     indices, logits = [], []
-    for index, pixels in eval_batches(images, batch_size, normalizer, image_size,
-                                      accelerator.process_index, accelerator.num_processes):
-        with accelerator.autocast():
-            out = model(pixel_values=pixels).logits
-        indices.append(index.to(accelerator.device))
-        logits.append(out.float())
+    with merged_for_inference(model, enabled=merge):
+        for index, pixels in eval_batches(images, batch_size, normalizer, image_size,
+                                          accelerator.process_index, accelerator.num_processes):
+            with accelerator.autocast():
+                out = model(pixel_values=pixels).logits
+            indices.append(index.to(accelerator.device))
+            logits.append(out.float())
     model.train(was_training)
     num_classes = _num_classes(model)
     local_index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long,

@@ -19,6 +19,7 @@ class SoloAccelerator:
     process_index = 0
     num_processes = 1
     is_main_process = True
+    distributed_type = "NO"  # as accelerate's DistributedType.NO, a str enum
     log_with = None
 
     def __init__(self, device: torch.device, mixed_precision: str = "no"):
