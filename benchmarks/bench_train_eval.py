@@ -19,7 +19,9 @@ toolkit reads its decode cache (the cold decode is timed separately), the plain 
 every JPEG.
 The limit: FLOPs per image (``torch.utils.flop_counter.FlopCounterMode`` on the same model with
 eager attention; training = forward + input-gradient backward + adapter weight gradients)
-divided by the best GEMM rate of the precision in use, measured in this run.
+divided by the best GEMM rate of the precision in use, measured in this run. The GEMM-only
+ceiling runs one step's matrix multiplies alone (``_limits.gemm_sequence``): how close to the
+limit the step could get if all its other work were free.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (PLAIN, machine, run_child, save_vit_s, steady_images_per_second,  # noqa: E402
                      synthetic_tree, table, write_records)
+from _limits import BATCH, LORA, child_gemm, child_gemm_ceiling, child_limits  # noqa: E402
 
-LORA = {"r": 16, "alpha": 16, "dropout": 0.1}
 TRAIN_PER_CLASS = 16  # 8 classes x 16 = 128 training images
 EVAL_BATCH = 128  # the toolkit's default train.eval_batch_size
 PLAIN_EVAL_BATCH = 16  # the example uses one batch size for training and evaluation
@@ -134,136 +136,6 @@ def child_toolkit_eval(o: dict) -> dict:
             "forward_batch": cpu_forward_batch(model, EVAL_BATCH)}
 
 
-def _gemm_rate(n: int, k: int, m: int, dtype, budget_s: float = 1.0) -> float:
-    """Best-of-3 GFLOP/s of an [n, k] x [k, m] product in ``dtype``, in both memory layouts
-    (``x @ w`` and ``F.linear(x, w)``, whose weight is transposed): where bf16 is emulated the
-    two differ by 10x, and the best one is what the hardware can do."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.randn(n, k).to(dtype)
-    w_kn, w_mk = torch.randn(k, m).to(dtype), torch.randn(m, k).to(dtype)
-    once = {}
-    for product in (lambda: x @ w_kn, lambda: F.linear(x, w_mk)):
-        product()  # warm-up, then one timed call picks the faster layout
-        tick = time.perf_counter()
-        product()
-        once[product] = max(time.perf_counter() - tick, 1e-5)
-    product, seconds = min(once.items(), key=lambda item: item[1])
-    reps, best = max(1, int(budget_s / 3 / seconds)), 0.0
-    for _ in range(3):
-        tick = time.perf_counter()
-        for _ in range(reps):
-            product()
-        best = max(best, 2 * n * k * m * reps / (time.perf_counter() - tick) / 1e9)
-    return best
-
-
-def _plain_lora_vit(backbone: str, attn: str):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(
-        backbone, num_labels=8, ignore_mismatched_sizes=True, attn_implementation=attn)
-    config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                        target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"])
-    return get_peft_model(model, config)
-
-
-def analytic_flops(tokens=197, d=384, layers=12, mlp=1536, r=16, patch_pixels=768,
-                   classes=8) -> tuple[float, float]:
-    """(training, forward) FLOPs per image of ViT-S/16 + LoRA on q, v; 1 MAC = 2 FLOPs.
-
-    Backward: input gradients of every matmul (attention's two batched matmuls cost 2x their
-    forward), except in layer 0, whose input needs none: there only the o/MLP projections, the
-    gradients of q and v (for their adapters) and the adapters' B input gradients remain. Weight
-    gradients only for the adapters and the head; frozen weights get none.
-    """
-    proj = 4 * tokens * d * d  # q, k, v, o
-    ffn = 2 * tokens * d * mlp
-    attn = 2 * tokens * tokens * d  # q k^T and attention @ v
-    lora = 2 * 2 * tokens * d * r  # A then B, on q and v
-    patch = (tokens - 1) * patch_pixels * d
-    head = d * classes
-    forward = layers * (proj + ffn + attn + lora) + patch + head
-    first_layer_skipped = 3 * tokens * d * d + tokens * tokens * d + lora // 2  # q,k,v in; dK; A in
-    backward_input = layers * (proj + ffn + 2 * attn + lora) - first_layer_skipped + head
-    backward_weights = layers * lora + head
-    return 2.0 * (forward + backward_input + backward_weights), 2.0 * forward
-
-
-def child_gemm(o: dict) -> dict:
-    """Best-of-3 GEMM rates: a large square and a ViT-S MLP shape (16 images x 197 tokens)."""
-    import torch
-
-    out = {"gemm": {}}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if name not in o.get("precisions", ("fp32", "bf16")):
-            continue
-        big = 4096 if dtype == torch.float32 else 1024  # emulated bf16 is too slow at 4096
-        # 3152 = 16 images x 197 tokens: q/k/v/o, fc1 and fc2 of ViT-S at batch 16.
-        shapes = [(big, big, big), (3152, 384, 384), (3152, 384, 1536), (3152, 1536, 384)]
-        out["gemm"][name] = {"x".join(map(str, s)): _gemm_rate(*s, dtype) for s in shapes}
-    return out
-
-
-def child_limits(o: dict) -> dict:
-    """GEMM rates, FLOPs per image, and the bf16 / bf16-frozen-weights probe."""
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from emoset_peft.engine.precision import cast_frozen_weights
-
-    out = child_gemm(o)
-
-    torch.manual_seed(0)
-    model = _plain_lora_vit(o["backbone"], "eager")  # bmm attention, which the counter sees
-    x, y = torch.randn(2, 3, 224, 224), torch.tensor([0, 1])
-    model.train()
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(pixel_values=x).logits, y).backward()
-    train_flops = counter.get_total_flops() / 2
-    model.eval()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(pixel_values=x)
-    out["flops"] = {"train_counted": train_flops, "eval_counted": counter.get_total_flops() / 2}
-    out["flops"]["train_analytic"], out["flops"]["eval_analytic"] = analytic_flops()
-
-    # Precision probe on the sdpa model: one training step of 4 images per setting.
-    probe = []
-    x, y = torch.randn(4, 3, 224, 224), torch.tensor([0, 1, 2, 3])
-    reference = None
-    for setting in ("fp32", "bf16 autocast", "bf16 autocast + bf16 frozen weights"):
-        torch.manual_seed(0)
-        model = _plain_lora_vit(o["backbone"], "sdpa").train()
-        model.base_model.model.vit.eval()  # no dropout: compare like with like
-        if "frozen" in setting:
-            cast_frozen_weights(model, torch.bfloat16)
-        context = (torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in setting
-                   else torch.autocast("cpu", enabled=False))
-        with context:
-            model(pixel_values=x[:1])  # warm-up
-        tick = time.perf_counter()
-        with context:
-            logits = model(pixel_values=x).logits.float()
-            loss = F.cross_entropy(logits, y)
-        loss.backward()
-        seconds = time.perf_counter() - tick
-        grads = torch.cat([p.grad.flatten().float() for n, p in model.named_parameters()
-                           if p.requires_grad and "lora_B" in n])
-        row = {"setting": setting, "images_per_s": 4 / seconds, "loss": loss.item()}
-        if reference is None:
-            reference = (logits.detach(), grads)
-        else:
-            row["max_logit_diff"] = (logits.detach() - reference[0]).abs().max().item()
-            row["argmax_agree"] = bool((logits.argmax(1) == reference[0].argmax(1)).all())
-            row["grad_cosine"] = F.cosine_similarity(grads, reference[1], dim=0).item()
-        probe.append(row)
-    out["probe"] = probe
-    return out
-
-
 def child_kernels(o: dict) -> dict:
     """Milliseconds per call, forward + backward, at ViT-S's shapes for a batch of 16: SDPA vs
     the toolkit's training attention (per layer, [16, 6, 197, 64]) and nn.Dropout vs
@@ -310,7 +182,8 @@ def child_kernels(o: dict) -> dict:
 
 
 CHILDREN = {"toolkit-train": child_toolkit_train, "toolkit-eval": child_toolkit_eval,
-            "limits": child_limits, "gemm": child_gemm, "kernels": child_kernels}
+            "limits": child_limits, "gemm": child_gemm, "kernels": child_kernels,
+            "gemm-ceiling": child_gemm_ceiling}
 
 
 # -- the orchestrator -----------------------------------------------------------------------------
@@ -420,6 +293,7 @@ def main(argv=None) -> int:
                       "plain": lambda: plain("train-throughput", "--steps", args.steps,
                                              "--precision", precision)}, train_speed)
     limits.update(toolkit("kernels"))
+    limits.update(toolkit("gemm-ceiling"))
     # Options a user may switch on, once each: memory for time, and a compiled model.
     levers = {"model.gradient_checkpointing=true": toolkit("toolkit-train",
                                                            gradient_checkpointing=True),
@@ -530,6 +404,14 @@ def report(host, precision, limits, results, levers, args, seconds) -> str:
     limit_rows = [[p, f"{rate[p]:.1f}", f"{limit_train[p]:.2f}", f"{limit_eval[p]:.2f}"]
                   for p in rate]
     kernel_rows = [[name, f"{ms:.2f}"] for name, ms in limits["kernels_ms"].items()]
+    ceiling_rows = []
+    for phase, speed, limit in (("training", t_tool, limit_train[precision]),
+                                ("evaluation", e_tool, limit_eval[precision])):
+        c = limits["gemm_ceiling"]["train" if phase == "training" else "eval"]
+        ceiling = c["images"] / (c["ms"] / 1e3)
+        ceiling_rows.append([phase, str(c["calls"]), f"{c['gflop']:.1f}", f"{c['ms']:.1f}",
+                             f"{c['gflop'] / c['ms'] * 1e3:.0f}", f"{ceiling:.1f}",
+                             f"{100 * ceiling / limit:.0f}%", f"{100 * speed / ceiling:.0f}%"])
     lever_rows = []
     for setting, r in levers.items():
         speed = steady_images_per_second(r["step_seconds"], r["batch_size"], args.warmup)
@@ -563,6 +445,12 @@ def report(host, precision, limits, results, levers, args, seconds) -> str:
         f"GEMM GFLOP/s (best of 3): {gemm}",
         table(["precision", "best GEMM GFLOP/s", "training limit img/s", "forward limit img/s"],
               limit_rows),
+        "",
+        f"GEMM-only ceiling ({precision}): one batch of {BATCH}'s matrix multiplies alone, at the "
+        "model's shapes and layouts, back to back (evaluation: adapters folded, as the toolkit "
+        "runs it); the speed if everything else in the step were free:",
+        table(["phase", "matrix multiplies", "GFLOP", "ms", "GFLOP/s", "ceiling img/s",
+               "ceiling % of limit", "toolkit % of ceiling"], ceiling_rows),
         "",
         "training options (toolkit, one run each; the first step includes any compilation):",
         table(["setting", "images/s", "vs toolkit default", "first step s", "peak RSS MiB",
