@@ -27,6 +27,7 @@ _EXPORTS = {
     "EmoSetModel": "wrapper",
     "FastDropout": "kernels",
     "enable_fast_kernels": "kernels",
+    "merged_for_inference": "merging",
     "after_optimizer_step": "wrapper",
     "count_parameters": "wrapper",
     "extra_loss": "wrapper",
