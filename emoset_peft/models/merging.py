@@ -27,10 +27,8 @@ from torch import nn
 
 def mergeable_layers(model: nn.Module) -> list[nn.Module]:
     """The peft tuner layers in ``model`` that ``merged_for_inference`` would fold."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     layers = []
     for module in model.modules():
         if not isinstance(module, BaseTunerLayer) or module.disable_adapters or module.merged:
