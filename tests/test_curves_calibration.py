@@ -18,6 +18,7 @@ from emoset_peft.study.calibration import (
     cell_slices,
     expected_calibration_error,
     negative_log_likelihood,
+    slice_table,
     wilson_interval,
 )
 
@@ -124,3 +125,16 @@ def test_slices_without_attributes_say_why():
     assert "no attributes" in cell_slices(_study(), "lora", 4)["reason"]
     study = _study(attributes={"scene": ["a"] * 400})
     assert "no cell" in cell_slices(study, "lora", 8)["reason"]
+
+
+def test_slice_table_from_metrics_json_entries():
+    runs = [{"scene": {"beach": {"n": 40, "accuracy": 0.5}, "forest": {"n": 12, "accuracy": 0.25}}},
+            {"scene": {"beach": {"n": 40, "accuracy": 0.6}}},
+            None]  # a run without metrics.json slices
+    table = slice_table(runs)
+    beach, forest = table["scene"]["beach"], table["scene"]["forest"]
+    assert beach["accuracy"] == pytest.approx(0.55) and beach["n_replicates"] == 2
+    assert beach["sd"] == pytest.approx(np.std([0.5, 0.6], ddof=1)) and beach["small"] is False
+    expected = scipy_stats.binomtest(3, 12).proportion_ci(method="wilson")
+    assert (forest["ci_low"], forest["ci_high"]) == pytest.approx((expected.low, expected.high))
+    assert forest["small"] is True and forest["sd"] is None

@@ -125,14 +125,30 @@ def cell_slices(study, method: str, per_class, attribute_labels=None) -> dict:
         return result
     per_replicate = [attribute_slices(row == study.labels, study.attributes, attribute_labels)
                      for row in np.asarray(cell.predictions)]
-    for attribute, by_slice in per_replicate[0].items():
-        table = result["attributes"].setdefault(attribute, {})
-        for name, first in by_slice.items():
-            values = np.array([replicate[attribute][name]["accuracy"]
-                               for replicate in per_replicate])
-            n = int(first["n"])
+    result["attributes"] = slice_table(per_replicate)
+    return result
+
+
+def slice_table(per_replicate: list[dict]) -> dict:
+    """Slices of a cell from each replicate's ``{attribute: {slice: {n, accuracy}}}``.
+
+    The per-replicate form is what ``engine.metrics.attribute_slices`` returns and what every
+    run's ``metrics.json`` keeps under ``test.slices``, so a report can call this without the
+    per-image attributes. A slice missing from some replicates is averaged over those that
+    have it (``n_replicates`` says how many).
+    """
+    table: dict[str, dict] = {}
+    for replicate in per_replicate:
+        for attribute, by_slice in (replicate or {}).items():
+            for name, entry in by_slice.items():
+                table.setdefault(attribute, {}).setdefault(str(name), []).append(entry)
+    result: dict[str, dict] = {}
+    for attribute, by_slice in table.items():
+        for name, entries in by_slice.items():
+            values = np.array([float(entry["accuracy"]) for entry in entries])
+            n = int(np.rint(np.mean([float(entry["n"]) for entry in entries])))
             low, high = wilson_interval(float(values.mean()), n)
-            table[str(name)] = {
+            result.setdefault(attribute, {})[name] = {
                 "n": n, "accuracy": float(values.mean()), "ci_low": low, "ci_high": high,
                 "sd": float(values.std(ddof=1)) if values.size > 1 else None,
                 "n_replicates": int(values.size), "small": n < SMALL_SLICE,
