@@ -9,6 +9,13 @@ every method sees the same draws, so differences between methods stay paired.
 Only k values every compared method has are used: never k = 0 (zero-shot, no log2) and never
 ``"all"`` (no k). Metrics are fractions in [0, 1]; the report prints percent. Every function
 returns JSON-serialisable dicts; what the data cannot support is ``None`` plus a reason in words.
+
+Entry points (``study`` a ``StudyPredictions``, ``draws`` its ``Draws``)::
+
+    curves = learning_curves(study, draws, "accuracy")   # or "macro_f1"
+    aulc(curves)              # per method + pairs (difference, p, probability of improvement)
+    data_efficiency(curves)   # k needed for a common target, "<= k_min" / "> k_max" markers
+    fits.scaling_fits(curves) # guarded power-law fits (study/fits.py)
 """
 
 from __future__ import annotations
