@@ -15,6 +15,7 @@ from emoset_peft.study.curves import (
     bootstrap_p,
     common_ks,
     data_efficiency,
+    interval,
     k_needed,
     resampled_mean,
 )
@@ -85,8 +86,10 @@ def test_aulc_matches_trapezoid_on_common_k_and_bootstrap_by_loop():
             values.append(_aulc_by_loop(acc))
         draws.append(np.mean(values))
     low, high = np.percentile(draws, [2.5, 97.5])
+    estimate, factor = result["methods"]["lora"]["aulc"], np.sqrt(3 / 2)  # 3 replicates
+    expected = (estimate - factor * (estimate - low), estimate + factor * (high - estimate))
     assert (result["methods"]["lora"]["ci_low"], result["methods"]["lora"]["ci_high"]) == \
-        pytest.approx((low, high))
+        pytest.approx(expected)
 
 
 def test_aulc_pairs_are_paired_draws_with_bootstrap_p():
@@ -163,3 +166,15 @@ def test_data_efficiency_common_target_and_markers():
     assert low["k_needed"]["text"] == "<= 2" and low["ci_high"]["text"] == "<= 2"
     lora = result["methods"]["lora"]
     assert lora["ci_low"]["k"] <= lora["k_needed"]["k"] <= lora["ci_high"]["k"]
+
+
+def test_interval_widens_percentiles_for_few_replicates():
+    values = np.random.default_rng(0).normal(0.5, 0.1, 1000)
+    low, high = np.percentile(values, [2.5, 97.5])
+    assert interval(values, 3) == pytest.approx((low, high))  # no estimate: plain percentiles
+    assert interval(values, 1, 0.5) == pytest.approx((low, high))  # 1 replicate: nothing to fix
+    factor = np.sqrt(3 / 2)
+    assert interval(values, 3, 0.5) == pytest.approx((0.5 - factor * (0.5 - low),
+                                                      0.5 + factor * (high - 0.5)))
+    assert interval(values, 3, 0.5, (0.4, 0.6)) == (0.4, 0.6)
+    assert interval(np.array([np.nan]), 3) == (None, None)

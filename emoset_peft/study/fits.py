@@ -103,7 +103,8 @@ def _guard(ks: list[int], counts: np.ndarray) -> str | None:
 def _params(fit: dict, draws: dict, n: int, names: tuple[str, ...]) -> dict:
     entry = {name: float(fit[name]) for name in names}
     for name in names[1:]:  # b, c: the shape of the curve; a only scales it
-        entry[f"{name}_ci_low"], entry[f"{name}_ci_high"] = interval(draws[name], n)
+        entry[f"{name}_ci_low"], entry[f"{name}_ci_high"] = interval(
+            draws[name], n, entry[name], (0.0, B_MAX if name == "b" else np.inf))
     entry["sse"] = float(fit["sse"])
     notes = []
     if fit["a"] <= 1e-12:
@@ -147,9 +148,9 @@ def _extrapolation(ks, mean_error, boot_error, n) -> dict:
         draws = fit_curves(fitted_ks, boot_error[:, :-1], free_c)
         draw_error = 100 * ((boot_error[:, -1]) - power_law(held, draws["a"], draws["b"],
                                                               draws["c"]))
-        low, high = interval(draw_error, n)
-        result[name] = {"predicted": float(predicted),
-                        "error_pp": float(100 * (predicted - observed)),
+        error_pp = float(100 * (predicted - observed))
+        low, high = interval(draw_error, n, error_pp)
+        result[name] = {"predicted": float(predicted), "error_pp": error_pp,
                         "error_pp_ci_low": low, "error_pp_ci_high": high}
     result["note"] = (f"the free-c curve passes exactly through the {len(fitted_ks)} fitted "
                       "points" if len(fitted_ks) == 3 else None)
