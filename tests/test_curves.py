@@ -120,6 +120,13 @@ def test_aulc_withholds_what_the_data_cannot_support():
     one_k = synthetic_curves({"a": {4: 0.5, 8: 0.6}, "b": {8: 0.6, 16: 0.7}})[0]
     result = aulc(one_k)
     assert result["methods"] == {} and "common k: [8]" in result["reason"]
+    # A method run at one k only is left out (named) instead of shrinking everyone's k to one.
+    single = synthetic_curves({"a": {1: 0.4, 2: 0.5, 4: 0.6}, "b": {1: 0.3, 4: 0.5},
+                               "probe": {4: 0.45}})[0]
+    result = aulc(single)
+    assert result["ks_used"] == [1, 4] and set(result["methods"]) == {"a", "b"}
+    assert result["left_out"] == {"probe": "measured at k = 4 only: no curve"}
+    assert data_efficiency(single)["left_out"] == result["left_out"]
     # A replicate missing one k drops its whole curve, not a point of it.
     curves = synthetic_curves({"a": {1: 0.4, 2: 0.5}}, missing=[("a", 2, 0)])[0]
     entry = aulc(curves)["methods"]["a"]

@@ -144,6 +144,20 @@ def common_ks(curves: Curves, methods=None) -> list[int]:
     return sorted(shared)
 
 
+def compared_methods(curves: Curves, methods=None) -> tuple[list[str], dict[str, str]]:
+    """The methods a curve summary compares, and those left out with the reason why.
+
+    A method measured at a single k has no curve; keeping it would shrink the common k of all
+    the others to that one k, so it is left out instead (and named).
+    """
+    methods = curves.methods if methods is None else list(methods)
+    left_out = {m: f"measured at k = {curves.ks[m][0]} only: no curve" for m in methods
+                if m in curves.ks and len(curves.ks[m]) < 2}
+    left_out.update({m: "no k >= 1 (zero-shot or full data only)" for m in methods
+                     if m not in curves.ks})
+    return [m for m in methods if m not in left_out], left_out
+
+
 def _rows(curves: Curves, method: str, ks: list[int]) -> list[int]:
     return [curves.ks[method].index(k) for k in ks]
 
@@ -193,10 +207,10 @@ def aulc(curves: Curves, methods=None) -> dict:
     improvement (P(a random replicate of a has a higher AULC than one of b), ties count half),
     which needs >= 5 replicates on both sides.
     """
-    methods = curves.methods if methods is None else list(methods)
+    methods, left_out = compared_methods(curves, methods)
     ks = common_ks(curves, methods)
     result = {"metric": curves.metric, "ks_used": ks, "reason": None, "methods": {},
-              "pairs": [], "n_boot": curves.n_boot, "seed": curves.seed}
+              "pairs": [], "left_out": left_out, "n_boot": curves.n_boot, "seed": curves.seed}
     if len(methods) == 0:
         result["reason"] = "no method has a learning curve (k >= 1)"
         return result
@@ -331,11 +345,11 @@ def data_efficiency(curves: Curves, target: float | None = None,
     the same two-level draws (target held fixed); an end beyond the measured range is reported as
     "> k_max", one at the first k as "<= k_min".
     """
-    methods = curves.methods if methods is None else list(methods)
+    methods, left_out = compared_methods(curves, methods)
     ks = common_ks(curves, methods)
     result = {"metric": curves.metric, "ks_used": ks, "target": None, "target_source": None,
-              "fraction": None, "reason": None, "methods": {}, "n_boot": curves.n_boot,
-              "seed": curves.seed}
+              "fraction": None, "reason": None, "methods": {}, "left_out": left_out,
+              "n_boot": curves.n_boot, "seed": curves.seed}
     if len(ks) < 2:
         result["reason"] = (f"needs >= 2 k values (>= 1, not 'all') that every method has; "
                             f"common k: {ks or 'none'}")
