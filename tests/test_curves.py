@@ -12,13 +12,13 @@ from scipy import stats as scipy_stats
 from emoset_peft.study.curves import (
     Curves,
     aulc,
-    bootstrap_p,
     common_ks,
     data_efficiency,
     interval,
     k_needed,
     resampled_mean,
 )
+from emoset_peft.study.inference import summarize_replicates
 
 
 def synthetic_curves(levels: dict[str, dict[int, float]], n_keys=3, n_images=200, n_boot=300,
@@ -75,34 +75,34 @@ def test_aulc_matches_trapezoid_on_common_k_and_bootstrap_by_loop():
         assert entry["aulc"] == pytest.approx(np.mean(per_key))
         assert sorted(entry["replicates"].values()) == pytest.approx(sorted(per_key))
         assert 0 <= entry["ci_low"] <= entry["aulc"] <= entry["ci_high"] <= 1
-    # One draw by hand: reweighted images, resampled keys, each key's curve as one unit.
-    draws = []
-    for b in range(curves.n_boot):
-        values = []
-        for r in curves.replicate_index[b]:
-            rows = [curves.ks["lora"].index(k) for k in (2, 4, 8)]
-            acc = {k: np.average(correct["lora"][row, r], weights=weights[b])
-                   for k, row in zip((2, 4, 8), rows)}
-            values.append(_aulc_by_loop(acc))
-        draws.append(np.mean(values))
-    low, high = np.percentile(draws, [2.5, 97.5])
-    estimate, factor = result["methods"]["lora"]["aulc"], np.sqrt(3 / 2)  # 3 replicates
-    expected = (estimate - factor * (estimate - low), estimate + factor * (high - estimate))
-    assert (result["methods"]["lora"]["ci_low"], result["methods"]["lora"]["ci_high"]) == \
-        pytest.approx(expected)
+    # Each replicate's AULC under each draw's image weights, by hand (a curve is one unit),
+    # fed to the two-level summary that per-cell intervals use.
+    rows = [curves.ks["lora"].index(k) for k in (2, 4, 8)]
+    boot = np.array([[_aulc_by_loop({k: np.average(correct["lora"][row, r], weights=weights[b])
+                                     for k, row in zip((2, 4, 8), rows)}) for r in range(3)]
+                     for b in range(curves.n_boot)])
+    values = [_aulc_by_loop(dict(zip((2, 4, 8), correct["lora"][rows, r].mean(axis=1))))
+              for r in range(3)]
+    expected = summarize_replicates(values, boot, bounds=(0.0, 1.0))
+    lora = result["methods"]["lora"]
+    assert (lora["ci_low"], lora["ci_high"]) == pytest.approx((expected["ci_low"],
+                                                               expected["ci_high"]))
+    assert lora["seed_sd"] == pytest.approx(np.std(values, ddof=1)) and lora["reliable"]
 
 
-def test_aulc_pairs_are_paired_draws_with_bootstrap_p():
-    curves, _, _ = synthetic_curves(LEVELS)
+def test_aulc_pairs_are_paired_on_replicates():
+    curves = synthetic_curves(LEVELS)[0]
     result = aulc(curves)
     pair = next(p for p in result["pairs"] if (p["a"], p["b"]) == ("lora", "linear"))
     methods = result["methods"]
     assert pair["difference"] == pytest.approx(methods["lora"]["aulc"] - methods["linear"]["aulc"])
-    assert pair["ci_low"] > 0 and pair["p_value"] == pytest.approx(1 / curves.n_boot)
+    assert pair["n_pairs"] == 3 and pair["ci_low"] > 0 and pair["p_value"] < 0.05
     assert pair["probability_of_improvement"] is None and ">= 5" in pair["poi_reason"]
-    # bootstrap_p against its definition on a known distribution.
-    values = np.array([-0.2, -0.1, 0.05, 0.1, 0.3, 0.4, 0.5, 0.6])
-    assert bootstrap_p(values) == pytest.approx(2 * 2 / 8)
+    # Two pairs: an interval (marked unreliable) but no p-value.
+    two = synthetic_curves(LEVELS, n_keys=2)[0]
+    pair = aulc(two)["pairs"][0]
+    assert pair["p_value"] is None and "2 pair(s)" in pair["p_reason"]
+    assert pair["reliable"] is False and "2 seeds" in pair["note"]
 
 
 def test_probability_of_improvement_matches_mann_whitney():
@@ -130,7 +130,7 @@ def test_aulc_withholds_what_the_data_cannot_support():
     # A replicate missing one k drops its whole curve, not a point of it.
     curves = synthetic_curves({"a": {1: 0.4, 2: 0.5}}, missing=[("a", 2, 0)])[0]
     entry = aulc(curves)["methods"]["a"]
-    assert entry["n_replicates"] == 2 and "2 replicates" in entry["reason"]
+    assert entry["n_replicates"] == 2 and "2 seeds" in entry["note"] and not entry["reliable"]
     assert "10/20" not in entry["replicates"]
 
 

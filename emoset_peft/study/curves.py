@@ -24,6 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emoset_peft.study.bootstrap import two_level_p_value
+from emoset_peft.study.inference import (
+    MIN_PAIRS_FOR_P,
+    reliability,
+    summarize_replicates,
+)
+
 DEFAULT_TARGET_FRACTION = 0.9
 MIN_PI_REPLICATES = 5  # a probability of improvement from fewer replicates is a handful of ranks
 CONFIDENCE = 0.95
@@ -49,30 +56,6 @@ def interval(values: np.ndarray, n_replicates: int, center: float | None = None,
         low = min(low, center - factor * (center - low))
         high = max(high, center + factor * (high - center))
     return float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
-
-
-def bootstrap_p(differences: np.ndarray) -> float | None:
-    """Two-sided bootstrap p for "the difference is 0": twice the smaller tail share, <= 1.
-
-    The smallest reportable value is 1 / B (a zero count says only that p < 1/B).
-    """
-    values = np.asarray(differences, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
-    tail = min(np.mean(values <= 0), np.mean(values >= 0))
-    return float(min(1.0, max(2 * tail, 1 / values.size)))
-
-
-def replicate_note(n: int) -> str | None:
-    """Words that go with an interval resting on ``n`` replicates, None when n >= 3."""
-    if n == 1:
-        return ("1 replicate: the interval covers test-image noise only, not the spread "
-                "between seeds")
-    if n == 2:
-        return ("2 replicates: resampling 2 seeds under-states the spread between seeds; "
-                "treat the interval as unreliable")
-    return None
 
 
 @dataclass
@@ -200,12 +183,14 @@ def trapezoid_weights(ks: list[int]) -> np.ndarray:
 def aulc(curves: Curves, methods=None) -> dict:
     """Area under each method's learning curve over log2 k, normalised to a mean in [0, 1].
 
-    Returns ``{metric, ks_used, reason, methods: {m: {...}}, pairs: [...], n_boot, seed}``.
-    Per method: ``aulc`` (mean over its complete replicates), ``ci_low/ci_high`` (two-level
-    bootstrap), ``n_replicates`` and the per-replicate values. ``pairs`` holds every pair of
-    methods (``a`` minus ``b``) with an interval, a two-sided bootstrap p and the probability of
-    improvement (P(a random replicate of a has a higher AULC than one of b), ties count half),
-    which needs >= 5 replicates on both sides.
+    Returns ``{metric, ks_used, reason, methods: {m: {...}}, pairs: [...], left_out, n_boot,
+    seed}``. Per method: ``aulc`` (mean over its replicates with every common k), the two-level
+    interval of ``inference.summarize_replicates`` (t on the seed part, the shared image draws on
+    the test-set part: the same construction as a cell's interval), seed SD, variance shares,
+    ``reliable`` with a ``note``, and each replicate's AULC. ``pairs`` holds every pair of
+    methods, ``a`` minus ``b`` paired on the replicates both have, with an interval and a
+    two-sided p (>= 3 pairs), and the probability of improvement (P(a random replicate of a has
+    a higher AULC than one of b), ties count half), which needs >= 5 replicates on both sides.
     """
     methods, left_out = compared_methods(curves, methods)
     ks = common_ks(curves, methods)
@@ -224,23 +209,19 @@ def aulc(curves: Curves, methods=None) -> dict:
         rows = _rows(curves, method, ks)
         point = weights @ curves.point[method][rows]  # [K]; NaN unless complete over ks
         boot = np.einsum("k,bkr->br", weights, curves.boot[method][:, rows])  # [B, K]
-        keys_used = [curves.keys[i] for i in np.flatnonzero(np.isfinite(point))]
         per_method[method] = (point, boot)
-        n = len(keys_used)
-        if n == 0:
+        complete = np.flatnonzero(np.isfinite(point))
+        if complete.size == 0:
             result["methods"][method] = {"aulc": None, "ci_low": None, "ci_high": None,
-                                         "n_replicates": 0, "replicates": {},
-                                         "reason": f"no replicate has every k in {ks}"}
+                                         "n_replicates": 0, "replicates": {}, "reliable": False,
+                                         "note": f"no replicate has every k in {ks}"}
             continue
-        resampled = resampled_mean(boot, curves.replicate_index)
-        estimate = float(np.nanmean(point))
-        low, high = interval(resampled, n, estimate, (0.0, 1.0))
+        entry = summarize_replicates(point[complete], boot[:, complete], bounds=(0.0, 1.0),
+                                     kind="AULC interval")
+        entry.pop("_parts")
         result["methods"][method] = {
-            "aulc": estimate, "ci_low": low, "ci_high": high,
-            "n_replicates": n,
-            "replicates": {_key_text(key): float(point[curves.keys.index(key)])
-                           for key in keys_used},
-            "reason": replicate_note(n),
+            "aulc": entry.pop("mean"), **entry,
+            "replicates": {_key_text(curves.keys[i]): float(point[i]) for i in complete},
         }
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
@@ -250,22 +231,27 @@ def aulc(curves: Curves, methods=None) -> dict:
 
 def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) -> dict:
     entry = {"a": a, "b": b, "difference": None, "ci_low": None, "ci_high": None,
-             "p_value": None, "reason": None, "probability_of_improvement": None,
-             "poi_ci_low": None, "poi_ci_high": None, "poi_reason": None}
-    if summary[a]["aulc"] is None or summary[b]["aulc"] is None:
-        entry["reason"] = entry["poi_reason"] = "one of the methods has no complete curve"
-        return entry
+             "p_value": None, "p_reason": None, "n_pairs": 0, "reliable": False, "note": None,
+             "probability_of_improvement": None, "poi_ci_low": None, "poi_ci_high": None,
+             "poi_reason": None}
     (point_a, boot_a), (point_b, boot_b) = per_method[a], per_method[b]
-    index = curves.replicate_index
-    difference = resampled_mean(boot_a, index) - resampled_mean(boot_b, index)
-    n_pairs = int(np.sum(np.isfinite(point_a) & np.isfinite(point_b)))
-    estimate = summary[a]["aulc"] - summary[b]["aulc"]
-    low, high = interval(difference, min(summary[a]["n_replicates"], summary[b]["n_replicates"]),
-                         estimate, (-1.0, 1.0))
-    entry.update(difference=estimate, ci_low=low, ci_high=high,
-                 p_value=bootstrap_p(difference), n_paired=n_pairs,
-                 reason=replicate_note(min(summary[a]["n_replicates"],
-                                           summary[b]["n_replicates"])))
+    common = np.flatnonzero(np.isfinite(point_a) & np.isfinite(point_b))
+    if common.size == 0:
+        entry["note"] = entry["p_reason"] = entry["poi_reason"] = (
+            "no replicate (data_seed, train_seed) has a complete curve for both methods")
+        return entry
+    difference = summarize_replicates(point_a[common] - point_b[common],
+                                      boot_a[:, common] - boot_b[:, common],
+                                      bounds=(-1.0, 1.0), kind="difference interval")
+    parts = difference.pop("_parts")
+    n = int(common.size)
+    entry.update(difference=difference["mean"], ci_low=difference["ci_low"],
+                 ci_high=difference["ci_high"], n_pairs=n, reliable=difference["reliable"],
+                 note=difference["note"])
+    if n >= MIN_PAIRS_FOR_P:
+        entry["p_value"] = float(two_level_p_value(parts))
+    else:
+        entry["p_reason"] = f"{n} pair(s): too few seeds for a p-value (needs >= {MIN_PAIRS_FOR_P})"
     n_a, n_b = summary[a]["n_replicates"], summary[b]["n_replicates"]
     if min(n_a, n_b) < MIN_PI_REPLICATES:
         entry["poi_reason"] = (f"{a} has {n_a} and {b} has {n_b} replicates with a complete "
@@ -274,6 +260,7 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
         return entry
     entry["probability_of_improvement"] = float(
         probability_of_improvement(point_a[None], point_b[None])[0])
+    index = curves.replicate_index  # the same key draw for both methods
     draws_a = np.take_along_axis(boot_a, index, axis=1)
     draws_b = np.take_along_axis(boot_b, index, axis=1)
     entry["poi_ci_low"], entry["poi_ci_high"] = interval(
@@ -378,6 +365,6 @@ def data_efficiency(curves: Curves, target: float | None = None,
             "ci_low": None if low is None else _k_text(low, ks),
             "ci_high": None if high is None else _k_text(high, ks),
             "mean_curve": {str(k): float(v) for k, v in zip(ks, means[method])},
-            "n_replicates": n, "reason": replicate_note(n),
+            "n_replicates": n, **dict(zip(("reliable", "note"), reliability(n))),
         }
     return result
