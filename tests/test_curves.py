@@ -65,7 +65,7 @@ LEVELS = {
 def test_aulc_matches_trapezoid_on_common_k_and_bootstrap_by_loop():
     curves, correct, weights = synthetic_curves(LEVELS)
     result = aulc(curves)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     assert result["ks_used"] == [2, 4, 8] == common_ks(curves)
     for method in LEVELS:
         rows = [curves.ks[method].index(k) for k in (2, 4, 8)]
@@ -156,7 +156,7 @@ def test_k_needed_interpolates_in_log2_k_with_markers():
 def test_data_efficiency_common_target_and_markers():
     curves, correct, _ = synthetic_curves(LEVELS)
     result = data_efficiency(curves)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     assert result["ks_used"] == [2, 4, 8]
     means = {m: [correct[m][curves.ks[m].index(k)].mean() for k in (2, 4, 8)] for m in LEVELS}
     best = max(means, key=lambda m: means[m][-1])

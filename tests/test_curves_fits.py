@@ -46,7 +46,7 @@ def _curve_fit(ks, error, free_c):
 def test_fit_matches_curve_fit_on_the_mean_curve_and_per_draw():
     curves = power_curves()
     result = scaling_fits(curves)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     entry = result["methods"]["m"]
     assert entry["fitted"] and entry["reason"] is None and entry["n_replicates"] == 4
     mean_error = 1 - curves.point["m"].mean(axis=1)
@@ -113,3 +113,9 @@ def test_flat_curve_is_flagged_not_fitted_to_noise():
     assert flat["a"] == pytest.approx(0) and flat["c"] == pytest.approx(0.4)
     entry = scaling_fits(power_curves(a=0.0, noise=0.0))["methods"]["m"]
     assert "flat" in entry["free_c"]["note"]
+
+
+def test_offset_comparison_of_an_exact_fit_is_valid_json():
+    exact = compare_offset(sse_free=0.0, sse_zero=0.01, n_points=4)
+    assert exact["f_statistic"] is None and exact["p_value"] == 0.0
+    json.dumps(exact, allow_nan=False)

@@ -368,3 +368,30 @@ def data_efficiency(curves: Curves, target: float | None = None,
             "n_replicates": n, **dict(zip(("reliable", "note"), reliability(n))),
         }
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once
+
+
+def study_curves(study, draws, metrics=("accuracy", "macro_f1"), methods=None) -> dict:
+    """All curve summaries of a loaded study as one JSON-serialisable dict (for summary.json).
+
+    ``{n_boot, seed, metrics: {metric: {aulc, data_efficiency, scaling_fits, variance_split}},
+    calibration}``; ``draws`` must be the study's shared draws (``bootstrap.make_draws`` with
+    the same n_boot and seed as the per-cell intervals, so the numbers agree).
+    """
+    from emoset_peft.study.calibration import calibration_table
+    from emoset_peft.study.fits import scaling_fits
+    from emoset_peft.study.variance import cell_variance_splits
+
+    result = {"n_boot": int(draws.n_boot), "seed": int(draws.seed), "metrics": {},
+              "calibration": calibration_table(study)}
+    for metric in metrics:
+        curves = learning_curves(study, draws, metric, methods)
+        result["metrics"][metric] = {
+            "aulc": aulc(curves), "data_efficiency": data_efficiency(curves),
+            "scaling_fits": scaling_fits(curves),
+            "variance_split": cell_variance_splits(study, metric),
+        }
+    return result

@@ -133,7 +133,8 @@ def compare_offset(sse_free: float, sse_zero: float, n_points: int) -> dict:
         text = (f"c = 0 is not rejected (F = {f_stat:.3g} on 1 and {df} df, p = {p_value:.2g}; "
                 f"AIC of the free c {aic_free - aic_zero:+.2f}): the data cannot tell an "
                 "irreducible error from a slower decay")
-    return {"f_statistic": float(f_stat), "df": [1, df], "p_value": p_value,
+    return {"f_statistic": float(f_stat) if np.isfinite(f_stat) else None,  # inf: exact fit
+            "df": [1, df], "p_value": p_value,
             "aic_free_c": float(aic_free), "aic_c_zero": float(aic_zero), "text": text}
 
 
