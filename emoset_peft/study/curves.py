@@ -1,10 +1,18 @@
 """Learning-curve summaries: area under the curve (AULC) and data efficiency at a common target.
 
-Both are computed from per-replicate metric values under the study's shared two-level bootstrap
-draws (``study/bootstrap.py``): each draw reweights the test images (the same weights for every
-cell) and resamples replicate keys ``(data_seed, train_seed)`` (the same keys for every cell).
-A replicate's whole curve moves as one unit, because its training subsets are nested over k, and
-every method sees the same draws, so differences between methods stay paired.
+Both start from each replicate's metric at each k on the whole test set and under the study's
+shared image draws (``study/bootstrap.py``: the same image weights for every cell). A replicate
+key ``(data_seed, train_seed)`` keeps its whole curve as one unit, because its training subsets
+are nested over k, and every method sees the same draws, so differences stay paired.
+
+- AULC is linear in the curve, so it is a per-replicate statistic averaged over replicates and
+  gets exactly the two-level interval of a cell (``inference.summarize_replicates``: t quantile
+  on the seed part, the image draws on the test-set part); differences between methods pair
+  replicates by key and get that interval and its p-value.
+- Statistics that are not averages over replicates (k needed for a target, the probability of
+  improvement, the scaling-fit parameters in ``study/fits.py``) are recomputed on every draw,
+  whose replicate keys are also resampled (the same key draw for every method), and get a
+  percentile interval widened for few seeds (:func:`interval`).
 
 Only k values every compared method has are used: never k = 0 (zero-shot, no log2) and never
 ``"all"`` (no k). Metrics are fractions in [0, 1]; the report prints percent. Every function
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emoset_peft.study.bootstrap import two_level_p_value
+from emoset_peft.study.bootstrap import replicate_metric, two_level_p_value
 from emoset_peft.study.inference import (
     MIN_PAIRS_FOR_P,
     reliability,
@@ -86,8 +94,6 @@ def learning_curves(study, draws, metric: str = "accuracy", methods=None) -> Cur
 
     ``study`` is a ``StudyPredictions`` and ``draws`` its ``Draws`` (study/bootstrap.py).
     """
-    from emoset_peft.study.bootstrap import replicate_metric
-
     keys = list(draws.replicate_keys)
     column = {key: index for index, key in enumerate(keys)}
     if methods is None:
