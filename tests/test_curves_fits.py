@@ -119,3 +119,10 @@ def test_offset_comparison_of_an_exact_fit_is_valid_json():
     exact = compare_offset(sse_free=0.0, sse_zero=0.01, n_points=4)
     assert exact["f_statistic"] is None and exact["p_value"] == 0.0
     json.dumps(exact, allow_nan=False)
+
+
+def test_offset_comparison_words_follow_the_numbers():
+    hint = compare_offset(sse_free=1.0, sse_zero=3.0, n_points=6)  # F = 6 on 1 and 3 df
+    assert hint["p_value"] == pytest.approx(scipy_stats.f.sf(6.0, 1, 3))
+    assert hint["p_value"] > 0.05 and hint["aic_free_c"] < hint["aic_c_zero"]
+    assert "though AIC prefers a free c" in hint["text"]

@@ -129,14 +129,17 @@ def compare_offset(sse_free: float, sse_zero: float, n_points: int) -> dict:
     gain = max(sse_zero - sse_free, 0.0)
     f_stat = gain / (sse_free / df) if sse_free > tiny else (np.inf if gain > 0 else 0.0)
     p_value = float(stats.f.sf(f_stat, 1, df)) if np.isfinite(f_stat) else 0.0
+    test = f"F = {f_stat:.3g} on 1 and {df} df, p = {p_value:.2g}"
     if p_value < 0.05:
-        text = (f"a free c fits better than c = 0 (F = {f_stat:.3g} on 1 and {df} df, "
-                f"p = {p_value:.2g}; AIC {aic_zero - aic_free:.2f} lower): the curve levels off "
-                "above zero error")
+        text = (f"a free c fits better than c = 0 ({test}; AIC {aic_zero - aic_free:.2f} lower): "
+                "the curve levels off above zero error")
+    elif aic_free < aic_zero:
+        text = (f"c = 0 is not rejected at the 5% level ({test}), though AIC prefers a free c by "
+                f"{aic_zero - aic_free:.2f}: the data hint at, but do not establish, an "
+                "irreducible error")
     else:
-        text = (f"c = 0 is not rejected (F = {f_stat:.3g} on 1 and {df} df, p = {p_value:.2g}; "
-                f"AIC of the free c {aic_free - aic_zero:+.2f}): the data cannot tell an "
-                "irreducible error from a slower decay")
+        text = (f"c = 0 is not rejected ({test}; AIC of the free c {aic_free - aic_zero:+.2f}): "
+                "the data cannot tell an irreducible error from a slower decay")
     return {"f_statistic": float(f_stat) if np.isfinite(f_stat) else None,  # inf: exact fit
             "df": [1, df], "p_value": p_value,
             "aic_free_c": float(aic_free), "aic_c_zero": float(aic_zero), "text": text}
