@@ -96,13 +96,13 @@ def test_aulc_pairs_are_paired_on_replicates():
     pair = next(p for p in result["pairs"] if (p["a"], p["b"]) == ("lora", "linear"))
     methods = result["methods"]
     assert pair["difference"] == pytest.approx(methods["lora"]["aulc"] - methods["linear"]["aulc"])
-    assert pair["n_pairs"] == 3 and pair["ci_low"] > 0 and pair["p_value"] < 0.05
+    assert pair["n_paired"] == 3 and pair["ci_low"] > 0 and pair["p_value"] < 0.05
     assert pair["probability_of_improvement"] is None and ">= 5" in pair["poi_reason"]
     # Two pairs: an interval (marked unreliable) but no p-value.
     two = synthetic_curves(LEVELS, n_keys=2)[0]
     pair = aulc(two)["pairs"][0]
     assert pair["p_value"] is None and "2 pair(s)" in pair["p_reason"]
-    assert pair["reliable"] is False and "2 seeds" in pair["note"]
+    assert pair["reliable"] is False and "2 seeds" in pair["reason"]
 
 
 def test_probability_of_improvement_matches_mann_whitney():
@@ -130,7 +130,7 @@ def test_aulc_withholds_what_the_data_cannot_support():
     # A replicate missing one k drops its whole curve, not a point of it.
     curves = synthetic_curves({"a": {1: 0.4, 2: 0.5}}, missing=[("a", 2, 0)])[0]
     entry = aulc(curves)["methods"]["a"]
-    assert entry["n_replicates"] == 2 and "2 seeds" in entry["note"] and not entry["reliable"]
+    assert entry["n_replicates"] == 2 and "2 seeds" in entry["reason"] and not entry["reliable"]
     assert "10/20" not in entry["replicates"]
 
 

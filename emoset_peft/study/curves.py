@@ -193,7 +193,7 @@ def aulc(curves: Curves, methods=None) -> dict:
     seed}``. Per method: ``aulc`` (mean over its replicates with every common k), the two-level
     interval of ``inference.summarize_replicates`` (t on the seed part, the shared image draws on
     the test-set part: the same construction as a cell's interval), seed SD, variance shares,
-    ``reliable`` with a ``note``, and each replicate's AULC. ``pairs`` holds every pair of
+    ``reliable`` with a ``reason`` (why not), and each replicate's AULC. ``pairs`` holds every pair of
     methods, ``a`` minus ``b`` paired on the replicates both have, with an interval and a
     two-sided p (>= 3 pairs), and the probability of improvement (P(a random replicate of a has
     a higher AULC than one of b), ties count half), which needs >= 5 replicates on both sides.
@@ -220,11 +220,12 @@ def aulc(curves: Curves, methods=None) -> dict:
         if complete.size == 0:
             result["methods"][method] = {"aulc": None, "ci_low": None, "ci_high": None,
                                          "n_replicates": 0, "replicates": {}, "reliable": False,
-                                         "note": f"no replicate has every k in {ks}"}
+                                         "reason": f"no replicate has every k in {ks}"}
             continue
         entry = summarize_replicates(point[complete], boot[:, complete], bounds=(0.0, 1.0),
                                      kind="AULC interval")
         entry.pop("_parts")
+        entry["reason"] = entry.pop("note")
         result["methods"][method] = {
             "aulc": entry.pop("mean"), **entry,
             "replicates": {_key_text(curves.keys[i]): float(point[i]) for i in complete},
@@ -237,13 +238,13 @@ def aulc(curves: Curves, methods=None) -> dict:
 
 def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) -> dict:
     entry = {"a": a, "b": b, "difference": None, "ci_low": None, "ci_high": None,
-             "p_value": None, "p_reason": None, "n_pairs": 0, "reliable": False, "note": None,
+             "p_value": None, "p_reason": None, "n_paired": 0, "reliable": False, "reason": None,
              "probability_of_improvement": None, "poi_ci_low": None, "poi_ci_high": None,
              "poi_reason": None}
     (point_a, boot_a), (point_b, boot_b) = per_method[a], per_method[b]
     common = np.flatnonzero(np.isfinite(point_a) & np.isfinite(point_b))
     if common.size == 0:
-        entry["note"] = entry["p_reason"] = entry["poi_reason"] = (
+        entry["reason"] = entry["p_reason"] = entry["poi_reason"] = (
             "no replicate (data_seed, train_seed) has a complete curve for both methods")
         return entry
     difference = summarize_replicates(point_a[common] - point_b[common],
@@ -252,8 +253,8 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
     parts = difference.pop("_parts")
     n = int(common.size)
     entry.update(difference=difference["mean"], ci_low=difference["ci_low"],
-                 ci_high=difference["ci_high"], n_pairs=n, reliable=difference["reliable"],
-                 note=difference["note"])
+                 ci_high=difference["ci_high"], n_paired=n, reliable=difference["reliable"],
+                 reason=difference["note"])
     if n >= MIN_PAIRS_FOR_P:
         entry["p_value"] = float(two_level_p_value(parts))
     else:
@@ -371,7 +372,7 @@ def data_efficiency(curves: Curves, target: float | None = None,
             "ci_low": None if low is None else _k_text(low, ks),
             "ci_high": None if high is None else _k_text(high, ks),
             "mean_curve": {str(k): float(v) for k, v in zip(ks, means[method])},
-            "n_replicates": n, **dict(zip(("reliable", "note"), reliability(n))),
+            "n_replicates": n, **dict(zip(("reliable", "reason"), reliability(n))),
         }
     return result
 
