@@ -126,3 +126,17 @@ def test_offset_comparison_words_follow_the_numbers():
     assert hint["p_value"] == pytest.approx(scipy_stats.f.sf(6.0, 1, 3))
     assert hint["p_value"] > 0.05 and hint["aic_free_c"] < hint["aic_c_zero"]
     assert "though AIC prefers a free c" in hint["text"]
+
+
+def test_vectorised_fit_is_never_worse_than_curve_fit_on_random_curves():
+    rng = np.random.default_rng(7)
+    errors = []
+    for _ in range(25):
+        a, b, c = rng.uniform(0.1, 0.8), rng.uniform(0.05, 2.0), rng.uniform(0.0, 0.5)
+        errors.append(a * np.asarray(KS, float) ** -b + c + rng.normal(0, 0.01, len(KS)))
+    ours = fit_curves(KS, np.array(errors), True)
+    for i, error in enumerate(errors):
+        params, sse = _curve_fit(KS, error, True)
+        assert ours["sse"][i] <= sse * (1 + 1e-6) + 1e-12
+        if ours["sse"][i] > sse * (1 - 1e-3):  # the same optimum: the same parameters
+            assert ours["b"][i] == pytest.approx(params[1], rel=1e-2, abs=1e-3)
