@@ -33,11 +33,11 @@ The 95% interval is mean +- sqrt(t_{R-1}^2 A + z^2 F), but never narrower than t
 alone allow (mean +- z sqrt(I), I = all of the image-resampling variance of the mean: seeds that
 agree by chance, e.g. two methods differing by exactly 2 images on every seed, cannot make a
 mean more certain than its test set), clipped to [0, 1] (to [-1, 1] for a difference). In the
-simulation tests it covers the truth in about 94-98% of studies at 3 and 5 seeds whether seeds
+simulation tests it covers the truth in about 93-98% of studies at 3 and 5 seeds whether seeds
 or test images dominate (up to 99% when seeds err on unrelated images), and the paired test
 rejects a true null at most about 5% of the time. With one replicate A is unknown and the interval covers
-test-image noise only; with two, A rests on one difference (t_1 = 12.7, yet too narrow when the
-two seeds agree by chance; about 88-93% coverage in simulation): callers mark both unreliable.
+test-image noise only; with two, A rests on one difference and carries t_1 = 12.7 (it covers
+97-99% in simulation, but its width is a rough guess): callers mark both unreliable.
 A two-sided p-value is the level at which that interval just touches 0.
 """
 

@@ -8,8 +8,8 @@ accounts for both: the seed-to-seed spread (t quantile with R - 1 degrees of fre
 R/(R-1) correction that plain resampling of R seeds lacks) and the test-image noise (bootstrap
 over test images, the same image draw for every cell, not counting twice the test noise that is
 already inside the seed spread). See ``emoset_peft.study.bootstrap`` for the construction. It
-never leaves [0, 1]. On simulated studies it covers the true accuracy in 94-97% of studies with
-3 or 5 seeds (tests/test_inference_coverage.py). With 1 seed it covers test-image noise only and
+never leaves [0, 1]. On simulated studies it covers the true accuracy in about 93-98% of
+studies with 3 or 5 seeds (tests/test_inference_coverage.py). With 1 seed it covers test-image noise only and
 with 2 seeds it is very wide: both are marked ``reliable = False`` with a note.
 
 Paired comparisons (method - baseline, per k). Replicates are paired by their (data_seed,
@@ -78,8 +78,8 @@ def reliability(n_replicates: int, kind: str = "interval") -> tuple[bool, str | 
                        "test-image noise only; another seed may land outside it")
     if n_replicates == 2:
         return False, (f"2 seeds: the seed spread rests on a single difference, so this {kind} "
-                       "is unstable (very wide, or too narrow when the two seeds agree by "
-                       "chance); run 3 or more seeds")
+                       "is a rough guess (a t quantile with 1 degree of freedom makes it wide); "
+                       "run 3 or more seeds")
     return True, None
 
 
