@@ -78,10 +78,14 @@ def make_draws(n_images: int, replicate_keys: Sequence, n_boot: int = 2000,
         raise ValueError(f"need n_images >= 1 and n_boot >= 1, got {n_images}, {n_boot}")
     image_stream, key_stream = (np.random.default_rng(s)
                                 for s in np.random.SeedSequence(seed).spawn(2))
-    picks = image_stream.integers(0, n_images, size=(n_boot, n_images))
-    offsets = (np.arange(n_boot) * n_images)[:, None]
-    counts = np.bincount((picks + offsets).ravel(), minlength=n_boot * n_images)
-    weights = counts.reshape(n_boot, n_images).astype(np.float32)
+    weights = np.empty((n_boot, n_images), np.float32)
+    rows = max(1, 2**22 // n_images)  # ~32 MB of int64 indices at a time
+    for start in range(0, n_boot, rows):
+        block = min(rows, n_boot - start)
+        picks = image_stream.integers(0, n_images, size=(block, n_images))
+        picks += (np.arange(block) * n_images)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=block * n_images)
+        weights[start:start + block] = counts.reshape(block, n_images)
     keys = list(replicate_keys)
     index = key_stream.integers(0, max(len(keys), 1), size=(n_boot, len(keys)))
     return Draws(weights, keys, index, int(n_boot), int(seed))

@@ -87,7 +87,14 @@ def summarize_replicates(values, boot, *, bounds=(0.0, 1.0), confidence: float =
                          kind: str = "interval") -> dict:
     """The two-level summary of one statistic from its per-replicate values [R] and their
     test-image resamples [B, R] (any statistic that averages over replicates: a metric, a
-    difference, an area under a learning curve). JSON-ready dict of floats/None."""
+    difference, an area under a learning curve). JSON-ready dict of floats/None:
+    ``mean, ci_low, ci_high, seed_sd, var_seed, var_image, share_seed, share_image,
+    n_replicates, reliable, note``."""
+    return _summarize(values, boot, bounds, confidence, kind)[0]
+
+
+def _summarize(values, boot, bounds, confidence=CONFIDENCE, kind="interval"):
+    """(summary dict, variance parts) -- the parts feed the planning table."""
     values = np.asarray(values, dtype=np.float64)
     n_rep = int(values.shape[-1])
     parts = variance_parts(values, boot)
@@ -96,19 +103,20 @@ def summarize_replicates(values, boot, *, bounds=(0.0, 1.0), confidence: float =
     image_part = float(parts["image_total"])
     known = (seed_part or 0.0) + image_part
     reliable, note = reliability(n_rep, kind)
-    return {
+    if reliable and float(high) - float(low) <= 0.0:
+        reliable, note = False, (
+            f"no variation over seeds or test-image resamples (e.g. every image right, or two "
+            f"methods with identical predictions), so this {kind} has no width; the test set "
+            "is still a sample (for accuracy see the Wilson SE)")
+    summary = {
         "mean": _float(parts["mean"]), "ci_low": _float(low), "ci_high": _float(high),
         "seed_sd": _float(values.std(ddof=1)) if n_rep >= 2 else None,
         "var_seed": _float(seed_part), "var_image": _float(image_part),
         "share_seed": _float(seed_part / known) if seed_part is not None and known > 0 else None,
         "share_image": _float(image_part / known) if n_rep >= 2 and known > 0 else None,
         "n_replicates": n_rep, "reliable": reliable, "note": note,
-        "_parts": parts,  # arrays for planning; dropped before returning to callers
     }
-
-
-def _public(entry: dict) -> dict:
-    return {key: value for key, value in entry.items() if not key.startswith("_")}
+    return summary, parts
 
 
 def cell_summary(cell: CellPredictions, labels, metric: str, boot=None, weights=None) -> dict:
@@ -116,10 +124,14 @@ def cell_summary(cell: CellPredictions, labels, metric: str, boot=None, weights=
 
     ``boot`` is the cell's per-replicate metric on the image resamples [B, R] (computed from
     ``weights`` [B, n] when not given)."""
+    return _cell_summary(cell, labels, metric, boot, weights)[0]
+
+
+def _cell_summary(cell, labels, metric, boot=None, weights=None):
     values = replicate_metric(cell, labels, metric)
     if boot is None:
         boot = replicate_metric(cell, labels, metric, weights)
-    entry = summarize_replicates(values, boot)
+    entry, parts = _summarize(values, boot, (0.0, 1.0))
     n_images = int(np.asarray(labels).shape[0])
     return {
         "method": cell.method, "per_class": cell.per_class, "metric": metric, **entry,
@@ -127,7 +139,7 @@ def cell_summary(cell: CellPredictions, labels, metric: str, boot=None, weights=
         "wilson_se": wilson_se(entry["mean"], n_images) if metric == "accuracy" else None,
         "per_replicate": [{"data_seed": k[0], "train_seed": k[1], "value": float(v)}
                           for k, v in zip(cell.replicates, values)],
-    }
+    }, parts
 
 
 def mcnemar_exact(correct_a, correct_b) -> dict:
@@ -206,8 +218,7 @@ def compare_cells(cell: CellPredictions, baseline: CellPredictions, labels, metr
     values_a = replicate_metric(cell, labels, metric)[rows_a]
     values_b = replicate_metric(baseline, labels, metric)[rows_b]
     boot = np.asarray(boot_cell)[:, rows_a] - np.asarray(boot_baseline)[:, rows_b]
-    entry = summarize_replicates(values_a - values_b, boot, bounds=(-1.0, 1.0))
-    parts = entry.pop("_parts")
+    entry, parts = _summarize(values_a - values_b, boot, (-1.0, 1.0))
     n = len(common)
     if n >= MIN_PAIRS_FOR_P:
         p_value, p_reason = float(two_level_p_value(parts)), None
@@ -248,8 +259,7 @@ def study_inference(study: StudyPredictions, *, baseline: str | None = None,
         boots = {key: replicate_metric(cell, labels, metric, draws.image_weights)
                  for key, cell in study.cells.items()}
         for key, cell in study.cells.items():
-            entry = cell_summary(cell, labels, metric, boot=boots[key])
-            parts = entry.pop("_parts")
+            entry, parts = _cell_summary(cell, labels, metric, boot=boots[key])
             out["cells"].append(entry)
             out["planning"].append({
                 "method": cell.method, "per_class": cell.per_class, "metric": metric,
