@@ -1,28 +1,32 @@
 """Image-level inference for a study: per-cell intervals, paired comparisons, planning.
 
-All numbers are fractions in [0, 1] (the report prints percentage points, pp).
+All numbers are fractions in [0, 1]; the report prints them in percent, and differences and
+half-widths in percentage points (pp).
 
 What a cell's 95% interval covers. A cell's mean (over its R seeds) would change if the study
 were rerun with other seeds AND scored on another test set of the same size. The interval
-accounts for both: the seed-to-seed spread (t quantile with R - 1 degrees of freedom, with the
-R/(R-1) correction that plain resampling of R seeds lacks) and the test-image noise (bootstrap
-over test images, the same image draw for every cell, not counting twice the test noise that is
-already inside the seed spread). See ``emoset_peft.study.bootstrap`` for the construction. It
-never leaves [0, 1]. On simulated studies it covers the true accuracy in about 93-98% of
-studies with 3 or 5 seeds (tests/test_inference_coverage.py). With 1 seed it covers test-image noise only and
-with 2 seeds it is very wide: both are marked ``reliable = False`` with a note.
+accounts for both: the seed-to-seed spread (Student-t quantile with R - 1 degrees of freedom,
+with the R/(R-1) correction that plain resampling of R seeds lacks) and the test-image noise
+(bootstrap over test images, the same image draw for every cell, without counting twice the
+test noise already inside the seed spread); it is never narrower than the test images alone
+allow, and never leaves [0, 1]. See ``emoset_peft.study.bootstrap`` for the construction. On
+simulated studies it covers the true accuracy in about 93-98% of studies with 3 or 5 seeds
+(tests/test_inference_coverage.py). With 1 seed it covers test-image noise only, and with 2 it
+rests on a single difference: both are marked ``reliable = False`` with a note.
 
 Paired comparisons (method - baseline, per k). Replicates are paired by their (data_seed,
 train_seed) key and images by id, so what both cells share (the training subset of a data seed,
 the hard images) cancels. The difference gets the same two-part interval and a two-sided p-value
-(the level at which that interval touches 0; withheld with fewer than 3 pairs). Beside it: exact
-McNemar tests per pair of replicates (images one got right and the other wrong), Holm and
-Benjamini-Hochberg adjusted p over all comparisons reported, and a paired t-test over the
-per-replicate differences when it means something (>= 3 pairs with a non-zero spread).
+(the level at which that interval touches 0; withheld with fewer than 3 pairs). Beside it: an
+exact McNemar test per pair of replicates (b = images only the method got right, c = images only
+the baseline got right), Holm and Benjamini-Hochberg adjusted p over all comparisons reported
+(every method, k and metric), and a paired t-test over the per-replicate differences where it
+means something (>= 3 pairs with a spread above float noise). The t-test ignores test-image
+noise, so it can be too optimistic; the two-level p-value is the primary one.
 
 Planning: from a cell's seed spread and test-image noise, the interval half-width and the
 smallest paired difference detectable with 80% power at 3/5/10/20 seeds, and the seeds needed
-for +-1 pp.
+for +-1 pp (see ``emoset_peft.study.planning``).
 """
 
 from __future__ import annotations
