@@ -32,7 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emoset_peft.study.bootstrap import replicate_metric, two_level_p_value
+from emoset_peft.study.bootstrap import (
+    replicate_metric,
+    two_level_p_value,
+    variance_parts,
+)
 from emoset_peft.study.inference import (
     MIN_PAIRS_FOR_P,
     reliability,
@@ -224,7 +228,6 @@ def aulc(curves: Curves, methods=None) -> dict:
             continue
         entry = summarize_replicates(point[complete], boot[:, complete], bounds=(0.0, 1.0),
                                      kind="AULC interval")
-        entry.pop("_parts")
         entry["reason"] = entry.pop("note")
         result["methods"][method] = {
             "aulc": entry.pop("mean"), **entry,
@@ -247,16 +250,15 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
         entry["reason"] = entry["p_reason"] = entry["poi_reason"] = (
             "no replicate (data_seed, train_seed) has a complete curve for both methods")
         return entry
-    difference = summarize_replicates(point_a[common] - point_b[common],
-                                      boot_a[:, common] - boot_b[:, common],
-                                      bounds=(-1.0, 1.0), kind="difference interval")
-    parts = difference.pop("_parts")
+    values, boot = point_a[common] - point_b[common], boot_a[:, common] - boot_b[:, common]
+    difference = summarize_replicates(values, boot, bounds=(-1.0, 1.0),
+                                      kind="difference interval")
     n = int(common.size)
     entry.update(difference=difference["mean"], ci_low=difference["ci_low"],
                  ci_high=difference["ci_high"], n_paired=n, reliable=difference["reliable"],
                  reason=difference["note"])
     if n >= MIN_PAIRS_FOR_P:
-        entry["p_value"] = float(two_level_p_value(parts))
+        entry["p_value"] = float(two_level_p_value(variance_parts(values, boot)))
     else:
         entry["p_reason"] = f"{n} pair(s): too few seeds for a p-value (needs >= {MIN_PAIRS_FOR_P})"
     n_a, n_b = summary[a]["n_replicates"], summary[b]["n_replicates"]
