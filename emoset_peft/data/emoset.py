@@ -47,6 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from emoset_peft.data.hygiene import (
+    find_duplicates,
+    refuse_links_leaving_root,
+    scan_folders,
+    warn_about_duplicates,
+)
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import ATTRIBUTES, EMOTIONS, VALENCES, valence_of
 
@@ -101,6 +107,7 @@ def load_emoset(
     *,
     cache_dir: str | os.PathLike | None = None,
     skip_missing: bool = False,
+    follow_symlinks: bool = False,
 ) -> "datasets.DatasetDict":
     """Load an EmoSet tree as a DatasetDict with ``train``, ``validation`` and ``test`` splits.
 
@@ -108,7 +115,10 @@ def load_emoset(
     :func:`default_cache_dir`); later calls memory-map it. Records whose image or annotation file
     is missing raise :class:`EmoSetError`, or are left out (and counted in the log) when
     ``skip_missing`` is true. Any malformed input raises :class:`EmoSetError` naming the file and
-    the record (0-based index in the split file).
+    the record (0-based index in the split file). A symlink whose target lies outside ``root``
+    raises :class:`EmoSetError` unless ``follow_symlinks`` is true (checked when the index is
+    built). Records that repeat an image, and images that two splits share, are logged as one
+    warning per kind at every load (:mod:`emoset_peft.data.hygiene`).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -120,25 +130,26 @@ def load_emoset(
             raise EmoSetError(f"{root / name} not found: an EmoSet root holds train.json, "
                               "val.json and test.json; check the path or re-extract the download")
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = _cache_key(root, skip_missing)
+    key = _cache_key(root, skip_missing, follow_symlinks)
     entry = cache_root / f"{_safe_name(root.name)}-{key[:24]}"
-    cached = _open_cached(entry)
-    if cached is not None:
-        return cached
-    # Several processes started together (accelerate launch) index once: the others wait here.
-    with _build_lock(entry):
-        cached = _open_cached(entry)
-        if cached is not None:
-            return cached
-        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, if any
-        return _build(root, entry, key, skip_missing)
+    dataset = _open_cached(entry)
+    if dataset is None:
+        # Several processes started together (accelerate launch) index once: the others wait.
+        with _build_lock(entry):
+            dataset = _open_cached(entry)
+            if dataset is None:
+                shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, if any
+                dataset = _build(root, entry, key, skip_missing, follow_symlinks)
+    warn_about_duplicates(root, find_duplicates(dataset, SPLIT_FILES))
+    return dataset
 
 
-def _build(root: Path, entry: Path, key: str, skip_missing: bool) -> "datasets.DatasetDict":
+def _build(root: Path, entry: Path, key: str, skip_missing: bool,
+           follow_symlinks: bool) -> "datasets.DatasetDict":
     """The cold path: index every record, write the cache entry, open it."""
     started = time.perf_counter()
     label_map = read_label_map(root)
-    tables = {split: _index_split(root, file, label_map, skip_missing)
+    tables = {split: _index_split(root, file, label_map, skip_missing, follow_symlinks)
               for split, file in SPLIT_FILES.items()}
     features = emoset_features(label_map)
     log.info("indexed %s (%s records) in %.1f s",
@@ -206,11 +217,15 @@ def read_label_map(root: str | os.PathLike) -> LabelMap:
 # Indexing (the cold path)
 
 
-def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool):
+def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool,
+                 follow_symlinks: bool):
     """Read one split file and its annotations into an Arrow table (the cached form)."""
     split_path = root / file_name
     records = _read_split_records(split_path, label_map.emotions)
-    present_images = _present_files(root, (rec.image_rel for rec in records))
+    present_images, leaving = scan_folders(root, (rec.image_rel for rec in records))
+    if not follow_symlinks:
+        leaving.update(scan_folders(root, (rec.annotation_rel for rec in records))[1])
+        refuse_links_leaving_root(root, split_path, records, leaving)
     root_str = str(root)
     annotations = _read_annotations([os.path.join(root_str, rec.annotation_rel)
                                      for rec in records])
@@ -302,24 +317,6 @@ def _checked_relative(path: Any, where: str, what: str) -> str:
     return path
 
 
-def _present_files(root: Path, relative_paths) -> set[str]:
-    """The relative paths that exist, with one directory listing per folder (not one stat each)."""
-    by_folder: dict[str, set[str]] = {}
-    for rel in relative_paths:
-        folder, name = posixpath.split(rel)
-        by_folder.setdefault(folder, set()).add(name)
-    present = set()
-    for folder, wanted in by_folder.items():
-        try:
-            with os.scandir(root / folder) as entries:
-                listed = {entry.name for entry in entries}
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        present.update(posixpath.join(folder, name) if folder else name
-                       for name in wanted & listed)
-    return present
-
-
 def _read_annotations(paths: list[str]) -> list[Any]:
     """Parsed JSON per path; None for a missing file, the exception for an unreadable one."""
     if READ_THREADS <= 1 or len(paths) < 256:
@@ -401,12 +398,14 @@ def _to_arrow(root: Path, kept: list[tuple], label_map: LabelMap, split_path: Pa
 # The cache (Arrow IPC stream files, the format datasets itself memory-maps)
 
 
-def _cache_key(root: Path, skip_missing: bool) -> str:
+def _cache_key(root: Path, skip_missing: bool, follow_symlinks: bool = False) -> str:
     """Hash of everything that decides the index without reading the annotation files."""
     import datasets
 
     parts = [f"format={CACHE_FORMAT_VERSION}", f"root={root}", f"skip_missing={skip_missing}",
              f"datasets={datasets.__version__.split('.')[0]}"]
+    if follow_symlinks:  # an index built while following links must not serve a refusing load
+        parts.append("follow_symlinks=True")
     for name in ("info.json", *SPLIT_FILES.values()):
         try:
             stat = (root / name).stat()
