@@ -16,6 +16,7 @@ import pytest
 
 from emoset_peft.cli import main
 from emoset_peft.config import load_config
+from emoset_peft.data import emoset as emoset_module
 from emoset_peft.data import load_emoset
 from emoset_peft.errors import EmoSetError
 
@@ -112,6 +113,20 @@ def test_symlink_leaving_the_root_is_refused_unless_allowed(column, synthetic_co
     assert "\n" not in message
     assert "train.json: record 3" in message and rel in message and str(target) in message
     assert "follow_symlinks=true" in message
+
+
+def test_a_link_made_after_indexing_is_refused_at_the_next_load(synthetic_copy, tmp_path,
+                                                                monkeypatch):
+    cache = tmp_path / "cache"
+    load_emoset(synthetic_copy, cache_dir=cache)  # indexed (and cached) without links
+    rel, target = _link_out(synthetic_copy, tmp_path / "elsewhere")
+    with pytest.raises(EmoSetError, match=f"record 3: image {rel} is a symlink to {target}"):
+        load_emoset(synthetic_copy, cache_dir=cache)
+    # Following links: indexed once more, then served from the cache without re-indexing.
+    load_emoset(synthetic_copy, cache_dir=cache, follow_symlinks=True)
+    monkeypatch.setattr(emoset_module, "_read_annotation",
+                        lambda path: pytest.fail(f"indexed again: read {path}"))
+    assert len(load_emoset(synthetic_copy, cache_dir=cache, follow_symlinks=True)["train"]) == 64
 
 
 def test_symlinked_folder_leaving_the_root_is_refused_and_links_inside_are_fine(

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from emoset_peft.data.hygiene import (
     find_duplicates,
+    folder_stamps,
+    new_link_leaving_root,
     refuse_links_leaving_root,
     scan_folders,
     warn_about_duplicates,
@@ -149,13 +151,18 @@ def _build(root: Path, entry: Path, key: str, skip_missing: bool,
     """The cold path: index every record, write the cache entry, open it."""
     started = time.perf_counter()
     label_map = read_label_map(root)
-    tables = {split: _index_split(root, file, label_map, skip_missing, follow_symlinks)
-              for split, file in SPLIT_FILES.items()}
+    tables, folders = {}, set()
+    for split, file in SPLIT_FILES.items():
+        tables[split], split_folders = _index_split(root, file, label_map, skip_missing,
+                                                    follow_symlinks)
+        folders |= split_folders
     features = emoset_features(label_map)
     log.info("indexed %s (%s records) in %.1f s",
              root, sum(t.num_rows for t in tables.values()), time.perf_counter() - started)
     try:
-        _write_cache(entry, tables, features, root, key)
+        # Following links, there is nothing to re-check on later loads.
+        stamps = {} if follow_symlinks else folder_stamps(root, folders)
+        _write_cache(entry, tables, features, root, key, stamps)
     except OSError as err:
         # A read-only home or full disk must not stop the user: load from memory this time.
         log.warning("could not write the EmoSet index cache to %s (%s); the next load will "
@@ -219,7 +226,8 @@ def read_label_map(root: str | os.PathLike) -> LabelMap:
 
 def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool,
                  follow_symlinks: bool):
-    """Read one split file and its annotations into an Arrow table (the cached form)."""
+    """One split file and its annotations as an Arrow table (the cached form), and the folders
+    its files lie in (relative to ``root``)."""
     split_path = root / file_name
     records = _read_split_records(split_path, label_map.emotions)
     present_images, leaving = scan_folders(root, (rec.image_rel for rec in records))
@@ -265,7 +273,9 @@ def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: 
             raise EmoSetError(f"{message}. Restore the files, or pass skip_missing=True "
                               "(CLI: --skip-missing) to leave those records out.")
         log.warning("%s; skipped them (skip_missing=True)", message)
-    return _to_arrow(root, keep, label_map, split_path)
+    folders = {posixpath.dirname(rel) for rec in records
+               for rel in (rec.image_rel, rec.annotation_rel)}
+    return _to_arrow(root, keep, label_map, split_path), folders
 
 
 def _read_split_records(split_path: Path, emotions: tuple[str, ...]) -> list[_Record]:
@@ -419,7 +429,8 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "root"
 
 
-def _write_cache(entry: Path, tables: dict, features, root: Path, key: str) -> None:
+def _write_cache(entry: Path, tables: dict, features, root: Path, key: str,
+                 folders: dict) -> None:
     """Write the tables into a temporary folder beside ``entry``, then rename it into place.
 
     A killed process leaves at most a ``.tmp-*`` folder, never a half-written entry. Entries for
@@ -437,7 +448,7 @@ def _write_cache(entry: Path, tables: dict, features, root: Path, key: str) -> N
                 writer.write_table(table, max_chunksize=10_000)
         (tmp / "source.json").write_text(json.dumps(
             {"root": str(root), "key": key, "format": CACHE_FORMAT_VERSION,
-             "features": features.to_dict()}, indent=1))
+             "features": features.to_dict(), "folders": folders}, indent=1))
         (tmp / "done").write_text("")
         try:
             os.rename(tmp, entry)
@@ -491,8 +502,16 @@ def _open_cached(entry: Path) -> "datasets.DatasetDict | None":
     if not (entry / "done").is_file():
         return None
     try:
-        features = datasets.Features.from_dict(
-            json.loads((entry / "source.json").read_text())["features"])
+        source = json.loads((entry / "source.json").read_text())
+        if "folders" not in source:
+            log.info("the EmoSet index %s predates the symlink check; indexing again", entry)
+            return None
+        link = new_link_leaving_root(Path(source["root"]), source["folders"])
+        if link is not None:  # indexing decides whether a record uses it (and refuses it)
+            log.info("%s: a link out of the root appeared since the EmoSet index was built; "
+                     "indexing again", link)
+            return None
+        features = datasets.Features.from_dict(source["features"])
         dataset = datasets.DatasetDict({
             split: datasets.Dataset.from_file(
                 str(entry / f"{split}.arrow"), info=datasets.DatasetInfo(features=features),

@@ -145,5 +145,49 @@ def refuse_links_leaving_root(root: Path, split_path: Path, records,
         "--follow-symlinks; load_emoset(..., follow_symlinks=True)) if the links are intended")
 
 
+def folder_stamps(root: Path, folders: Iterable[str]) -> dict[str, list[int] | None]:
+    """``lstat`` (inode, mtime) of each folder and its parents below ``root``, for the index cache.
+
+    Replacing a file by a symlink changes its folder's mtime; replacing a folder by a link
+    changes its parent's mtime and its own inode. So an unchanged set of stamps means no link
+    appeared since the links were checked (16 or so stats for EmoSet, not 118,102).
+    """
+    every = set()
+    for folder in folders:
+        while folder and folder not in every:
+            every.add(folder)
+            folder = posixpath.dirname(folder)
+    return {folder: _stamp(root, folder) for folder in sorted(every)}
+
+
+def new_link_leaving_root(root: Path, stamps: Mapping) -> str | None:
+    """A symlink out of ``root`` in a folder that changed since ``stamps`` were taken, if any.
+
+    Only changed folders are listed, so a warm load stays a few stats; a file deleted or added
+    without a link does not make the index stale (as before: the cache key is the split files).
+    """
+    root_str = str(root)
+    for folder, stamp in stamps.items():
+        if _stamp(root, folder) == stamp:
+            continue
+        try:
+            with os.scandir(root / folder) as entries:
+                links = [entry.path for entry in entries if entry.is_symlink()]
+        except OSError:
+            continue
+        for link in links:
+            if not _inside(os.path.realpath(link), root_str):
+                return link
+    return None
+
+
+def _stamp(root: Path, folder: str) -> list[int] | None:
+    try:
+        stat = os.lstat(root / folder)
+    except OSError:
+        return None
+    return [stat.st_ino, stat.st_mtime_ns]
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
