@@ -36,6 +36,7 @@ class DataConfig:
     skip_missing: bool = False  # skip records whose files are missing instead of failing
     cache_dir: str | None = None  # index and decoded-image caches; default ~/.cache/emoset_peft
     decode_workers: int = 2  # threads decoding JPEGs into the cache (PIL releases the GIL)
+    follow_symlinks: bool = False  # follow symlinks whose target lies outside data.root
 
 
 @dataclass

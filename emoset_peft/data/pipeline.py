@@ -262,6 +262,12 @@ def random_resized_crop_flip(batch: torch.Tensor, size: int, generator: torch.Ge
     """
     count, _, height, width = batch.shape
     boxes, flips = sample_crop_boxes(count, height, width, generator, scale, ratio)
+    return crop_flip(batch, boxes, flips, size)
+
+
+def crop_flip(batch: torch.Tensor, boxes: Sequence, flips: Sequence[bool],
+              size: int) -> torch.Tensor:
+    """Image i of ``batch``: its box ``(top, left, h, w)`` resized to ``size``, flipped if asked."""
     out = []
     for index, (top, left, crop_h, crop_w) in enumerate(boxes):
         crop = TF.resized_crop(batch[index], top, left, crop_h, crop_w, [size, size],
@@ -275,8 +281,11 @@ class TrainStream:
 
     The global batch of ``batch_size * world_size`` indices for step ``s`` comes from a chain of
     seeded permutations of the subset (every image once per pass, no dropped remainder; a pass
-    may span two steps). Process ``rank`` takes its slice. A batch is a pure function of
-    ``(seed, step)``, so resuming at step s needs no skipping, only ``batch(s)``.
+    may span two steps), and each of its images' crop and flip from one generator seeded by
+    ``(seed, s)``, drawn for the whole global batch. Process ``rank`` takes rows
+    ``[rank * per_process, (rank + 1) * per_process)`` of both. So a global batch is a pure
+    function of ``(seed, step)``: resuming at step s needs only ``batch(s)``, and 1 process x
+    batch 16 trains on exactly the images and crops that 2 processes x batch 8 do.
     """
 
     def __init__(self, images: DecodedImages, batch_size: int, seed: int, rank: int = 0,
@@ -299,15 +308,26 @@ class TrainStream:
             chunks.append(take)
             need -= len(take)
             offset, pass_index = 0, pass_index + 1
-        batch = np.concatenate(chunks)
-        return batch[self.rank * self.per_process:(self.rank + 1) * self.per_process]
+        return np.concatenate(chunks)[self._rows()]
+
+    def _rows(self) -> slice:
+        return slice(self.rank * self.per_process, (self.rank + 1) * self.per_process)
+
+    def augmentation(self, step: int) -> tuple[list, list]:
+        """This process's (crop boxes, flips) for ``step``, row for row with ``indices(step)``."""
+        side = self.images.pixels.shape[1]
+        generator = torch.Generator(device="cpu").manual_seed(
+            int(np.random.default_rng([self.seed, step, 7]).integers(2**62)))
+        boxes, flips = sample_crop_boxes(self.global_batch, side, side, generator)
+        return boxes[self._rows()], flips[self._rows()]
 
     def batch(self, step: int, normalizer: Normalizer, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = np.sort(self.indices(step))  # sorted reads are kinder to a memmap
+        index = self.indices(step)
+        boxes, flips = self.augmentation(step)
+        order = np.argsort(index, kind="stable")  # sorted reads are kinder to a memmap
+        index = index[order]
         raw = normalizer.to_nchw(self.images.pixels[index])
-        generator = torch.Generator(device="cpu").manual_seed(
-            int(np.random.default_rng([self.seed, step, self.rank, 7]).integers(2**62)))
-        crops = random_resized_crop_flip(raw, image_size, generator)
+        crops = crop_flip(raw, [boxes[i] for i in order], [flips[i] for i in order], image_size)
         labels = torch.from_numpy(self.images.labels[index]).to(normalizer.device)
         return normalizer(crops), labels
 

@@ -57,7 +57,8 @@ def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
     if emoset is None:
         from emoset_peft.data.emoset import load_emoset
 
-        emoset = load_emoset(data.root, cache_dir=data.cache_dir, skip_missing=data.skip_missing)
+        emoset = load_emoset(data.root, cache_dir=data.cache_dir, skip_missing=data.skip_missing,
+                             follow_symlinks=data.follow_symlinks)
     train, selection, test, manifest = select_splits(data, emoset)
 
     def decode(split, desc):

@@ -162,12 +162,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
 def backbone_image_size(backbone: str) -> int:
     """The input resolution from the backbone's config alone (the data is decoded before the
     model is built, since AdaLoRA's schedule needs the subset size)."""
-    from transformers import AutoConfig
+    from emoset_peft.models.backbones import load_config, resolve_source
 
-    try:
-        config = AutoConfig.from_pretrained(backbone)
-    except OSError as err:
-        raise EmoSetError(f"cannot load backbone {backbone!r}: {err}") from None
+    config = load_config(resolve_source(backbone))
     vision = getattr(config, "vision_config", None) or config
     return int(vision.image_size)
 

@@ -78,12 +78,13 @@ class CellContext:
         self._emoset = {}
 
     def emoset(self, data_cfg):
-        key = (data_cfg.root, data_cfg.cache_dir, data_cfg.skip_missing)
+        key = (data_cfg.root, data_cfg.cache_dir, data_cfg.skip_missing, data_cfg.follow_symlinks)
         if key not in self._emoset:
             from emoset_peft.data.emoset import load_emoset
 
             self._emoset[key] = load_emoset(data_cfg.root, cache_dir=data_cfg.cache_dir,
-                                            skip_missing=data_cfg.skip_missing)
+                                            skip_missing=data_cfg.skip_missing,
+                                            follow_symlinks=data_cfg.follow_symlinks)
         return self._emoset[key]
 
 
