@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 TINY_VIT = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=3,
                 num_attention_heads=4, intermediate_size=128)  # ~0.15 M parameters
-PRETRAIN_STEPS = 300  # batch 64 over 6,400 in-memory images (64 combinations x 100)
+PRETRAIN_STEPS = 500  # batch 64 over 6,400 in-memory images (64 combinations x 100)
 PRETRAIN_IMAGES = 6400
 DEMO_DATA = dict(task="factors", label_noise=0.1, train_per_class=256, val_per_class=16,
                  test_per_class=250, size_range=(36, 48), grayscale_fraction=0.03,

@@ -29,7 +29,7 @@ from emoset_peft.data.synthetic import _blend, _colour
 NUM_COMBINATIONS = 64
 FACTOR_NAMES = ("hue", "orientation", "duty", "ground")
 _DUTIES = (0.25, 0.7)  # share of the area the stripe colour covers
-_GROUNDS = ((0.12, 0.3), (0.6, 0.8))  # background value (HSV) range: dark, light
+_GROUNDS = ((0.05, 0.2), (0.65, 0.85))  # background value (HSV) range: dark, light
 
 
 def factors_of(combination: int) -> tuple[int, int, int, int]:
@@ -72,17 +72,17 @@ def render_factors(rng: np.random.Generator, combination: int,
     arg = (x * (k * np.float32(np.cos(theta))) + y * (k * np.float32(np.sin(theta)))
            + np.float32(rng.uniform(0, 2 * np.pi)))
     threshold = np.float32(np.cos(np.pi * _DUTIES[duty]))  # cos > t on a `duty` share
-    mask = 1 / (1 + np.exp(-(np.cos(arg) - threshold) / np.float32(0.15)))
+    mask = 1 / (1 + np.exp(-(np.cos(arg) - threshold) / np.float32(0.05)))
     colour = _colour(45.0 * hue + rng.normal(0, 6), rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.0))
-    image = _blend(image, mask, colour, rng.uniform(0.75, 0.95))
+    image = _blend(image, mask, colour, rng.uniform(0.8, 1.0))
 
-    # A distractor spot of a random hue somewhere in the frame.
+    # A small distractor spot of a random hue somewhere in the frame.
     if rng.random() < 0.5:
         cx, cy = rng.uniform(0, width / unit), rng.uniform(0, height / unit)
-        inv = np.float32(1 / (2 * rng.uniform(0.1, 0.2) ** 2))
+        inv = np.float32(1 / (2 * rng.uniform(0.06, 0.12) ** 2))
         spot = np.exp(-(x - np.float32(cx)) ** 2 * inv) * np.exp(-(y - np.float32(cy)) ** 2 * inv)
         image = _blend(image, spot, _colour(rng.uniform(0, 360), rng.uniform(0.4, 1), 1.0),
-                       rng.uniform(0.3, 0.6))
+                       rng.uniform(0.2, 0.5))
 
     image *= np.float32(rng.uniform(0.85, 1.15))  # exposure
     noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0.01, 0.04))
