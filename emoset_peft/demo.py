@@ -51,7 +51,7 @@ def demo_study(root: Path, backbone: Path, out: Path, cache: Path) -> StudyConfi
 
 
 def pretrain_tiny_vit(folder: Path, steps: int = PRETRAIN_STEPS, seed: int = 0,
-                      images: int = PRETRAIN_IMAGES) -> Path:
+                      images: int = PRETRAIN_IMAGES, *, show_progress: bool = True) -> Path:
     """Train a tiny ViT from scratch to tell the 64 factor combinations apart (in-memory
     images, not the demo's data); save the encoder only."""
     import numpy as np
@@ -76,7 +76,8 @@ def pretrain_tiny_vit(folder: Path, steps: int = PRETRAIN_STEPS, seed: int = 0,
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
     model.train()
-    for step in tqdm(range(steps), desc="pretraining the tiny backbone", unit="step", leave=False):
+    for step in tqdm(range(steps), desc="pretraining the tiny backbone", unit="step", leave=False,
+                     disable=not show_progress):
         batch, targets = stream.batch(step, normalizer, size)
         loss = F.cross_entropy(model(pixel_values=batch).logits, targets)
         loss.backward()
@@ -132,7 +133,7 @@ def run_demo(workdir: str | Path = "emoset_demo", *, show_progress: bool = True)
         make_synthetic_emoset(data_root, seed=0, **DEMO_DATA)
     if not (backbone / "config.json").exists():
         print(f"pretraining a tiny ViT on 64 factor combinations -> {backbone}")
-        pretrain_tiny_vit(backbone)
+        pretrain_tiny_vit(backbone, show_progress=show_progress)
     study = demo_study(data_root, backbone, workdir / "study", cache)
     out = run_study(study, show_progress=show_progress)
     print("mean test accuracy over seeds, smallest and largest k:")
