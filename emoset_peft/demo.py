@@ -118,6 +118,40 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def aulc_lines(study_dir: Path, rows: list[dict], n_boot: int = 1000) -> list[str]:
+    """The area under each method's learning curve (test accuracy over log2 k, study/curves.py)
+    with its two-level bootstrap interval, and the pairwise differences."""
+    from emoset_peft.study.bootstrap import make_draws, union_keys
+    from emoset_peft.study.curves import aulc, learning_curves
+    from emoset_peft.study.predictions import load_predictions
+
+    predictions = load_predictions(study_dir, rows, probabilities=False)
+    if not predictions.cells:
+        return ["AULC: n/a (no prediction files)"]
+    draws = make_draws(len(predictions.image_ids), union_keys(predictions.cells.values()),
+                       n_boot=n_boot, seed=0)
+    result = aulc(learning_curves(predictions, draws, "accuracy"))
+    if result["reason"]:
+        return [f"AULC: n/a ({result['reason']})"]
+
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}"
+    lines = [f"area under the learning curve (test accuracy over log2 k, k = "
+             f"{', '.join(map(str, result['ks_used']))}; 95% two-level bootstrap interval):"]
+    for method, entry in result["methods"].items():
+        note = f"  ({entry['reason']})" if entry.get("reason") else ""
+        lines.append(f"{method:>8}: {pct(entry['aulc'])}%  [{pct(entry['ci_low'])}, "
+                     f"{pct(entry['ci_high'])}]  over {entry['n_replicates']} seeds{note}")
+    for pair in result["pairs"]:
+        if pair["difference"] is None:
+            continue
+        p_value = "n/a" if pair["p_value"] is None else f"{pair['p_value']:.3g}"
+        lines.append(f"{pair['a']:>8} - {pair['b']}: {100 * pair['difference']:+.1f} pp  "
+                     f"[{100 * pair['ci_low']:+.1f}, {100 * pair['ci_high']:+.1f}], "
+                     f"bootstrap p = {p_value}")
+    return lines
+
+
 def run_demo(workdir: str | Path = "emoset_demo", *, show_progress: bool = True) -> Path:
     """Build the demo data and backbone (once), run the study (resumable); returns report.md."""
     from emoset_peft.data.synthetic import make_synthetic_emoset
@@ -136,8 +170,9 @@ def run_demo(workdir: str | Path = "emoset_demo", *, show_progress: bool = True)
         pretrain_tiny_vit(backbone, show_progress=show_progress)
     study = demo_study(data_root, backbone, workdir / "study", cache)
     out = run_study(study, show_progress=show_progress)
+    rows = read_results(out / "results.csv")
     print("mean test accuracy over seeds, smallest and largest k:")
-    for line in summary_lines(read_results(out / "results.csv")):
+    for line in summary_lines(rows) + aulc_lines(out, rows):
         print(line)
     log.info("demo finished in %.0f s", time.perf_counter() - started)
     return out / "report.md"
