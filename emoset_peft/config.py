@@ -31,7 +31,8 @@ class DataConfig:
     fraction: float | None = None  # alternative to per_class: this share of each class
     data_seed: int = 0  # picks the subset; separate from train.seed on purpose
     # Model selection on validation images: "fixed" = selection_per_class per class; "k_tied" =
-    # min(k, 4) per class (CoOp's few-shot protocol); "none" = no validation, keep the last step.
+    # min(k, 4) per class (CoOp's few-shot protocol; 4 for "all" or a fraction); "none" = no
+    # validation: train the whole step budget and keep the last step.
     selection: str = "fixed"
     selection_per_class: int | None = 20  # "fixed": images per class from validation; None = all
     test_limit_per_class: int | None = None  # None = the whole test split (what papers report)

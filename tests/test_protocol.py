@@ -135,6 +135,11 @@ def test_paired_seeds_keep_todays_names_and_crossed_seeds_make_the_product():
     assert [c.name for c in only_data] == ["lora_k1_d3_t0", "lora_k1_d3_t1"]
     with pytest.raises(EmoSetError, match="study.train_seeds"):
         expand(StudyConfig(base=base, train_seeds=[1, 1]))
+    both = expand(StudyConfig(base=base, methods={"lora": {}}, per_class=[1], seeds=[],
+                              data_seeds=[0], train_seeds=[1]))
+    assert [c.name for c in both] == ["lora_k1_d0_t1"]  # seeds unused, so not checked
+    with pytest.raises(EmoSetError, match="study.seeds"):
+        expand(StudyConfig(base=base, seeds=[]))
 
 
 def test_crossed_study_cells_keep_the_files_of_a_single_run(study_recipe, tmp_path):

@@ -100,7 +100,10 @@ def load_study_config(path: str | Path | None, overrides: list[str] | None = Non
 
 def seed_pairs(study: StudyConfig) -> tuple[list[tuple[int, int, int]], bool]:
     """([(seed column, data seed, training seed)], crossed?) in grid order."""
-    for key in ("seeds", "data_seeds", "train_seeds"):
+    used = ["data_seeds", "train_seeds"]
+    if study.data_seeds is None or study.train_seeds is None:
+        used.append("seeds")
+    for key in used:
         values = getattr(study, key)
         if values is not None and (not values or len(set(values)) != len(values)):
             raise EmoSetError(f"study.{key}={values} must be a non-empty list without repeats")
