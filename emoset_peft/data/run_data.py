@@ -11,6 +11,7 @@ from typing import Any
 
 from emoset_peft.config import DataConfig
 from emoset_peft.data.pipeline import DecodedImages, decode_split
+from emoset_peft.errors import EmoSetError
 
 
 @dataclass
@@ -26,6 +27,7 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
     """(train subset or None, selection set, test set, train manifest) as ``datasets`` splits."""
     from emoset_peft.data.subsets import low_data_subset, selection_subset, subset_manifest
 
+    _require_records(emoset, data.root)
     train = emoset["train"]
     if data.fraction is not None:
         args = {"fraction": data.fraction, "seed": data.data_seed}
@@ -49,6 +51,18 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
     if data.test_limit_per_class is not None:
         test = low_data_subset(test, per_class=data.test_limit_per_class, seed=0, allow_fewer=True)
     return train, selection, test, manifest
+
+
+def _require_records(emoset, root: str) -> None:
+    """An empty val.json or test.json stops the run before it trains, not after."""
+    from pathlib import Path
+
+    from emoset_peft.data.emoset import SPLIT_FILES
+
+    for split, why in (("validation", "selects the checkpoint"), ("test", "scores the run")):
+        if len(emoset[split]) == 0:
+            raise EmoSetError(f"{Path(root) / SPLIT_FILES[split]} holds no records, but the run "
+                              f"needs it ({split} {why}); restore it from the EmoSet download")
 
 
 def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
