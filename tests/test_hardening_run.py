@@ -80,6 +80,22 @@ def test_overwrite_replaces_a_finished_run_but_not_one_with_a_stray_file(tiny_ru
         json.loads(before["metrics.json"])["config_fingerprint"]
 
 
+def test_an_earlier_attempt_that_never_reached_a_checkpoint_is_cleaned(tiny_run, tmp_path):
+    from emoset_peft.config import load_config, save_config
+    from emoset_peft.engine.run_dir import locked_run_dir, prepare_run_dir
+
+    aborted = load_config(None, tiny_run("aborted", **{"train.lr": 0.5}))
+    with locked_run_dir(aborted):  # what a run killed after its setup leaves behind
+        out, _ = prepare_run_dir(aborted)
+        save_config(aborted, out / "config.yaml")
+        (out / "log.jsonl").write_text('{"step": 6}\n')
+        (out / ".provenance.json.x1y2.tmp").write_text("{")  # an atomic write cut short
+    assert main(["train", *tiny_run("aborted")]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == \
+        [".emoset-peft-run", ".emoset-peft.lock"]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 12
+
+
 # -- item 6: one process per output folder ----------------------------------------------------
 
 
@@ -213,6 +229,22 @@ def test_a_diverging_cell_is_recorded_as_failed_and_the_grid_goes_on(training_ro
                  "methods.ia3.train.lr=3e-2"]) == 0
     rows = read_results(tmp_path / "grid" / "results.csv")
     assert [r["status"] for r in rows if r["method"] == "ia3"] == ["failed", "ok"]
+
+
+@pytest.mark.slow
+def test_divergence_stops_every_rank_of_a_two_process_run(tiny_run, tmp_path):
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+               "--main_process_port", "0", "-m", "emoset_peft", "train",
+               *tiny_run("ddp_nan", **{"cpu": "true", "train.lr": 1e30,
+                                       "train.max_grad_norm": "null"})]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                            cwd=REPO)
+    assert result.returncode != 0
+    # Both ranks report it themselves (neither hangs in a collective waiting for the other).
+    assert result.stderr.count("error: training diverged at step") == 2, result.stderr[-4000:]
+    assert not (tmp_path / "ddp_nan").exists()
 
 
 def test_epochs_zero_with_max_steps_trains_exactly_that_many_steps(tiny_run, tmp_path):
