@@ -205,7 +205,7 @@ def test_a_diverging_cell_is_recorded_as_failed_and_the_grid_goes_on(training_ro
         "output_dir": str(tmp_path / "grid"),
         "base": {"data": {"root": str(training_root), "selection_per_class": 4},
                  "model": {"backbone": str(tiny_vit_dir)},
-                 "train": {"batch_size": 8, "min_steps": 6, "max_steps": 6, "eval_every": 3}},
+                 "train": {"batch_size": 8, "min_steps": 3, "max_steps": 3, "eval_every": 3}},
         "methods": {"lora": {"train": {"lr": 1e-2}}, "ia3": {"train": {"lr": 1e30}}},
         "per_class": [2], "seeds": [0], "report": True,
     }
