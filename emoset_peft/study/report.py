@@ -101,6 +101,10 @@ def load_study(study_dir: str | os.PathLike) -> Study:
         if not row.get("method"):
             problems.append(f"{RESULTS_FILE} line {line}: no method; row skipped")
             continue
+        if row.get("status") == "failed":  # training diverged: no metrics to count
+            problems.append(f"{RESULTS_FILE} line {line}: cell {row['method']} k={per_class} "
+                            f"seed={row.get('seed')} failed ({row.get('error')}); left out")
+            continue
         key = (row["method"], per_class, row.get("seed"), row.get("data_seed"))
         if key in rows:
             problems.append(f"{RESULTS_FILE} line {line}: repeats the cell {row['method']} "
