@@ -278,7 +278,7 @@ def test_bad_input_is_one_line_before_the_output_folder_exists(case, tiny_run, t
         "negative_r": ({"model.options.r": -4}, "model.options.r"),
         "dropout": ({"model.options.dropout": 1.5}, "model.options.dropout"),
         "bogus_tracker": ({"train.report_to": "bogus"}, "tensorboard"),
-        "missing_backbone": ({"model.backbone": str(tmp_path / "no_model")}, "model.backbone"),
+        "missing_backbone": ({"model.backbone": str(tmp_path / "no_model")}, "no_model"),
         "unknown_method": ({"model.method": "nope"}, "nope"),
         "per_class_too_large": ({"data.per_class": 500}, "500"),
         "missing_root": ({"data.root": str(tmp_path / "no_data")}, "no_data"),
