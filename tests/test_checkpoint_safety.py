@@ -169,3 +169,29 @@ def test_full_disk_while_saving_the_adapter_leaves_no_half_adapter(training_root
     assert "disk is full" in line and "adapter" in line and str(out) in line, line
     assert not (out / "adapter").exists() and not (out / "metrics.json").exists()
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_two_process_resume_reads_each_ranks_rng_and_ends_where_the_straight_run_ends(
+        training_root, tiny_vit_dir, tmp_path):
+    from test_distributed import launch_two_cpu_processes
+
+    straight = tmp_path / "straight"
+    launch_two_cpu_processes("train", *overrides(training_root, tiny_vit_dir, straight,
+                                                 cpu="true"))
+    step = straight / "checkpoints" / "step_00000008"
+    assert (step / "rng_rank0.safetensors").exists() and (step / "rng_rank1.safetensors").exists()
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    for name in ("metrics.json", "predictions_test.csv"):
+        (resumed / name).unlink()
+    shutil.rmtree(resumed / "adapter")
+    launch_two_cpu_processes("train", *overrides(training_root, tiny_vit_dir, resumed,
+                                                 cpu="true"), "resume=true")
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert a["num_processes"] == b["num_processes"] == 2 and a["steps"] == b["steps"] == 12
+    assert a["test"]["confusion_matrix"] == b["test"]["confusion_matrix"]
+    weights_a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
+    weights_b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))
+    assert all((weights_a[key] == weights_b[key]).all() for key in weights_a)

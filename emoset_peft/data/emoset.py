@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import ATTRIBUTES, EMOTIONS, VALENCES, valence_of
+from emoset_peft.utils.storage import writable_cache_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -125,6 +126,8 @@ def load_emoset(
     cached = _open_cached(entry)
     if cached is not None:
         return cached
+    # A read-only cache folder: build (or find) the entry in a per-user temporary folder.
+    entry = writable_cache_dir(cache_root, "EmoSet index cache") / entry.name
     # Several processes started together (accelerate launch) index once: the others wait here.
     with _build_lock(entry):
         cached = _open_cached(entry)

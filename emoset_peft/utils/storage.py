@@ -74,44 +74,56 @@ def temp_path(target: Path, suffix: str = "") -> Path:
     return target.with_name(f".{target.name}.{_host()}.{os.getpid()}.tmp{suffix}")
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete temp files in ``folder`` whose writer (this host, that pid) no longer runs."""
-    removed = []
+def remove_stale_temps(folder: Path, dry_run: bool = False) -> list[Path]:
+    """Delete (or with ``dry_run`` only list) temp files in ``folder`` whose writer (this host,
+    that pid) no longer runs."""
+    stale = []
     try:
-        candidates = list(folder.iterdir())
+        candidates = sorted(folder.iterdir())
     except OSError:
-        return removed
+        return stale
     for path in candidates:
         match = _TEMP_NAME.match(path.name)
         if not match or match["host"] != _host() or _alive(int(match["pid"])):
             continue
+        if dry_run:
+            stale.append(path)
+            continue
         with contextlib.suppress(OSError):
             path.unlink()
-            removed.append(path)
+            stale.append(path)
             log.info("removed %s, left by a process (pid %s) that no longer runs",
                      path, match["pid"])
-    return removed
+    return stale
 
 
 def is_temp_name(name: str) -> bool:
     return bool(_TEMP_NAME.match(name))
 
 
-def writable_cache_dir(folder: Path, what: str) -> Path:
-    """``folder`` if this process can write there, else a per-user temporary folder (one warning).
+def fallback_cache_dir() -> Path:
+    """Where caches go when the configured folder cannot be written: one folder per user."""
+    return Path(tempfile.gettempdir()) / f"emoset_peft-cache-{os.getuid()}"
+
+
+def writable_cache_dir(root: Path, what: str, sub: str = "") -> Path:
+    """``root/sub`` if this process can write there, else the same under
+    :func:`fallback_cache_dir` (with one warning per folder and process).
 
     Root writes through chmod 0555, so writability is probed by creating a file, not os.access.
     """
+    folder = root / sub if sub else root
     problem = _write_problem(folder)
     if problem is None:
         return folder
-    fallback = Path(tempfile.gettempdir()) / f"emoset_peft-cache-{os.getuid()}"
-    if _write_problem(fallback) is not None or fallback.stat().st_uid != os.getuid():
+    fallback = fallback_cache_dir() / sub if sub else fallback_cache_dir()
+    if (_write_problem(fallback) is not None
+            or fallback_cache_dir().stat().st_uid != os.getuid()):
         raise EmoSetError(f"cannot write the {what} in {folder} ({problem}) nor in {fallback}; "
                           "set data.cache_dir or EMOSET_PEFT_CACHE to a writable folder")
     if str(folder) not in _warned_fallbacks:
         _warned_fallbacks.add(str(folder))
-        log.warning("cannot write the %s in %s (%s); using %s instead. Set data.cache_dir or "
+        log.warning("could not write the %s to %s (%s); using %s instead. Set data.cache_dir or "
                     "EMOSET_PEFT_CACHE to a writable folder to keep it between runs.",
                     what, folder, problem, fallback)
     return fallback
