@@ -112,15 +112,18 @@ def _check(meta, pixels: np.ndarray, key: str, shape: tuple) -> str | None:
         return f"meta format/key {meta.get('format')}/{meta.get('key')}, expected {CACHE_FORMAT}/{key}"
     if tuple(meta["shape"]) != shape or pixels.shape != shape or pixels.dtype != np.uint8:
         return f"array {pixels.dtype}{list(pixels.shape)}, expected uint8{list(shape)}"
-    hashes = meta["row_hashes"]
+    hashes, failed = meta["row_hashes"], meta["failed"]
+    if not isinstance(hashes, list) or not isinstance(failed, dict):
+        return "row_hashes or failed of the wrong type"
     if len(hashes) != shape[0]:
         return f"{len(hashes)} row hashes for {shape[0]} rows"
-    bad = [i for i in meta["failed"] if not (str(i).isdigit() and int(i) < shape[0])]
+    bad = [i for i in failed if not (str(i).isdigit() and int(i) < shape[0])]
     if bad:
         return f"undecodable-image index {bad[0]} outside the array"
     rows = range(shape[0])
     if pixels.nbytes > VERIFY_ALL_BELOW:
-        picks = np.random.default_rng().choice(shape[0], VERIFY_SAMPLE, replace=False)
+        picks = np.random.default_rng().choice(shape[0], min(VERIFY_SAMPLE, shape[0]),
+                                               replace=False)
         rows = sorted({0, shape[0] - 1, *picks.tolist()})
     for row in rows:
         if row_hash(pixels[row]) != hashes[row]:
@@ -129,8 +132,10 @@ def _check(meta, pixels: np.ndarray, key: str, shape: tuple) -> str | None:
 
 
 def row_hash(row: np.ndarray) -> str:
-    """CRC-32 of a row: it guards against damage, not tampering. Measured on the demo data
-    (480 images, 256 px rows, 2 CPUs): 5% of the decode time, against 27% for blake2b."""
+    """CRC-32 of a row: it guards against damage, not tampering. Measured on 2 CPUs with 480
+    synthetic 40-72 px images: 0.4% of the decode time at the demo's 37 px rows; at 256 px rows
+    (224 px models) 0.14 ms a row (blake2b: 0.69 ms), 5-17% of that cheap 1.5-2.6 ms upscaling
+    decode and a smaller share of a real photo's."""
     return f"{zlib.crc32(np.ascontiguousarray(row).data):08x}"
 
 
