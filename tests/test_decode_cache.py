@@ -190,3 +190,14 @@ def test_cache_ls_and_clear(splits, training_root, tmp_path, capsys):
     capsys.readouterr()
     assert main(["cache", "ls", "--cache-dir", str(cache)]) == 0
     assert "no cache entries" in capsys.readouterr().out
+
+
+def test_not_enough_free_space_is_refused_before_decoding(splits, tmp_path):
+    from emoset_peft.errors import EmoSetError
+
+    cache = tmp_path / "cache"
+    huge = 175_000  # 200,000 px squares: 32 images need 3.8 TB, more than any test disk has
+    with pytest.raises(EmoSetError, match="needs .* MB for 32 images but the disk has") as err:
+        decode_split(splits["validation"], huge, cache_dir=cache, show_progress=False)
+    assert str(cache / "decoded") in str(err.value) and "cache clear" in str(err.value)
+    assert not list((cache / "decoded").iterdir())

@@ -117,12 +117,12 @@ def save_checkpoint(accelerator, folder: Path, step: int, trainer_state: dict,
 def load_checkpoint(accelerator, path: Path, *, model, optimizer,
                     scheduler) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """Restore everything ``save_checkpoint`` wrote; returns (loop state, best weights or None)."""
-    from emoset_peft.engine.trainer import load_trainable_state, trainable_state
+    from emoset_peft.engine.trainer import load_trainable_state
 
     files = _verified_files(path, accelerator)
     with _reading(path, WEIGHTS):
         weights = load_file(str(path / WEIGHTS))
-        expected = set(trainable_state(model))
+        expected = {name for name, p in model.named_parameters() if p.requires_grad}
         if set(weights) != expected:
             raise ValueError(f"it holds {len(weights)} tensors, this model trains "
                              f"{len(expected)} others")
