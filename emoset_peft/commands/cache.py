@@ -56,9 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_ls(args) -> int:
     from emoset_peft.commands.data import _print_table
+    from emoset_peft.utils.storage import fallback_cache_dir
 
     root = _root(args)
     found = entries(root)
+    fallback = fallback_cache_dir()
+    if fallback != root and entries(fallback):
+        print(f"(entries written while a cache folder was not writable are in {fallback}: "
+              f"emoset-peft cache ls --cache-dir {fallback})")
     if not found:
         print(f"{root}: no cache entries")
         return 0
