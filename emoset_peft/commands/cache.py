@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "entries unused for DAYS days, or everything. They are rebuilt on next use.")
     clear.add_argument("keys", nargs="*", metavar="KEY", help="entries to remove (see ls)")
     clear.add_argument("--older-than", type=float, metavar="DAYS", default=None,
-                       help="only entries not used for more than DAYS days")
+                       help="only entries older than DAYS days (decoded images: since last "
+                            "use; index: since it was built)")
     for sub in (ls, clear):
         sub.add_argument("--cache-dir", type=Path, default=None,
                          help="cache folder (default $EMOSET_PEFT_CACHE or ~/.cache/emoset_peft)")
@@ -118,7 +119,9 @@ def entries(root: Path) -> list[Entry]:
     found = []
     if root.is_dir():
         for folder in sorted(root.iterdir()):
-            if folder.is_dir() and (folder / "source.json").is_file():
+            # ".tmp-*": an index being written right now (or by a killed process): not listed.
+            if (not folder.name.startswith(".") and folder.is_dir()
+                    and (folder / "source.json").is_file()):
                 found.append(_index_entry(folder))
     decoded = root / SUBFOLDER
     if decoded.is_dir():
