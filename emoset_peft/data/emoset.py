@@ -66,6 +66,7 @@ from emoset_peft.data.index_cache import (
 )
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import ATTRIBUTES, EMOTIONS, VALENCES, valence_of
+from emoset_peft.utils.storage import writable_cache_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -143,6 +144,8 @@ def load_emoset(
     entry = cache_root / f"{safe_name(root.name)}-{key[:24]}"
     dataset = open_cached(entry, SPLIT_FILES)
     if dataset is None:
+        # A read-only cache folder: build (or find) the entry in a per-user temporary folder.
+        entry = writable_cache_dir(cache_root, "EmoSet index cache") / entry.name
         # Several processes started together (accelerate launch) index once: the others wait.
         with build_lock(entry):
             dataset = open_cached(entry, SPLIT_FILES)

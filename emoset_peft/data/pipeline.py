@@ -16,12 +16,8 @@ that halves the decode time; smaller images are decoded in full. From there:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -30,13 +26,12 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from tqdm.auto import tqdm
 
+from emoset_peft.data.decode_cache import load_or_decode
 from emoset_peft.data.images import CorruptImageError, open_image
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the decoded pixels change (2: JPEG draft, torchvision geometry)
 EVAL_CROP_RATIO = 0.875  # image_size / resize size, e.g. 224 / 256
 SLICE_ATTRIBUTES = ("facial_expression", "brightness", "scene", "human_action")
 
@@ -44,10 +39,6 @@ SLICE_ATTRIBUTES = ("facial_expression", "brightness", "scene", "human_action")
 def cache_resolution(image_size: int) -> int:
     """Side of the cached square: the eval resize, which also leaves a margin for train crops."""
     return int(round(image_size / EVAL_CROP_RATIO))
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMOSET_PEFT_CACHE", Path.home() / ".cache" / "emoset_peft"))
 
 
 @dataclass
@@ -77,20 +68,14 @@ def decode_split(split, image_size: int, *, cache_dir: str | Path | None = None,
     resolution = cache_resolution(image_size)
     paths = [_image_path(row) for row in split.select_columns("image").cast_column(
         "image", _undecoded_image_feature())["image"]]
-    key = _cache_key(paths, resolution, image_size)
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    folder = folder / "decoded"
-    array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-
-    if array_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        pixels = np.load(array_path, mmap_mode="r")
-    else:
-        pixels, meta = _decode_to_cache(paths, resolution, image_size, array_path, meta_path,
-                                        workers=workers, desc=desc, show_progress=show_progress)
+    pixels, meta = load_or_decode(
+        paths, resolution, image_size, cache_dir,
+        lambda path: decode_square(path, resolution, crop_size=image_size),
+        label=str(getattr(split, "split", "") or ""), workers=workers, desc=desc,
+        show_progress=show_progress)
     failed = {int(i): reason for i, reason in meta["failed"].items()}
     if failed and not skip_corrupt:
-        index, reason = next(iter(sorted(failed.items())))
+        _, reason = next(iter(sorted(failed.items())))
         raise CorruptImageError(
             f"{len(failed)} image(s) in this split cannot be decoded, first: {reason} "
             "(set data.skip_corrupt=true to leave them out)"
@@ -125,47 +110,6 @@ def _image_path(image_field) -> str:
     if not path:
         raise ValueError("image column rows must carry a file path (load the split with load_emoset)")
     return path
-
-
-def _cache_key(paths: Sequence[str], resolution: int, image_size: int) -> str:
-    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{resolution}:{image_size}".encode())
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path}:missing\n".encode())
-    return digest.hexdigest()[:24]
-
-
-def _decode_to_cache(paths, resolution, image_size, array_path: Path, meta_path: Path, *,
-                     workers, desc, show_progress):
-    array_path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename at the end: a killed process leaves only a temp file.
-    tmp_array = array_path.with_name(f".{array_path.stem}.{os.getpid()}.tmp.npy")
-    pixels = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint8,
-                                       shape=(len(paths), resolution, resolution, 3))
-    failed: dict[int, str] = {}
-
-    def work(index: int) -> None:
-        try:
-            pixels[index] = decode_square(paths[index], resolution, crop_size=image_size)
-        except CorruptImageError as err:
-            failed[index] = str(err)
-            pixels[index] = 0
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, unit="img",
-                  disable=not show_progress, leave=False))
-    pixels.flush()
-    del pixels
-    meta = {"format": CACHE_FORMAT, "resolution": resolution, "count": len(paths),
-            "failed": {str(i): reason for i, reason in sorted(failed.items())}}
-    os.replace(tmp_array, array_path)
-    tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)
-    return np.load(array_path, mmap_mode="r"), meta
 
 
 def decode_square(path: str, resolution: int, crop_size: int | None = None) -> np.ndarray:

@@ -138,8 +138,11 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
     }
     if out_dir is not None and accelerator.is_main_process:
         from emoset_peft.engine.metrics import write_predictions
+        from emoset_peft.utils.storage import atomic_folder
 
-        accelerator.unwrap_model(model).save_pretrained(str(out_dir / "adapter"))
+        with atomic_folder(out_dir / "adapter", "the adapter",
+                           "free space and pass resume=true to train it again") as adapter:
+            accelerator.unwrap_model(model).save_pretrained(str(adapter))
         write_predictions(out_dir / "predictions_test.csv", data.test.image_ids, data.test.labels,
                           test_probs, data.class_names)
         atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"

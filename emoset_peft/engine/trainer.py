@@ -113,15 +113,14 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
                  "2-core CPU)")
         model.compile()  # in place: parameter names, state_dict and save_pretrained unchanged
     model, optimizer = accelerator.prepare(model, optimizer)
-    if cfg.checkpoint_every or resume_from is not None:
-        accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
     state = {"step": 0, "best_step": -1, "best_score": -math.inf, "best_validation": {},
              "evals_since_best": 0, "history": [], "train_seconds": 0.0}
     best_weights = None
     if resume_from is not None:
-        state, best_weights = load_checkpoint(accelerator, resume_from)
+        state, best_weights = load_checkpoint(accelerator, resume_from, model=unwrapped,
+                                              optimizer=optimizer, scheduler=scheduler)
         log.info("resumed from %s at step %d", resume_from, state["step"])
         if out_dir is not None and accelerator.is_main_process:  # drop evals after the checkpoint
             (out_dir / "log.jsonl").write_text(
@@ -198,6 +197,7 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
         if cfg.checkpoint_every and out_dir is not None and (
                 step % cfg.checkpoint_every == 0 and step < total_steps):
             save_checkpoint(accelerator, out_dir / "checkpoints", step, state, best_weights,
+                            model=unwrapped, optimizer=optimizer, scheduler=scheduler,
                             keep=cfg.keep_checkpoints)
         if stopped_early:
             log.info("early stop at step %d: no improvement in %d evaluations", step,
