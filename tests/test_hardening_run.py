@@ -32,8 +32,16 @@ def one_line_error(capsys, *needles):
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    """Every settled file's bytes (temp files of a write in flight come and go: left out)."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.name.endswith(".tmp") or ".tmp" in path.parent.name:
+            continue
+        try:
+            files[str(path.relative_to(folder))] = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):  # renamed away while we looked
+            continue
+    return files
 
 
 # -- item 1: only what the toolkit wrote is ever removed -----------------------------------------
@@ -317,3 +325,12 @@ def test_unwritable_output_dir_is_one_line(tiny_run, tmp_path, capsys):
         assert not target.exists()
     finally:
         parent.chmod(0o755)
+
+
+def test_temporary_files_of_the_toolkits_own_writes_count_as_ours():
+    from emoset_peft.engine.run_dir import _written_by_us
+
+    assert _written_by_us(".config.yaml.x1y2.tmp")  # atomic_write_text
+    assert _written_by_us(".adapter.host.example.org.4242.tmp")  # utils.storage.atomic_folder
+    assert not _written_by_us(".my_notes.txt.tmp")
+    assert not _written_by_us("adapter_backup")

@@ -150,11 +150,12 @@ def _plan(config: RunConfig, locked: bool = False) -> str:
 def _written_by_us(name: str) -> bool:
     if name in WRITTEN:
         return True
-    # atomic_write_text's temporary files (".config.yaml.abc123.tmp") left by a killed run
+    # Temporary files and folders of a killed run: atomic_write_text's ".config.yaml.abc123.tmp",
+    # utils.storage's ".adapter.<host>.<pid>.tmp"
     if not (name.startswith(".") and name.endswith(".tmp")):
         return False
-    target = name[1:-len(".tmp")].rsplit(".", 1)[0]
-    return target in WRITTEN or f".{target}" in WRITTEN
+    return any(name.startswith(f".{written}.") or name.startswith(f"{written}.")
+               for written in WRITTEN)
 
 
 def _remove_written(out: Path) -> None:

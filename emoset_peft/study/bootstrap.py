@@ -200,23 +200,31 @@ def resampled_cell_metric(cell, labels, draws: Draws, metric: str) -> np.ndarray
 # Intervals from the two variance parts
 
 
-def variance_parts(values, boot) -> dict:
+def variance_parts(values, boot, keys: Sequence | None = None) -> dict:
     """The variance of a mean over replicates, split into its seed and test-image parts.
 
     ``values`` [..., R]: each replicate's statistic on the whole test set; ``boot`` [B, ..., R]:
     the same statistic on B test-image resamples (the same image draw for every replicate).
+    ``keys`` (optional, R (data_seed, train_seed) pairs): when they cross D data seeds with T
+    training seeds, the seed part follows that design (``crossed_seed_variance``).
     Returns arrays (shape [...]): ``mean``; ``seed`` (A = s^2/R, NaN when R < 2); ``image``
     (F, the test-image variance shared by the replicates); ``own_test`` (each replicate's own
     test noise inside A); ``image_total`` (the whole image-resampling variance of the mean);
-    ``seed_only`` (A minus own_test, >= 0: the spread seeds add beyond test noise) and
-    ``n_replicates``.
+    ``seed_only`` (A minus own_test, >= 0: the spread seeds add beyond test noise);
+    ``n_replicates``; ``df`` (degrees of freedom of A) and ``units`` (independent seed units:
+    R, or min(D, T) when crossed).
     """
     values = np.asarray(values, dtype=np.float64)
     boot = np.asarray(boot, dtype=np.float64)
     n_rep = values.shape[-1]
     image_total = boot.mean(axis=-1).var(axis=0, ddof=1)
+    df, units = float(max(n_rep - 1, 1)), n_rep
+    grid = crossed_grid(keys) if keys is not None and len(keys) == n_rep else None
     if n_rep >= 2:
         seed = values.var(axis=-1, ddof=1) / n_rep
+        if grid is not None:
+            seed, df = crossed_seed_variance(values[..., grid])
+            units = min(grid.shape)
         per_replicate = boot.var(axis=0, ddof=1).mean(axis=-1)
         # Var(mean) = shared + own / R and per-replicate = shared + own, so own / R is:
         own_test = np.maximum(per_replicate - image_total, 0.0) / (n_rep - 1)
@@ -225,7 +233,47 @@ def variance_parts(values, boot) -> dict:
         seed = own_test = seed_only = np.full(image_total.shape, np.nan)
     image = np.maximum(image_total - np.nan_to_num(own_test), 0.0)
     return {"mean": values.mean(axis=-1), "seed": seed, "image": image, "own_test": own_test,
-            "image_total": image_total, "seed_only": seed_only, "n_replicates": n_rep}
+            "image_total": image_total, "seed_only": seed_only, "n_replicates": n_rep,
+            "df": df, "units": units}
+
+
+def crossed_grid(keys: Sequence) -> np.ndarray | None:
+    """[D, T] positions of the replicates when ``keys`` ((data_seed, train_seed) pairs) cross
+    D >= 2 data seeds with T >= 2 training seeds, each pair once; None for any other design
+    (the paired default, data_seed == train_seed, is R independent replicates)."""
+    data = sorted({key[0] for key in keys})
+    train = sorted({key[1] for key in keys})
+    if len(data) < 2 or len(train) < 2 or len(keys) != len(data) * len(train):
+        return None
+    where = {tuple(key): index for index, key in enumerate(keys)}
+    if len(where) != len(keys):
+        return None
+    return np.array([[where[(d, t)] for t in train] for d in data])
+
+
+def crossed_seed_variance(table) -> tuple[np.ndarray, np.ndarray]:
+    """Variance of the grand mean of a [..., D, T] table whose rows (data seeds) and columns
+    (training seeds) are both random draws, and its Satterthwaite degrees of freedom.
+
+    With y = mu + d_i + t_j + e_ij: Var(mean) = s_d^2/D + s_t^2/T + s_e^2/(DT), estimated
+    without bias by (MS_rows + MS_cols - MS_resid) / (DT) -- treating the DT cells as independent
+    (s^2/R) would miss that every data seed's mean shares the same training seeds. The estimate
+    is floored at MS_resid / (DT), the variance the residual alone gives.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    d, t = table.shape[-2:]
+    grand = table.mean(axis=(-2, -1), keepdims=True)
+    rows = table.mean(axis=-1, keepdims=True)
+    cols = table.mean(axis=-2, keepdims=True)
+    ms_rows = t * ((rows - grand) ** 2).sum(axis=(-2, -1)) / (d - 1)
+    ms_cols = d * ((cols - grand) ** 2).sum(axis=(-2, -1)) / (t - 1)
+    ms_resid = ((table - rows - cols + grand) ** 2).sum(axis=(-2, -1)) / ((d - 1) * (t - 1))
+    a, b, c = ms_rows / (d * t), ms_cols / (d * t), ms_resid / (d * t)
+    variance = np.maximum(a + b - c, c)
+    denominator = a**2 / (d - 1) + b**2 / (t - 1) + c**2 / ((d - 1) * (t - 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(denominator > 0, variance**2 / denominator, d * t - 1)
+    return variance, np.clip(df, 1.0, d * t - 1)
 
 
 def _half_width(parts: dict, alpha):
@@ -235,7 +283,7 @@ def _half_width(parts: dict, alpha):
     images_only = z**2 * parts["image_total"]
     if parts["n_replicates"] < 2:
         return np.sqrt(images_only)
-    t = stats.t.isf(np.asarray(alpha) / 2, parts["n_replicates"] - 1)
+    t = stats.t.isf(np.asarray(alpha) / 2, parts.get("df", parts["n_replicates"] - 1))
     return np.sqrt(np.maximum(t**2 * parts["seed"] + z**2 * parts["image"], images_only))
 
 

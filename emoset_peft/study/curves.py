@@ -227,7 +227,8 @@ def aulc(curves: Curves, methods=None) -> dict:
                                          "reason": f"no replicate has every k in {ks}"}
             continue
         entry = summarize_replicates(point[complete], boot[:, complete], bounds=(0.0, 1.0),
-                                     kind="AULC interval")
+                                     kind="AULC interval",
+                                     keys=[curves.keys[i] for i in complete])
         entry["reason"] = entry.pop("note")
         result["methods"][method] = {
             "aulc": entry.pop("mean"), **entry,
@@ -251,14 +252,15 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
             "no replicate (data_seed, train_seed) has a complete curve for both methods")
         return entry
     values, boot = point_a[common] - point_b[common], boot_a[:, common] - boot_b[:, common]
+    keys = [curves.keys[i] for i in common]
     difference = summarize_replicates(values, boot, bounds=(-1.0, 1.0),
-                                      kind="difference interval")
+                                      kind="difference interval", keys=keys)
     n = int(common.size)
     entry.update(difference=difference["mean"], ci_low=difference["ci_low"],
                  ci_high=difference["ci_high"], n_paired=n, reliable=difference["reliable"],
                  reason=difference["note"])
     if n >= MIN_PAIRS_FOR_P:
-        entry["p_value"] = float(two_level_p_value(variance_parts(values, boot)))
+        entry["p_value"] = float(two_level_p_value(variance_parts(values, boot, keys)))
     else:
         entry["p_reason"] = f"{n} pair(s): too few seeds for a p-value (needs >= {MIN_PAIRS_FOR_P})"
     n_a, n_b = summary[a]["n_replicates"], summary[b]["n_replicates"]

@@ -88,25 +88,30 @@ def reliability(n_replicates: int, kind: str = "interval") -> tuple[bool, str | 
 
 
 def summarize_replicates(values, boot, *, bounds=(0.0, 1.0), confidence: float = CONFIDENCE,
-                         kind: str = "interval") -> dict:
+                         kind: str = "interval", keys=None) -> dict:
     """The two-level summary of one statistic from its per-replicate values [R] and their
     test-image resamples [B, R] (any statistic that averages over replicates: a metric, a
     difference, an area under a learning curve). JSON-ready dict of floats/None:
     ``mean, ci_low, ci_high, seed_sd, var_seed, var_image, share_seed, share_image,
-    n_replicates, reliable, note``."""
-    return _summarize(values, boot, bounds, confidence, kind)[0]
+    n_replicates, reliable, note``. ``keys`` ((data_seed, train_seed) per replicate) let a
+    crossed seed design be recognised (see ``bootstrap.crossed_seed_variance``)."""
+    return _summarize(values, boot, bounds, confidence, kind, keys)[0]
 
 
-def _summarize(values, boot, bounds, confidence=CONFIDENCE, kind="interval"):
+def _summarize(values, boot, bounds, confidence=CONFIDENCE, kind="interval", keys=None):
     """(summary dict, variance parts) -- the parts feed the planning table."""
     values = np.asarray(values, dtype=np.float64)
     n_rep = int(values.shape[-1])
-    parts = variance_parts(values, boot)
+    parts = variance_parts(values, boot, keys)
     low, high = two_level_interval(parts, confidence, bounds)
     seed_part = float(parts["seed_only"]) if n_rep >= 2 else None
     image_part = float(parts["image_total"])
     known = (seed_part or 0.0) + image_part
     reliable, note = reliability(n_rep, kind)
+    if reliable and parts["units"] < 3:  # crossed seeds: 2 data (or training) seeds
+        reliable, note = False, (
+            f"crossed seeds with only {parts['units']} data or training seeds: the spread of "
+            f"that factor rests on a single difference, so this {kind} is a rough guess")
     if reliable and float(high) - float(low) <= 0.0:
         reliable, note = False, (
             f"no variation over seeds or test-image resamples (e.g. every image right, or two "
@@ -135,7 +140,7 @@ def _cell_summary(cell, labels, metric, boot=None, weights=None):
     values = replicate_metric(cell, labels, metric)
     if boot is None:
         boot = replicate_metric(cell, labels, metric, weights)
-    entry, parts = _summarize(values, boot, (0.0, 1.0))
+    entry, parts = _summarize(values, boot, (0.0, 1.0), keys=cell.replicates)
     n_images = int(np.asarray(labels).shape[0])
     return {
         "method": cell.method, "per_class": cell.per_class, "metric": metric, **entry,
@@ -222,7 +227,7 @@ def compare_cells(cell: CellPredictions, baseline: CellPredictions, labels, metr
     values_a = replicate_metric(cell, labels, metric)[rows_a]
     values_b = replicate_metric(baseline, labels, metric)[rows_b]
     boot = np.asarray(boot_cell)[:, rows_a] - np.asarray(boot_baseline)[:, rows_b]
-    entry, parts = _summarize(values_a - values_b, boot, (-1.0, 1.0))
+    entry, parts = _summarize(values_a - values_b, boot, (-1.0, 1.0), keys=common)
     n = len(common)
     if n >= MIN_PAIRS_FOR_P:
         p_value, p_reason = float(two_level_p_value(parts)), None
