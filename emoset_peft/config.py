@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from emoset_peft.errors import EmoSetError
+from emoset_peft.metrics.registry import selection_choices
 
 
 @dataclass
@@ -268,7 +269,7 @@ CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "model.quantize": (None, "8bit", "4bit"),
     "model.frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
-    "train.select_metric": ("accuracy", "macro_f1", "balanced_accuracy", "loss"),
+    "train.select_metric": selection_choices(),  # the metric registry's names and "loss"
     "data.selection": ("fixed", "k_tied", "none"),
 }
 

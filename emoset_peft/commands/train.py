@@ -24,12 +24,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from emoset_peft.config import load_config
     from emoset_peft.engine.recipe import train
+    from emoset_peft.metrics import summary_line
 
     config = load_config(args.config, args.overrides)
     metrics = train(config)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     test = metrics["test"]
-    print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  "
+    print(f"test {summary_line(test)}  "
           f"({metrics['trainable_params']:,} trainable parameters) -> {config.output_dir}")
     return 0

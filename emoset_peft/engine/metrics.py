@@ -1,14 +1,10 @@
 """Classification metrics for one evaluation pass, and per-image prediction files.
 
-Everything here is plain numpy so that evaluation needs no extra dependency; the tests check
-each number against scikit-learn. All results are JSON-serialisable (Python floats and ints,
-lists, dicts) and never NaN: an undefined ratio (a class that is never predicted, a class with
-no images) is 0.0, as scikit-learn's ``zero_division=0``.
-
-Conventions, matching scikit-learn's defaults so the numbers can be compared directly:
-- ``macro_f1`` averages over the classes that occur in the labels or in the predictions;
-- ``balanced_accuracy`` averages recall over the classes that occur in the labels;
-- ``per_class`` lists every class name, with ``support`` = number of true images.
+The scalar metrics come from the registry (``emoset_peft/metrics/``, plain numpy, checked
+against scikit-learn with its conventions); this module adds per-class scores, the confusion
+matrix and attribute slices. All results are JSON-serialisable (Python floats and ints, lists,
+dicts) and never NaN: an undefined ratio is 0.0, as scikit-learn's ``zero_division=0``.
+``per_class`` lists every class name, with ``support`` = number of true images.
 """
 
 from __future__ import annotations
@@ -23,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from emoset_peft.labels import valence_of
+from emoset_peft.metrics.functions import (
+    confusion_matrix,
+    per_class_scores,
+    predictions,
+    ratio,
+)
+from emoset_peft.metrics.registry import compute_all
 
 # Brightness is annotated as a float in 0.0..1.0 (steps of 0.1); these are the bin edges.
 BRIGHTNESS_LOW_BELOW = 0.4
@@ -46,11 +48,6 @@ def _check_inputs(probs, labels, class_names) -> tuple[np.ndarray, np.ndarray]:
     return probs, labels
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator, or 0.0 when the denominator is 0 (sklearn's zero_division=0)."""
-    return float(numerator / denominator) if denominator else 0.0
-
-
 def _is_missing(value) -> bool:
     """An absent annotation: None, NaN, or -1 (how datasets' ClassLabel columns store None)."""
     if value is None:
@@ -66,7 +63,7 @@ def _is_missing(value) -> bool:
 
 def _slice(correct: np.ndarray, mask: np.ndarray) -> dict:
     n = int(mask.sum())
-    return {"n": n, "accuracy": _ratio(float(correct[mask].sum()), n)}
+    return {"n": n, "accuracy": ratio(float(correct[mask].sum()), n)}
 
 
 def attribute_slices(
@@ -145,60 +142,31 @@ def classification_metrics(
 ) -> dict:
     """All the metrics of one evaluation pass, as a JSON-serialisable dict.
 
-    ``probs`` is [N, C] (probabilities or logits: only their ranking is used), ``labels`` [N]
-    class indices into ``class_names``. Returns accuracy, macro_f1, balanced_accuracy,
-    top2_accuracy, valence_accuracy (the 8-class argmax mapped to positive/negative valence),
-    per_class {name: precision, recall, f1, support}, confusion_matrix (rows = true class,
-    columns = predicted), num_images, class_names and ``slices`` (see ``attribute_slices``;
-    empty without ``attributes``).
+    ``probs`` is [N, C] class probabilities (the registry's ``ece`` needs probabilities; the
+    other metrics use only their ranking), ``labels`` [N] class indices into ``class_names``.
+    Returns every metric of ``emoset_peft.metrics.METRICS`` by name (accuracy, macro_f1,
+    balanced_accuracy, valence_accuracy, top2_accuracy, ece, ...), per_class {name: precision,
+    recall, f1, support}, confusion_matrix (rows = true class, columns = predicted), num_images,
+    class_names and ``slices`` (see ``attribute_slices``; empty without ``attributes``).
     """
     class_names = [str(name) for name in class_names]
     probs, labels = _check_inputs(probs, labels, class_names)
-    num_classes = len(class_names)
-    num_images = int(labels.shape[0])
-    preds = probs.argmax(axis=1) if num_images else np.zeros(0, dtype=np.int64)
-
-    # Confusion matrix: row = true class, column = predicted class, entries are image counts.
-    confusion = np.bincount(
-        labels * num_classes + preds, minlength=num_classes * num_classes
-    ).reshape(num_classes, num_classes)
-    true_positives = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)  # images per true class
-    predicted = confusion.sum(axis=0)  # images per predicted class
-
-    per_class = {}
-    f1_scores = np.zeros(num_classes)
-    recalls = np.zeros(num_classes)
-    for index, name in enumerate(class_names):
-        precision = _ratio(true_positives[index], predicted[index])
-        recall = _ratio(true_positives[index], support[index])
-        f1 = _ratio(2 * precision * recall, precision + recall)
-        f1_scores[index], recalls[index] = f1, recall
-        per_class[name] = {
-            "precision": precision, "recall": recall, "f1": f1, "support": int(support[index]),
-        }
-
-    seen = (support > 0) | (predicted > 0)  # classes sklearn averages over by default
+    preds = predictions(probs)
+    confusion = confusion_matrix(preds, labels, len(class_names))
+    scores = per_class_scores(confusion)
+    per_class = {
+        name: {"precision": float(scores["precision"][index]),
+               "recall": float(scores["recall"][index]), "f1": float(scores["f1"][index]),
+               "support": int(scores["support"][index])}
+        for index, name in enumerate(class_names)
+    }
     correct = preds == labels
-
-    # Top-2: the true class is among the two highest scores (same ordering as sklearn).
-    top_k = min(2, num_classes)
-    ranked = np.argsort(probs, axis=1, kind="mergesort")[:, ::-1][:, :top_k]
-    top2 = (ranked == labels[:, None]).any(axis=1)
-
-    valence = np.array([valence_of(name) for name in class_names])
-    valence_correct = valence[preds] == valence[labels]
-
     return {
-        "accuracy": _ratio(float(correct.sum()), num_images),
-        "macro_f1": float(f1_scores[seen].mean()) if seen.any() else 0.0,
-        "balanced_accuracy": float(recalls[support > 0].mean()) if (support > 0).any() else 0.0,
-        "top2_accuracy": _ratio(float(top2.sum()), num_images),
-        "valence_accuracy": _ratio(float(valence_correct.sum()), num_images),
+        **compute_all(probs, labels, class_names),
         "per_class": per_class,
         "confusion_matrix": confusion.astype(int).tolist(),
         "class_names": class_names,
-        "num_images": num_images,
+        "num_images": int(labels.shape[0]),
         "slices": attribute_slices(correct, attributes, attribute_labels) if attributes else {},
     }
 

@@ -29,6 +29,7 @@ from emoset_peft.data.run_data import RunData
 from emoset_peft.engine.checkpoint import load_checkpoint, save_checkpoint
 from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.errors import EmoSetError
+from emoset_peft.metrics.registry import log_entry, selection_score
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,8 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
                                   normalizer, image_size, cfg.eval_batch_size)
         if not math.isfinite(metrics["loss"]):  # weights blew up after the last checked step
             raise TrainingDiverged(_diverged(step, f"validation loss {metrics['loss']}", cfg))
-        score = -metrics["loss"] if cfg.select_metric == "loss" else metrics[cfg.select_metric]
-        entry = {"step": step, "val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"],
-                 "val_macro_f1": metrics["macro_f1"]}
+        score = selection_score(metrics, cfg.select_metric)
+        entry = {"step": step, **log_entry(metrics, "val")}
         state["history"].append(entry)
         accelerator.log(entry, step=step)
         if score > state["best_score"]:

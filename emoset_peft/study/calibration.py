@@ -15,15 +15,12 @@ from scipy import stats
 
 from emoset_peft.engine.metrics import attribute_slices
 
-ECE_BINS = 15
+# One ECE for the trainer's metrics.json and the report (the registry's ``ece``).
+from emoset_peft.metrics.functions import ECE_BINS, expected_calibration_error
+from emoset_peft.metrics.functions import normalised as _normalised
+
 SMALL_SLICE = 30  # fewer test images than this: a slice's accuracy moves by >= 3 pp per image
 CONFIDENCE = 0.95
-
-
-def _normalised(probabilities) -> np.ndarray:
-    """Rows rescaled to sum to 1 (the CSV keeps a few decimals, so sums drift by ~1e-6)."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    return probabilities / probabilities.sum(axis=-1, keepdims=True)
 
 
 def negative_log_likelihood(probabilities, labels) -> np.ndarray:
@@ -38,23 +35,6 @@ def negative_log_likelihood(probabilities, labels) -> np.ndarray:
     chosen = np.take_along_axis(probabilities, np.broadcast_to(
         labels[:, None], probabilities.shape[:-1] + (1,)), axis=-1)[..., 0]
     return -np.log(np.clip(chosen, eps, 1 - eps)).mean(axis=-1)
-
-
-def expected_calibration_error(probabilities, labels, bins: int = ECE_BINS) -> np.ndarray:
-    """ECE with ``bins`` equal-width confidence bins (i/bins, (i+1)/bins], per leading index.
-
-    Confidence is the largest probability and the prediction its class; ECE is the image-share
-    weighted mean over bins of |accuracy - mean confidence|.
-    """
-    probabilities = _normalised(probabilities)
-    labels = np.asarray(labels, dtype=np.int64)
-    confidence = probabilities.max(axis=-1)
-    correct = (probabilities.argmax(axis=-1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges, right=True) - 1, 0, bins - 1)
-    one_hot = which[..., None] == np.arange(bins)  # [..., n, bins]
-    gap = ((correct - confidence)[..., None] * one_hot).sum(axis=-2)  # summed per bin
-    return np.abs(gap).sum(axis=-1) / confidence.shape[-1]
 
 
 def cell_calibration(cell, labels, bins: int = ECE_BINS) -> dict:

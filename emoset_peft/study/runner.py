@@ -25,16 +25,18 @@ import yaml
 from tqdm.auto import tqdm
 
 from emoset_peft.errors import EmoSetError
+from emoset_peft.metrics.registry import prefixed, result_columns
 from emoset_peft.study.grid import Cell, StudyConfig, expand, grid_fingerprint, shard
 from emoset_peft.utils.io import atomic_write_text
 from emoset_peft.utils.locks import LOCK_NAME, file_lock, folder_lock
 
 log = logging.getLogger(__name__)
 
+# The test_<metric> columns come from the metric registry, in its order (an old results.csv
+# without a newer metric's column still reads: its rows get "" there when a cell is appended).
 RESULT_COLUMNS = (
     "method", "per_class", "seed", "data_seed", "train_seed",
-    "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "test_valence_accuracy",
-    "test_top2_accuracy", "val_accuracy", "trainable_params", "total_params", "train_images",
+    *result_columns("test"), "val_accuracy", "trainable_params", "total_params", "train_images",
     "steps", "best_step", "train_seconds", "eval_seconds", "cell_seconds", "num_processes",
     "process_index", "config_hash", "run_dir",
     "status", "error",  # "ok" | "failed" (training diverged: the one-line reason in error)
@@ -122,10 +124,7 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
     test, validation = metrics["test"], metrics["validation"]
     return {
         **identity,
-        "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-        "test_balanced_accuracy": test["balanced_accuracy"],
-        "test_valence_accuracy": test["valence_accuracy"],
-        "test_top2_accuracy": test["top2_accuracy"],
+        **prefixed(test, "test"),
         "val_accuracy": (validation or {}).get("accuracy", ""),
         "trainable_params": metrics["trainable_params"], "total_params": metrics["total_params"],
         "train_images": metrics["train_images"], "steps": metrics["steps"],
