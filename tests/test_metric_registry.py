@@ -83,6 +83,11 @@ def test_selection_log_and_row_follow_the_registry():
     assert prefixed(metrics, "test") == {f"test_{name}": metrics[name] for name in METRICS}
 
 
+def test_every_entry_ships_its_evaluate_module():
+    for name, metric in METRICS.items():
+        assert f'METRIC = "{name}"' in metric.module_path().read_text(), name
+
+
 @pytest.mark.slow  # importing evaluate takes ~6 s of CPU
 def test_evaluate_modules_load_offline_and_equal_the_registry(tmp_path):
     probs, labels = _case(3, n=120)

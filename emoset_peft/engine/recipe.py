@@ -31,6 +31,7 @@ from emoset_peft.engine.run_dir import (
 )
 from emoset_peft.engine.trainer import FitResult, fit, step_budget
 from emoset_peft.errors import EmoSetError
+from emoset_peft.metrics.registry import summary_line
 from emoset_peft.utils.io import atomic_write_json
 from emoset_peft.utils.provenance import provenance
 
@@ -185,8 +186,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
                 discard_run_dir(out_dir, created=created)
             raise
     if main:
-        log.info("test accuracy %.4f, macro-F1 %.4f -> %s", metrics["test"]["accuracy"],
-                 metrics["test"]["macro_f1"], out_dir / "metrics.json")
+        log.info("test %s -> %s", summary_line(metrics["test"]), out_dir / "metrics.json")
     return metrics
 
 

@@ -7,7 +7,8 @@ columns, and the ``evaluate`` modules under ``emoset_peft/metrics/<name>/<name>.
 
 Adding a metric is one ``Metric(...)`` entry below (plus, to load it with ``evaluate``, a
 three-line ``<name>/<name>.py`` like the others). Its name is a JSON key and part of a CSV column
-name: never rename an existing one, or old studies' ``results.csv`` stop matching.
+name: never rename an existing one, or old studies' ``results.csv`` stop matching. Values are
+fractions in [0, 1] (``study/results.py`` rejects others in results.csv).
 """
 
 from __future__ import annotations
