@@ -11,8 +11,6 @@ Only an absent or empty results.csv is an error.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import os
@@ -27,9 +25,16 @@ import numpy as np
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS
 from emoset_peft.study import plots
+from emoset_peft.study.results import FailedCell, RowNote, read_results_table
 from emoset_peft.study.stats import (
-    ALL, data_efficiency, fit_power_law, group_rows, methods_in_order, paired_comparisons,
-    parse_per_class, summarize_results, to_float,
+    ALL,
+    data_efficiency,
+    fit_power_law,
+    group_rows,
+    methods_in_order,
+    paired_comparisons,
+    summarize_results,
+    to_float,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,8 @@ class Study:
     run_metrics: list[dict | None]  # metrics.json of rows[i], None when unreadable
     problems: list[str] = field(default_factory=list)
     config_text: str | None = None
+    notes: list[RowNote] = field(default_factory=list)  # rows of results.csv ignored/corrected
+    failed: list[FailedCell] = field(default_factory=list)
     cache: dict = field(default_factory=dict)  # analyses shared by the figures and the text
 
     @property
@@ -67,78 +74,28 @@ class Study:
 
 
 def load_study(study_dir: str | os.PathLike) -> Study:
-    """Read results.csv, the run folders' metrics.json and study.yaml of ``study_dir``.
+    """Read results.csv (validated, see study/results.py), the run folders' metrics.json and
+    study.yaml of ``study_dir``.
 
-    Raises EmoSetError when results.csv is missing, empty or lacks the method/per_class/
-    test_accuracy columns; every other gap becomes a line in ``Study.problems``.
+    Raises EmoSetError when results.csv is missing, not a results table, or has no usable row;
+    every other gap becomes a line in ``Study.problems`` or ``Study.notes``.
     """
     directory = Path(study_dir)
-    results_path = directory / RESULTS_FILE
-    if not results_path.is_file():
-        raise EmoSetError(f"{results_path} not found: run `emoset-peft study` first, or pass "
-                          "the folder that holds results.csv")
-    with open(results_path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        raw_rows = list(reader)
-        columns = list(reader.fieldnames or [])
-    if not raw_rows:
-        raise EmoSetError(f"{results_path} has no result rows yet: wait for the first cell of "
-                          "the study to finish")
-    missing_columns = [column for column in REQUIRED_COLUMNS if column not in columns]
-    if missing_columns:
-        raise EmoSetError(f"{results_path} lacks the column(s) {', '.join(missing_columns)}; "
-                          f"it has {', '.join(columns)}")
-
-    problems: list[str] = []
-    rows: dict[tuple, dict] = {}  # the last row of a repeated cell wins (a re-run after resume)
-    for line, row in enumerate(raw_rows, start=2):
-        try:
-            per_class = parse_per_class(row["per_class"])
-        except (TypeError, ValueError):
-            problems.append(f"{RESULTS_FILE} line {line}: per_class {row['per_class']!r} is "
-                            "neither an integer nor 'all'; row skipped")
-            continue
-        if not row.get("method"):
-            problems.append(f"{RESULTS_FILE} line {line}: no method; row skipped")
-            continue
-        key = (row["method"], per_class, row.get("seed"), row.get("data_seed"))
-        if key in rows:
-            problems.append(f"{RESULTS_FILE} line {line}: repeats the cell {row['method']} "
-                            f"k={per_class} seed={row.get('seed')}; the later row is used")
-        rows[key] = {**row, "per_class": per_class}
-    rows_list = list(rows.values())
-    if not rows_list:
-        raise EmoSetError(f"{results_path} has no usable rows (see per_class values)")
-
+    table = read_results_table(directory / RESULTS_FILE, directory)
+    if not table.rows:
+        detail = f" ({len(table.notes)} row(s) ignored: {table.notes[0].text()}, ...)" \
+            if table.notes else ""
+        raise EmoSetError(f"{table.path} has no usable result rows yet{detail}: wait for the "
+                          "first cell of the study to finish")
+    problems = list(table.problems)
     for column in ("seed", "run_dir", "trainable_params", *METRICS):
-        if column not in columns:
+        if column not in table.columns:
             problems.append(f"{RESULTS_FILE} has no `{column}` column; what needs it is left out")
-
-    run_metrics = [_read_run_metrics(directory, row, problems) for row in rows_list]
     config_path = directory / CONFIG_FILE
-    config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
-    return Study(directory, rows_list, columns, run_metrics, problems, config_text)
-
-
-def _read_run_metrics(directory: Path, row: Mapping, problems: list[str]) -> dict | None:
-    run_dir = row.get("run_dir")
-    if not run_dir:
-        return None
-    path = directory / run_dir / "metrics.json"  # run_dir may also be absolute
-    shown = path.relative_to(directory) if path.is_relative_to(directory) else path
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"{shown} is missing (run {row['method']} k={row['per_class']} "
-                        f"seed={row.get('seed')}); its confusion matrix and slices are left out")
-        return None
-    except (OSError, json.JSONDecodeError) as err:
-        problems.append(f"{shown} could not be read ({err})")
-        return None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("test", {}), dict):
-        problems.append(f"{shown} is not a metrics object with a `test` mapping; ignored")
-        return None
-    return metrics
+    config_text = config_path.read_text(encoding="utf-8", errors="replace") \
+        if config_path.is_file() else None
+    return Study(directory, table.rows, table.columns, table.run_metrics, problems, config_text,
+                 notes=table.notes, failed=table.failed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +167,7 @@ def _largest_k(rows: Sequence[Mapping], method: str):
     return max(ks, key=lambda k: (1, 0) if k == ALL else (0, k)) if ks else None
 
 
-def _largest_k_with_metrics(study: "Study", method: str, key: str):
+def _largest_k_with_metrics(study: Study, method: str, key: str):
     """The largest k of ``method`` whose runs have ``key`` in their test metrics."""
     ks = {row["per_class"] for row, metrics in zip(study.rows, study.run_metrics)
           if row["method"] == method and metrics and metrics.get("test", {}).get(key)}
@@ -509,7 +466,7 @@ def _power_law_section(study: Study) -> list[str]:
         if not fit["ok"]:
             table.append([method, "no fit", "", "", "", "", "", fit["n_points"], fit["reason"]])
             continue
-        se = lambda v, digits=3: f" ± {v:.{digits}f}" if _ok(v) else ""  # noqa: E731
+        se = lambda v, digits=3: f" ± {v:.{digits}f}" if _ok(v) else ""
         boot = f"[{fit['b_boot_low']:.3f}, {fit['b_boot_high']:.3f}]" \
             if _ok(fit["b_boot_low"]) else "n/a"
         c_text = f"{_pct(fit['c'])}{' ± ' + _pct(fit['c_se']) if _ok(fit['c_se']) else ''}"
