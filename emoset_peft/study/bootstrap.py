@@ -1,0 +1,166 @@
+"""The two-level bootstrap shared by every image-level statistic of a study.
+
+A study's number for a cell (method, k) varies for two reasons: which seeds were run (training
+order, initialisation and, at small k, which training images were drawn) and which test images
+happen to be in the test set. The bootstrap here resamples both at once:
+
+- test images: one multinomial draw of n images per bootstrap replicate, the SAME draw for every
+  cell (all cells are scored on the same images, so an image that is hard for one method is in or
+  out of the resample for all of them: comparisons and learning curves keep that pairing);
+- replicates (seeds): a draw of the replicate keys ((data_seed, train_seed)), again the same
+  draw for every cell, so a seed's learning curve stays one unit (its training subsets are
+  nested over k) and method A's seed 1 stays paired with method B's seed 1.
+
+Metrics are fractions in [0, 1] (the report prints percent). The weighted metrics are exact:
+a bootstrap replicate's accuracy or macro-F1 equals the metric computed on the resampled images
+listed out one by one (weights are image counts; confusion counts are matrix products of the
+weights with one-hot indicators, so there is no Python loop over bootstrap replicates).
+
+This module only draws and evaluates; how intervals are formed from the draws (with a
+small-sample correction, since 3-5 seeds are too few for plain percentiles) is in
+``emoset_peft.study.inference``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+METRICS = ("accuracy", "macro_f1")
+
+
+@dataclass
+class Draws:
+    image_weights: np.ndarray  # float32 [B, n]: how often each test image is in replicate b
+    replicate_keys: list  # the distinct replicate keys, e.g. (data_seed, train_seed)
+    replicate_index: np.ndarray  # int [B, K]: indices into replicate_keys drawn for replicate b
+    n_boot: int
+    seed: int
+
+
+def union_keys(cells: Iterable) -> list:
+    """The sorted distinct replicate keys of some ``CellPredictions`` (the keys to draw from)."""
+    return sorted({key for cell in cells for key in cell.replicates})
+
+
+def make_draws(n_images: int, replicate_keys: Sequence, n_boot: int = 2000,
+               seed: int = 0) -> Draws:
+    """``n_boot`` joint draws of test images (multinomial counts) and replicate keys.
+
+    Images and keys use separate random streams of ``seed``, so the image draws do not change
+    when a study gains a seed. Counts are stored as float32 (exact: they are small integers).
+    """
+    if n_images < 1 or n_boot < 1:
+        raise ValueError(f"need n_images >= 1 and n_boot >= 1, got {n_images}, {n_boot}")
+    image_stream, key_stream = (np.random.default_rng(s)
+                                for s in np.random.SeedSequence(seed).spawn(2))
+    picks = image_stream.integers(0, n_images, size=(n_boot, n_images))
+    offsets = (np.arange(n_boot) * n_images)[:, None]
+    counts = np.bincount((picks + offsets).ravel(), minlength=n_boot * n_images)
+    weights = counts.reshape(n_boot, n_images).astype(np.float32)
+    keys = list(replicate_keys)
+    index = key_stream.integers(0, max(len(keys), 1), size=(n_boot, len(keys)))
+    return Draws(weights, keys, index, int(n_boot), int(seed))
+
+
+def _as_weights(weights, n_images: int) -> tuple[np.ndarray, bool]:
+    if weights is None:
+        return np.ones((1, n_images), np.float32), True
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or weights.shape[1] != n_images:
+        raise ValueError(f"weights must be [B, {n_images}], got {weights.shape}")
+    if weights.dtype != np.float64:
+        weights = weights.astype(np.float32, copy=False)  # integer sums < 2**24 stay exact
+    return weights, False
+
+
+def metric_from_predictions(predictions: np.ndarray, labels, metric: str,
+                            weights=None) -> np.ndarray:
+    """``metric`` of each row of ``predictions`` [R, n] (class indices) against ``labels`` [n].
+
+    Returns [R] without ``weights``, [B, R] with image weights [B, n]. Macro-F1 follows
+    scikit-learn: the mean F1 over the classes present in the labels or the predictions (of the
+    resample), and 0 for a class with no true positive.
+    """
+    predictions = np.atleast_2d(np.asarray(predictions))
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    n_images = predictions.shape[1]
+    if labels.shape[0] != n_images:
+        raise ValueError(f"{n_images} predictions per replicate but {labels.shape[0]} labels")
+    weights, single = _as_weights(weights, n_images)
+    totals = weights.sum(axis=1, dtype=np.float64)[:, None]  # [B, 1]
+    if metric == "accuracy":
+        correct = (predictions == labels[None, :]).astype(weights.dtype)
+        hits = (weights @ correct.T).astype(np.float64)  # [B, R]
+        values = np.divide(hits, totals, out=np.zeros_like(hits), where=totals > 0)
+    elif metric == "macro_f1":
+        values = _macro_f1(predictions, labels, weights)
+    else:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return values[0] if single else values
+
+
+def _macro_f1(predictions: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    n_rep, n_images = predictions.shape
+    n_classes = int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
+    classes = np.arange(n_classes)
+    # One-hot indicators laid out [n, R*C]: a single matrix product gives every replicate's
+    # per-class counts for every bootstrap replicate.
+    predicted = predictions.T[:, :, None] == classes  # [n, R, C]
+    true_positive = predicted & (labels[:, None, None] == classes)
+    dtype = weights.dtype
+    predicted_counts = weights @ predicted.reshape(n_images, -1).astype(dtype)
+    tp_counts = weights @ true_positive.reshape(n_images, -1).astype(dtype)
+    support = weights @ (labels[:, None] == classes).astype(dtype)  # [B, C]
+    n_boot = weights.shape[0]
+    predicted_counts = predicted_counts.reshape(n_boot, n_rep, n_classes).astype(np.float64)
+    tp_counts = tp_counts.reshape(n_boot, n_rep, n_classes).astype(np.float64)
+    support = support.astype(np.float64)[:, None, :]
+    denominator = support + predicted_counts
+    # F1 = 2PR/(P+R) = 2 TP / (support + predicted); 0 when a class has no true positive.
+    f1 = np.divide(2 * tp_counts, denominator, out=np.zeros_like(tp_counts),
+                   where=denominator > 0)
+    seen = denominator > 0
+    n_seen = seen.sum(axis=-1)
+    return np.divide((f1 * seen).sum(axis=-1), n_seen, out=np.zeros(n_seen.shape),
+                     where=n_seen > 0)
+
+
+def replicate_metric(cell, labels, metric: str, weights=None) -> np.ndarray:
+    """``metric`` ("accuracy" | "macro_f1") of each replicate of a ``CellPredictions``:
+    [R] when ``weights`` is None, [B, R] with image weights [B, n]."""
+    return metric_from_predictions(cell.predictions, labels, metric, weights)
+
+
+def key_counts(replicates: Sequence, draws: Draws) -> np.ndarray:
+    """[B, R]: how often each of a cell's replicates (by key) was drawn in each replicate b.
+
+    A key of the draws that this cell lacks (a failed run) simply contributes nothing.
+    """
+    position = {key: i for i, key in enumerate(draws.replicate_keys)}
+    missing = [key for key in replicates if key not in position]
+    if missing:
+        raise ValueError(f"replicate keys {missing} are not among the draws' keys")
+    wanted = np.array([position[key] for key in replicates])
+    return (draws.replicate_index[:, :, None] == wanted[None, None, :]).sum(axis=1)
+
+
+def resample_mean(values: np.ndarray, replicates: Sequence, draws: Draws) -> np.ndarray:
+    """[B] mean over the drawn replicates of per-replicate bootstrap values [B, R].
+
+    NaN for a bootstrap replicate that drew none of this cell's keys (possible only when the
+    cell lacks some of the study's keys).
+    """
+    counts = key_counts(replicates, draws).astype(np.float64)
+    drawn = counts.sum(axis=1)
+    total = (counts * values).sum(axis=1)
+    return np.divide(total, drawn, out=np.full(drawn.shape, np.nan), where=drawn > 0)
+
+
+def resampled_cell_metric(cell, labels, draws: Draws, metric: str) -> np.ndarray:
+    """[B] the cell's metric in each joint bootstrap replicate: images re-weighted by
+    ``draws.image_weights``, averaged over the replicate keys drawn (same draw for all cells)."""
+    values = replicate_metric(cell, labels, metric, draws.image_weights)
+    return resample_mean(values, cell.replicates, draws)
