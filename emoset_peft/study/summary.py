@@ -1,0 +1,222 @@
+"""Everything a study report shows, as data: ``summary.json`` (all of it) and ``summary.csv``
+(the per-cell table), written beside report.md.
+
+``build_summary`` reads the cells' saved test predictions once, draws one two-level bootstrap
+(test images jointly across all cells x seeds by key, ``study/bootstrap.py``) and hands the same
+draws to every statistic, so the intervals of cells, differences and learning-curve summaries
+are consistent with one another. The bootstrap count and the RNG seed are recorded: the same
+study folder gives the same summary.
+
+Metrics are fractions in [0, 1]; ``per_class`` is an int k (0 = zero-shot) or ``"all"``. A
+statement the data cannot support (one seed, two seeds, too few k) is not given as a number:
+its value is None and ``withheld`` holds the reason in words, which the report prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emoset_peft.study import bootstrap
+from emoset_peft.study.predictions import (
+    StudyPredictions,
+    load_predictions,
+    replicate_key,
+)
+from emoset_peft.study.report_protocol import protocol
+from emoset_peft.utils.io import atomic_write_json, atomic_write_text
+
+FORMAT = "emoset-peft-summary/1"
+N_BOOT = 2000  # joint bootstrap replicates for every interval
+SEED = 0
+# metric name in the summary -> results.csv column (the fallback without prediction files)
+METRICS = {"accuracy": "test_accuracy", "macro_f1": "test_macro_f1"}
+METRIC_LABELS = {"accuracy": "test accuracy", "macro_f1": "test macro-F1"}
+CSV_COLUMNS = ("method", "per_class", "metric", "mean", "ci_low", "ci_high", "seed_sd",
+               "test_se", "n_seeds", "n_test", "reliable")
+
+
+class Withheld:
+    """Statements the data cannot support, each with the reason in words."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+
+    def add(self, section: str, subject: str, reason: str) -> str:
+        self.items.append({"section": section, "subject": subject, "reason": reason})
+        return reason
+
+
+def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
+                  seed: int = SEED) -> dict:
+    """The summary of a loaded ``report.Study`` (rows validated, metrics.json read)."""
+    withheld = Withheld()
+    predictions = load_predictions(study.directory, study.rows)
+    draws = None
+    if predictions.cells:
+        keys = bootstrap.union_keys(predictions.cells.values())
+        draws = bootstrap.make_draws(len(predictions.image_ids), keys, n_boot, seed)
+    methods = list(dict.fromkeys(row["method"] for row in study.rows))
+    baseline = baseline or default_baseline(study.rows)
+    summary = {
+        "format": FORMAT,
+        "study": study.directory.resolve().name,
+        "bootstrap": {"n_boot": n_boot, "seed": seed,
+                      "resamples": "test images (jointly across cells) x seeds (by key)"},
+        "baseline": baseline,
+        "methods": methods,
+        "test_set": _test_set(predictions),
+        "cells": [],
+        "replicates": _replicates(study, predictions),
+        "protocol": protocol(study.directory, study.rows, study.run_metrics),
+        "rows_ignored": [vars(note) | {"text": note.text()} for note in study.notes],
+        "failed_cells": [vars(cell) for cell in study.failed],
+        "problems": list(study.problems) + list(predictions.problems),
+    }
+    for metric in METRICS:
+        summary["cells"] += cell_intervals(study, predictions, draws, metric, withheld)
+    summary["withheld"] = withheld.items
+    return summary
+
+
+def default_baseline(rows: Sequence[Mapping]) -> str:
+    """``linear`` (the linear probe) when the study has it, else the first method that trains."""
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    if "linear" in methods:
+        return "linear"
+    trained = [m for m in methods if any(r["method"] == m and r["per_class"] != 0 for r in rows)]
+    return (trained or methods)[0]
+
+
+def _test_set(predictions: StudyPredictions) -> dict:
+    labels = predictions.labels
+    if labels.size == 0:
+        return {"n_images": None, "class_names": [], "chance": None, "majority": None}
+    counts = np.bincount(labels, minlength=len(predictions.class_names))
+    return {"n_images": int(labels.size), "class_names": list(predictions.class_names),
+            "chance": 1.0 / len(predictions.class_names),
+            "majority": float(counts.max() / labels.size),
+            "majority_class": predictions.class_names[int(counts.argmax())]}
+
+
+def _replicates(study, predictions: StudyPredictions) -> list[dict]:
+    """Each replicate's metrics per cell (the thin lines of the learning-curve figure)."""
+    out = []
+    for (method, k), cell in predictions.cells.items():
+        values = {metric: bootstrap.replicate_metric(cell, predictions.labels, metric)
+                  for metric in METRICS}
+        for index, (data_seed, train_seed) in enumerate(cell.replicates):
+            out.append({"method": method, "per_class": k, "data_seed": data_seed,
+                        "train_seed": train_seed,
+                        **{metric: float(values[metric][index]) for metric in METRICS}})
+    for row in study.rows:  # cells without prediction files: results.csv values
+        if (row["method"], row["per_class"]) in predictions.cells:
+            continue
+        data_seed, train_seed = replicate_key(row)
+        out.append({"method": row["method"], "per_class": row["per_class"],
+                    "data_seed": data_seed, "train_seed": train_seed,
+                    **{metric: _float(row.get(column)) for metric, column in METRICS.items()}})
+    return out
+
+
+def cell_intervals(study, predictions: StudyPredictions, draws, metric: str,
+                   withheld: Withheld) -> list[dict]:
+    """Per-cell mean, two-level 95% interval, seed SD, test SE and variance shares."""
+    entries = []
+    labels = predictions.labels
+    for method, k in _cells(study.rows):
+        cell = predictions.cells.get((method, k))
+        subject = f"{method} k={k} ({METRIC_LABELS[metric]})"
+        if cell is None:
+            values = [_float(r.get(METRICS[metric])) for r in study.rows
+                      if r["method"] == method and r["per_class"] == k]
+            values = [v for v in values if math.isfinite(v)]
+            entries.append(_entry(method, k, metric, values, None, None, math.nan, None,
+                                  withheld.add("cells", subject, "no predictions_test.csv: "
+                                               "no interval (test-image noise unknown)")))
+            continue
+        values = bootstrap.replicate_metric(cell, labels, metric)
+        resampled = bootstrap.resampled_cell_metric(cell, labels, draws, metric)
+        low, high = np.nanpercentile(resampled, [2.5, 97.5])
+        n = int(labels.size)
+        mean = float(values.mean())
+        test_se = math.sqrt(max(mean * (1 - mean), 0.0) / n)
+        note = None
+        if len(values) < 3:
+            note = withheld.add("cells", subject, f"{len(values)} seed(s): the interval covers "
+                                "test-image noise but cannot measure the spread between seeds; "
+                                "treat it as a lower bound of the uncertainty")
+        entries.append(_entry(method, k, metric, list(values), float(low), float(high),
+                              test_se, n, note))
+    return entries
+
+
+def _entry(method, k, metric, values, low, high, test_se, n_test, note) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    seed_sd = float(values.std(ddof=1)) if values.size >= 2 else None
+    seed_var = seed_sd ** 2 / values.size if seed_sd is not None else None
+    test_var = test_se ** 2 if math.isfinite(test_se) else None
+    share_seed = seed_var / (seed_var + test_var) if seed_var is not None and test_var \
+        else None
+    return {"method": method, "per_class": k, "metric": metric,
+            "mean": float(values.mean()) if values.size else None,
+            "ci_low": low, "ci_high": high, "seed_sd": seed_sd,
+            "test_se": test_se if math.isfinite(test_se) else None,
+            "share_seed": share_seed,
+            "share_test": None if share_seed is None else 1 - share_seed,
+            "n_seeds": int(values.size), "n_test": n_test,
+            "reliable": bool(low is not None and values.size >= 3), "note": note}
+
+
+def _cells(rows: Sequence[Mapping]) -> list[tuple]:
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    cells = {(r["method"], r["per_class"]) for r in rows}
+    return sorted(cells, key=lambda c: (order[c[0]], (1, 0) if c[1] == "all" else (0, c[1])))
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def write_summary(directory: Path, summary: Mapping) -> tuple[Path, Path]:
+    """summary.json (everything) and summary.csv (the per-cell table), written atomically."""
+    json_path, csv_path = directory / "summary.json", directory / "summary.csv"
+    atomic_write_json(json_path, _clean(summary))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for entry in summary["cells"]:
+        writer.writerow({key: "" if entry.get(key) is None else entry[key]
+                         for key in CSV_COLUMNS})
+    atomic_write_text(csv_path, buffer.getvalue())
+    return json_path, csv_path
+
+
+def _clean(value):
+    """JSON-ready: tuples become lists, NaN/inf become None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(key): _clean(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
