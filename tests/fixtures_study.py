@@ -23,6 +23,7 @@ METHOD_PARAMS = {"linear": 6_152, "lora": 300_000, "vpt": 60_000, "zeroshot": 0}
 METHOD_SHIFT = {"linear": 0.0, "lora": 0.6, "vpt": 0.3, "zeroshot": 0.0}  # in logits
 NUM_TEST = 160  # test images shared by every cell
 POOL_PER_CLASS = 64  # training images per class the nested subsets are drawn from
+SELECTION_PER_CLASS = 12  # validation images per class used for model selection
 
 
 def fake_test_set() -> tuple[np.ndarray, dict, list[str]]:
@@ -86,13 +87,15 @@ def make_fake_study(directory, seeds=(0, 1, 2), ks=(1, 2, 4, 8), missing_metrics
                 continue
             folder = directory / run_dir
             folder.mkdir(parents=True)
-            metrics = {"test": test, "validation": {"accuracy": test["accuracy"]},
+            validation = {"accuracy": test["accuracy"], "num_images": 8 * SELECTION_PER_CLASS}
+            metrics = {"test": test, "validation": validation,
                        "trainable_params": row["trainable_params"],
                        "total_params": row["total_params"], "train_images": row["train_images"],
                        "steps": row["steps"], "best_step": row["best_step"]}
             (folder / "metrics.json").write_text(json.dumps(metrics))
             (folder / "config.yaml").write_text(
-                f"data:\n  per_class: {k}\n  selection_per_class: 12\n  data_seed: {seed}\n"
+                f"data:\n  per_class: {k}\n  selection_per_class: {SELECTION_PER_CLASS}\n"
+                f"  data_seed: {seed}\n"
                 f"train:\n  seed: {seed}\n  max_steps: {row['steps']}\n")
             if predictions:
                 write_predictions(folder / "predictions_test.csv", image_ids, labels, probs,

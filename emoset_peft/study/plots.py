@@ -101,6 +101,10 @@ def plot_learning_curve(
         top, bottom = figure.add_subplot(), None
     position, ticks, labels, breaks = _k_axis([e["per_class"] for e in cells])
     methods = list(dict.fromkeys(e["method"] for e in cells))
+    # Off-axis markers (k = 0, all) of different methods are spread a little so that their
+    # error bars do not hide each other.
+    dodge = {m: (i - (len(methods) - 1) / 2) * min(0.12, 0.6 / len(methods))
+             for i, m in enumerate(methods)}
     handles = []
     for method in methods:
         colour = colours[method]
@@ -127,10 +131,12 @@ def plot_learning_curve(
         for entry in entries:
             if entry["per_class"] == 0:
                 top.axhline(entry["mean"], color=colour, ls=":", lw=1.3)
-                top.errorbar([position[0]], [entry["mean"]], yerr=_error_bar(entry), fmt="D",
+                top.errorbar([position[0] + dodge[method]], [entry["mean"]],
+                             yerr=_error_bar(entry), fmt="D",
                              color=colour, ms=6, capsize=3)
             elif entry["per_class"] == ALL:
-                top.errorbar([position[ALL]], [entry["mean"]], yerr=_error_bar(entry), fmt="s",
+                top.errorbar([position[ALL] + dodge[method]], [entry["mean"]],
+                             yerr=_error_bar(entry), fmt="s",
                              color=colour, ms=6, capsize=3)
         handles.append(Line2D([], [], color=colour, marker="o", lw=2.2, label=method))
     handles.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6, label="one seed (thin)"))

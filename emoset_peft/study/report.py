@@ -27,7 +27,7 @@ import numpy as np
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS
-from emoset_peft.study import plots
+from emoset_peft.study import plots, report_curves
 from emoset_peft.study import report_tables as tables
 from emoset_peft.study.report_protocol import render_protocol
 from emoset_peft.study.results import (
@@ -223,8 +223,8 @@ def build_figures(study: Study, summary: Mapping) -> dict[str, object]:
     reliability = summary.get("reliability") or []
     if reliability:
         figures["calibration.png"] = plots.plot_reliability(
-            reliability, colours, title="Reliability: each method at its largest k, seeds "
-                                        "pooled (point area ~ images in the bin)")
+            reliability, colours, title="Reliability diagram: each method at its largest k\n"
+                                        "seeds pooled; point area ~ images in the bin")
     for method in study.methods:
         k = _largest_k_with_metrics(study, method, "confusion_matrix")
         matrix, names, runs = pooled_confusion(study, method, k)
@@ -270,9 +270,10 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
     for metric, label in METRIC_LABELS.items():
         if "paired" in summary:
             lines += tables.render_paired(summary, metric, label)
-    for render in tables.CURVE_SECTIONS:
+    for render in report_curves.SECTIONS:
         lines += render(summary)
-    figure("calibration.png", "reliability diagram")
+        if render is report_curves.render_calibration:
+            figure("calibration.png", "reliability diagram")
     lines += tables.render_cost(cost_table(study))
     figure("accuracy_vs_params.png", "accuracy vs trainable parameters")
     confusion = [n for n in figure_names if n.startswith("confusion_")]

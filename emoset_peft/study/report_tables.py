@@ -178,7 +178,3 @@ def _params(value) -> str:
             return f"{value / size:.2f}{unit}"
     return f"{int(value)}"
 
-
-# Learning-curve summaries (AULC, data efficiency, fits, planning, calibration, slices,
-# variance split): each renders its summary section, or nothing when the summary lacks it.
-CURVE_SECTIONS: list = []

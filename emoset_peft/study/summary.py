@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoset_peft.study import bootstrap
+from emoset_peft.study import bootstrap, calibration, curves, fits, variance
 from emoset_peft.study.predictions import (
     StudyPredictions,
     load_predictions,
@@ -80,8 +80,85 @@ def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
     }
     for metric in METRICS:
         summary["cells"] += cell_intervals(study, predictions, draws, metric, withheld)
+    if draws is not None:
+        summary.update(curve_summaries(predictions, draws, withheld))
+        summary["calibration"] = calibration.calibration_table(predictions)
+        summary["reliability"] = reliability(predictions)
+        summary["variance_split"] = variance.cell_variance_splits(predictions, "accuracy")
+    summary["slices"] = slices(study)
     summary["withheld"] = withheld.items
     return summary
+
+
+def curve_summaries(predictions: StudyPredictions, draws, withheld: Withheld) -> dict:
+    """AULC (+ pairwise), data efficiency and scaling fits per metric, from one set of draws."""
+    out: dict = {"aulc": {}, "efficiency": {}, "fits": {}}
+    for metric, label in METRIC_LABELS.items():
+        learning = curves.learning_curves(predictions, draws, metric)
+        out["aulc"][metric] = curves.aulc(learning)
+        out["efficiency"][metric] = curves.data_efficiency(learning)
+        if metric == "accuracy":  # the report fits the error curve of accuracy only
+            out["fits"][metric] = fits.scaling_fits(learning)
+        for section, name in (("aulc", "AULC"), ("efficiency", "data efficiency")):
+            reason = out[section][metric]["reason"]
+            if reason:
+                withheld.add(section, f"{name} ({label})", reason)
+        for method, fit in out["fits"].get(metric, {"methods": {}})["methods"].items():
+            if not fit["fitted"]:
+                withheld.add("fits", f"{method} ({label})", f"no scaling fit: {fit['reason']}")
+        for pair in out["aulc"][metric]["pairs"]:
+            if pair.get("poi_reason") and metric == "accuracy":
+                withheld.add("aulc", f"{pair['a']} vs {pair['b']}",
+                             "no probability of improvement: it needs >= "
+                             f"{curves.MIN_PI_REPLICATES} seeds per method")
+    return out
+
+
+RELIABILITY_BINS = 15
+
+
+def reliability(predictions: StudyPredictions) -> list[dict]:
+    """Reliability-diagram bins of each method at its largest k >= 1 (seeds pooled)."""
+    largest: dict = {}
+    for (method, k), cell in predictions.cells.items():
+        if k != 0 and cell.probabilities is not None:
+            largest[method] = (method, k)  # cells are ordered by k, "all" last
+    out = []
+    edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
+    for method, k in largest.values():
+        probs = predictions.cells[(method, k)].probabilities.astype(np.float64)
+        probs = probs / probs.sum(axis=-1, keepdims=True)
+        confidence = probs.max(axis=-1).ravel()
+        correct = (probs.argmax(axis=-1) == predictions.labels[None, :]).ravel()
+        which = np.clip(np.digitize(confidence, edges, right=True) - 1, 0, RELIABILITY_BINS - 1)
+        count = np.bincount(which, minlength=RELIABILITY_BINS)
+        conf_sum = np.bincount(which, confidence, RELIABILITY_BINS)
+        hit_sum = np.bincount(which, correct.astype(np.float64), RELIABILITY_BINS)
+        nonzero = np.maximum(count, 1)
+        ece = float(np.abs(hit_sum - conf_sum).sum() / confidence.size)
+        out.append({"method": method, "per_class": k, "ece": ece, "bins": [
+            {"low": float(edges[i]), "high": float(edges[i + 1]), "count": int(count[i]),
+             "confidence": float(conf_sum[i] / nonzero[i]),
+             "accuracy": float(hit_sum[i] / nonzero[i])} for i in range(RELIABILITY_BINS)]})
+    return out
+
+
+def slices(study) -> list[dict]:
+    """Attribute slices of each method at its largest k with slices in metrics.json, with
+    Wilson intervals over the slice's test images (``calibration.slice_table``)."""
+    out = []
+    for method in dict.fromkeys(row["method"] for row in study.rows):
+        by_k: dict = {}
+        for row, metrics in zip(study.rows, study.run_metrics):
+            found = ((metrics or {}).get("test") or {}).get("slices")
+            if row["method"] == method and found:
+                by_k.setdefault(row["per_class"], []).append(found)
+        if not by_k:
+            continue
+        k = max(by_k, key=lambda k: (1, 0) if k == "all" else (0, k))
+        out.append({"method": method, "per_class": k,
+                    "attributes": calibration.slice_table(by_k[k])})
+    return out
 
 
 def default_baseline(rows: Sequence[Mapping]) -> str:
