@@ -78,8 +78,10 @@ def test_cell_table_equals_summary_and_results(study):
         assert seed_sd == _pct(np.std(values, ddof=1))
         assert ci == f"[{_pct(entry['ci_low'])}, {_pct(entry['ci_high'])}]"
         assert 0 <= entry["ci_low"] <= entry["mean"] <= entry["ci_high"] <= 1
-        p = entry["mean"]
-        assert test_se == _pct(np.sqrt(p * (1 - p) / 160))
+        # The Wilson score interval's half-width / 1.96, for the mean accuracy on 160 images.
+        p, n, z = entry["mean"], 160, 1.959963984540054
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+        assert test_se == _pct(half / z)
         assert share.endswith("%") and entry["share_seed"] + entry["share_test"] == \
             pytest.approx(1)
 
@@ -123,7 +125,8 @@ def test_learning_curve_figure(study):
         y = band.get_paths()[0].vertices[:, 1]
         assert y.min() >= 0 and y.max() <= 1
     horizontal = {round(float(line.get_ydata()[0]), 4): line.get_linestyle()
-                  for line in top.lines if len(set(line.get_ydata())) == 1}
+                  for line in top.lines  # axhline: 2 points at one height
+                  if len(line.get_ydata()) == 2 and len(set(line.get_ydata())) == 1}
     assert horizontal[0.125] == "--"  # chance
     assert horizontal[round(summary["test_set"]["majority"], 4)] == "-."  # majority class
     zero_shot = next(e["mean"] for e in summary["cells"] if e["per_class"] == 0
@@ -164,7 +167,9 @@ def test_protocol_reads_selection_and_crossed_seeds(tmp_path):
                             "seed": f"{row['data_seed']}{train_seed}"})
         metrics_path = tmp_path / row["run_dir"] / "metrics.json"
         metrics = json.loads(metrics_path.read_text())
-        metrics["selection"] = {"mode": "k_tied", "per_class": min(row["per_class"], 4)}
+        tied = min(row["per_class"], 4)
+        metrics["selection"] = {"mode": "k_tied", "images_per_class": tied, "images": 8 * tied,
+                                "best_step": row["best_step"], "evaluations": 5}
         metrics["test_evaluations"] = 1
         metrics_path.write_text(json.dumps(metrics))
     write_results(tmp_path / "results.csv", crossed)
@@ -172,19 +177,27 @@ def test_protocol_reads_selection_and_crossed_seeds(tmp_path):
     block = _section(text, "## Protocol")
     assert "crossed: 2 data seeds" in block
     assert "Test evaluations per cell: 1." in block
-    assert [row[5] for row in _table_rows(block)] == ["k_tied (2 per class)",
-                                                      "k_tied (4 per class)"]
+    rows = _table_rows(block)
+    assert [row[5] for row in rows] == ["k_tied (2 per class)", "k_tied (4 per class)"]
+    assert [row[3] for row in rows] == ["16", "32"]  # validation images from the record
+    assert [row[4] for row in rows] == ["1.00", "0.50"]  # validation / training images
 
 
 def test_one_seed_withholds_p_values_and_marks_intervals(tmp_path):
     make_fake_study(tmp_path, seeds=(0,), missing_metrics=("runs/lora_kall_s0",))
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
     cannot = _section(text, "## What this study cannot say")
-    assert "1 seed(s)" in cannot and "lower bound" in cannot
+    assert "1 seed: the seed-to-seed spread is unknown" in cannot
+    assert "test-image noise only" in cannot
     table = _table_rows(_section(text, "## Test accuracy per cell"))
-    assert all(row[4].endswith("†") and row[5] == "n/a (1 seed)" for row in table)
+    no_files = [row for row in table if row[:2] == ["lora", "all"]]  # no run folder at all
+    assert [row[4] for row in no_files] == ["n/a"]
+    assert all(row[4].endswith("†") and row[5] == "n/a (1 seed)" for row in table
+               if row not in no_files)
     paired = _table_rows(_section(text, "## Paired differences vs `linear` (test accuracy)"))
-    assert paired and all(row[5] == "n/a: 1 pair(s)" for row in paired)
+    assert paired and all(row[5] == row[6] == row[7] == "n/a: 1 pair(s)" for row in paired)
+    assert all(row[4].endswith("†") for row in paired)  # test-image noise only
+    assert all(row[9].startswith("n/a: 1 pair") for row in paired)  # no t-test either
     assert "runs/lora_kall_s0/metrics.json is missing" in _section(text, "## Problems found")
 
 

@@ -38,7 +38,9 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
         entry["cells"] += 1
         folder = directory / str(row.get("run_dir") or "")
         train = _number(metrics.get("train_images", row.get("train_images")))
-        validation = _number((metrics.get("validation") or {}).get("num_images"))
+        selection = metrics.get("selection")
+        validation = _number(selection.get("images") if isinstance(selection, Mapping)
+                             else (metrics.get("validation") or {}).get("num_images"))
         mode = _selection_mode(metrics, folder)
         if mode["mode"] == "none":
             validation = 0.0
@@ -93,27 +95,30 @@ def _selection_mode(metrics: Mapping, folder: Path) -> dict:
     selection = metrics.get("selection")
     if isinstance(selection, Mapping) and selection.get("mode"):
         mode = str(selection["mode"])
-        per_class = selection.get("per_class")
+        per_class = selection.get("images_per_class", selection.get("per_class"))
         text = mode if per_class in (None, "") else f"{mode} ({per_class} per class)"
         return {"mode": mode, "text": text}
     if isinstance(selection, str) and selection:
         return {"mode": selection, "text": selection}
-    per_class = _config_selection_per_class(folder)
-    if per_class == "unknown":
+    data = _config_data(folder)
+    if data is None:
         return {"mode": "unknown", "text": "unknown (no selection in metrics.json, no config)"}
+    mode = str(data.get("selection") or "fixed")
+    per_class = data.get("selection_per_class", 20)  # config.py's default
+    if mode != "fixed":
+        return {"mode": mode, "text": mode}
     return {"mode": "fixed", "text": "fixed (all of validation)" if per_class is None
             else f"fixed ({per_class} per class)"}
 
 
-def _config_selection_per_class(folder: Path):
+def _config_data(folder: Path) -> Mapping | None:
+    """The ``data`` section of the cell's config.yaml; None when unreadable."""
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return "unknown"
+        return None
     data = config.get("data") if isinstance(config, Mapping) else None
-    if not isinstance(data, Mapping):
-        return "unknown"
-    return data.get("selection_per_class", 20)  # config.py's default
+    return data if isinstance(data, Mapping) else None
 
 
 def _manifest_ids(folder: Path) -> set[str] | None:

@@ -106,9 +106,11 @@ def render_cells(summary: Mapping, metric: str, label: str) -> list[str]:
     lines = [f"## {capital(label)} per cell", "",
              (f"Mean over seeds; 95% interval from a two-level bootstrap ({n_boot} draws) that "
              "resamples seeds and test images together, so it includes test-set noise and stays "
-             "inside [0, 100]. Seed SD: spread between seeds. Test SE: binomial standard error "
-             "of one run on this test set. Share: how the variance of the mean splits between "
-             "seeds and test images. † marks an interval from fewer than 3 seeds (see below)."),
+             "inside [0, 100]. Seed SD: spread between seeds. Test SE: standard error of one "
+             "run on this test set (Wilson for accuracy, bootstrap over test images for "
+             "macro-F1). Share: how the variance of the mean splits between seeds (beyond their "
+             "test noise) and test images. † marks an interval the data cannot make reliable "
+             "(1 or 2 seeds; see 'What this study cannot say')."),
              ""]
     rows = []
     for e in entries:
@@ -131,18 +133,21 @@ def render_paired(summary: Mapping, metric: str, label: str) -> list[str]:
              "the same seeds (paired), with a two-level paired bootstrap interval and p-value. "
              "Holm and BH adjust the bootstrap p over every comparison in this report. McNemar: "
              "exact test per seed on the images where the two disagree (method right / baseline "
-             f"right). A p-value needs at least {MIN_PAIRS_FOR_P} seed pairs."), ""]
+             f"right). A p-value needs at least {MIN_PAIRS_FOR_P} seed pairs; † marks an "
+             "interval from 1 or 2 pairs (test-image noise only, or very wide)."), ""]
     if not entries:
         return lines + ["No other method shares a k with the baseline.", ""]
     rows = []
     for e in entries:
         few = e["n_pairs"] < MIN_PAIRS_FOR_P
         why = f"n/a: {e['n_pairs']} pair(s)"
+        mark = " †" if e.get("reliable") is False and e["ci_low"] is not None else ""
         rows.append([
             e["method"], k_label(e["per_class"]), e["n_pairs"], pct(e["diff"], 2),
-            interval(e["ci_low"], e["ci_high"], 2),
+            interval(e["ci_low"], e["ci_high"], 2) + mark,
             why if few else p_value(e["p_boot"]), why if few else p_value(e["p_holm"]),
-            why if few else p_value(e["p_bh"]), _mcnemar(e.get("mcnemar") or []),
+            why if few else p_value(e["p_bh"]),
+            _mcnemar(e.get("mcnemar") or []) if metric == "accuracy" else "(accuracy only)",
             f"n/a: {e['t_note']}" if e.get("t_p") is None else p_value(e["t_p"])])
     return lines + table(["method", "k", "pairs", "difference (pp)", "95% interval",
                           "bootstrap p", "Holm", "BH", "McNemar per seed (b/c, p)",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoset_peft.study import bootstrap, calibration, curves, fits, variance
+from emoset_peft.study import bootstrap, calibration, curves, fits, inference, variance
 from emoset_peft.study.predictions import (
     StudyPredictions,
     load_predictions,
@@ -71,15 +71,13 @@ def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
         "baseline": baseline,
         "methods": methods,
         "test_set": _test_set(predictions),
-        "cells": [],
         "replicates": _replicates(study, predictions),
         "protocol": protocol(study.directory, study.rows, study.run_metrics),
         "rows_ignored": [vars(note) | {"text": note.text()} for note in study.notes],
         "failed_cells": [vars(cell) for cell in study.failed],
         "problems": list(study.problems) + list(predictions.problems),
     }
-    for metric in METRICS:
-        summary["cells"] += cell_intervals(study, predictions, draws, metric, withheld)
+    summary.update(inference_sections(study, predictions, baseline, n_boot, seed, withheld))
     if draws is not None:
         summary.update(curve_summaries(predictions, draws, withheld))
         summary["calibration"] = calibration.calibration_table(predictions)
@@ -201,53 +199,67 @@ def _replicates(study, predictions: StudyPredictions) -> list[dict]:
     return out
 
 
-def cell_intervals(study, predictions: StudyPredictions, draws, metric: str,
-                   withheld: Withheld) -> list[dict]:
-    """Per-cell mean, two-level 95% interval, seed SD, test SE and variance shares."""
-    entries = []
-    labels = predictions.labels
-    for method, k in _cells(study.rows):
-        cell = predictions.cells.get((method, k))
-        subject = f"{method} k={k} ({METRIC_LABELS[metric]})"
-        if cell is None:
-            values = [_float(r.get(METRICS[metric])) for r in study.rows
-                      if r["method"] == method and r["per_class"] == k]
-            values = [v for v in values if math.isfinite(v)]
-            entries.append(_entry(method, k, metric, values, None, None, math.nan, None,
-                                  withheld.add("cells", subject, "no predictions_test.csv: "
-                                               "no interval (test-image noise unknown)")))
-            continue
-        values = bootstrap.replicate_metric(cell, labels, metric)
-        resampled = bootstrap.resampled_cell_metric(cell, labels, draws, metric)
-        low, high = np.nanpercentile(resampled, [2.5, 97.5])
-        n = int(labels.size)
-        mean = float(values.mean())
-        test_se = math.sqrt(max(mean * (1 - mean), 0.0) / n)
-        note = None
-        if len(values) < 3:
-            note = withheld.add("cells", subject, f"{len(values)} seed(s): the interval covers "
-                                "test-image noise but cannot measure the spread between seeds; "
-                                "treat it as a lower bound of the uncertainty")
-        entries.append(_entry(method, k, metric, list(values), float(low), float(high),
-                              test_se, n, note))
-    return entries
+def inference_sections(study, predictions: StudyPredictions, baseline: str, n_boot: int,
+                       seed: int, withheld: Withheld) -> dict:
+    """Per-cell intervals, paired comparisons (Holm/BH over the whole family) and planning from
+    ``study/inference.py``, in the summary's shape; cells without prediction files get their
+    mean and seed SD from results.csv and no interval."""
+    result = inference.study_inference(predictions, baseline=baseline, metrics=tuple(METRICS),
+                                       n_boot=n_boot, seed=seed)
+    found = {(e["method"], e["per_class"], e["metric"]): e for e in result["cells"]}
+    cells = []
+    for metric, label in METRIC_LABELS.items():
+        for method, k in _cells(study.rows):
+            subject = f"{method} k={k} ({label})"
+            entry = found.get((method, k, metric))
+            if entry is None:
+                cells.append(_rows_only_cell(study, method, k, metric, withheld.add(
+                    "cells", subject, "no predictions_test.csv: its mean comes from results.csv "
+                    "and it has no interval (the test-image noise is unknown)")))
+                continue
+            test_se = entry.get("wilson_se")
+            if test_se is None and entry.get("var_image") is not None:
+                # macro-F1 has no binomial SE: the bootstrap SE over test images instead
+                test_se = math.sqrt(entry["var_image"] * entry["n_replicates"])
+            if not entry["reliable"] and entry["note"]:
+                withheld.add("cells", subject, entry["note"])
+            cells.append({
+                "method": method, "per_class": k, "metric": metric, "mean": entry["mean"],
+                "ci_low": entry["ci_low"], "ci_high": entry["ci_high"],
+                "seed_sd": entry["seed_sd"], "test_se": test_se,
+                "share_seed": entry["share_seed"], "share_test": entry["share_image"],
+                "n_seeds": entry["n_replicates"], "n_test": entry["n_images"],
+                "reliable": entry["reliable"], "note": entry["note"]})
+    paired = []
+    for entry in result["comparisons"]:
+        t_test = entry.get("t_test") or {}
+        if entry["p_value"] is None and entry.get("p_reason"):
+            withheld.add("paired", f"{entry['method']} vs {entry['baseline']} k="
+                         f"{entry['per_class']} ({METRIC_LABELS[entry['metric']]})",
+                         f"no p-value: {entry['p_reason']}")
+        paired.append({
+            "method": entry["method"], "baseline": entry["baseline"],
+            "per_class": entry["per_class"], "metric": entry["metric"],
+            "n_pairs": entry["n_pairs"], "diff": entry["diff"], "ci_low": entry["ci_low"],
+            "ci_high": entry["ci_high"], "p_boot": entry["p_value"],
+            "p_reason": entry.get("p_reason"), "p_holm": entry.get("p_holm"),
+            "p_bh": entry.get("p_bh"), "mcnemar": entry.get("mcnemar") or [],
+            "t_p": t_test.get("p"), "t_note": t_test.get("reason"),
+            "reliable": entry.get("reliable"), "note": entry.get("note"),
+            "planning": entry.get("planning")})
+    planning = [e for e in result["planning"] if e["metric"] == "accuracy"]
+    return {"cells": cells, "paired": paired, "planning": planning}
 
 
-def _entry(method, k, metric, values, low, high, test_se, n_test, note) -> dict:
-    values = np.asarray(values, dtype=np.float64)
-    seed_sd = float(values.std(ddof=1)) if values.size >= 2 else None
-    seed_var = seed_sd ** 2 / values.size if seed_sd is not None else None
-    test_var = test_se ** 2 if math.isfinite(test_se) else None
-    share_seed = seed_var / (seed_var + test_var) if seed_var is not None and test_var \
-        else None
+def _rows_only_cell(study, method, k, metric, note) -> dict:
+    values = [_float(r.get(METRICS[metric])) for r in study.rows
+              if r["method"] == method and r["per_class"] == k]
+    values = np.array([v for v in values if math.isfinite(v)])
     return {"method": method, "per_class": k, "metric": metric,
-            "mean": float(values.mean()) if values.size else None,
-            "ci_low": low, "ci_high": high, "seed_sd": seed_sd,
-            "test_se": test_se if math.isfinite(test_se) else None,
-            "share_seed": share_seed,
-            "share_test": None if share_seed is None else 1 - share_seed,
-            "n_seeds": int(values.size), "n_test": n_test,
-            "reliable": bool(low is not None and values.size >= 3), "note": note}
+            "mean": float(values.mean()) if values.size else None, "ci_low": None,
+            "ci_high": None, "seed_sd": float(values.std(ddof=1)) if values.size > 1 else None,
+            "test_se": None, "share_seed": None, "share_test": None,
+            "n_seeds": int(values.size), "n_test": None, "reliable": False, "note": note}
 
 
 def _cells(rows: Sequence[Mapping]) -> list[tuple]:
