@@ -135,7 +135,13 @@ def test_learning_curve_figure(study):
     assert [t.get_text() for t in bottom.get_xticklabels()] == \
         ["0\n(zero-shot)", "1", "2", "4", "8", "all\n(full split)"]
     assert any(np.allclose(line.get_ydata(), 0) for line in bottom.lines)  # zero line
-    assert {c.get_label() for c in bottom.containers} == {"lora", "vpt"}
+    assert {c.get_label() for c in bottom.containers} >= {"lora", "vpt"}
+    lora_curve = next(c for c in bottom.containers if c.get_label() == "lora")
+    x, y = lora_curve.lines[0].get_data()
+    assert len(x) == 4  # k = 1..8; `all` is a separate marker, not joined across the break
+    expected = [e["diff"] for e in summary["paired"] if e["method"] == "lora"
+                and e["metric"] == "accuracy" and e["per_class"] != "all"]
+    assert np.allclose(y, expected)
     # The same method has the same colour in every figure.
     params_axes = figures["accuracy_vs_params.png"].axes[0]
     lora_points = [c for c in params_axes.containers if c.get_label() == "lora"]
@@ -252,3 +258,67 @@ def test_cli_prints_report_path_and_rejects_unknown_baseline(tmp_path, capsys):
     assert "## Paired differences vs `lora`" in (tmp_path / "report.md").read_text()
     assert main(["report", str(tmp_path), "--baseline", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_curve_sections_match_summary(study):
+    _, _, path, summary = study
+    text = path.read_text()
+    aulc = summary["aulc"]["accuracy"]
+    assert aulc["ks_used"] == [1, 2, 4, 8]
+    section = _section(text, "## Area under the learning curve")
+    tables = [table for table in section.split("\n\n") if table.startswith("| ")]
+    methods_table, pairs_table = _table_rows(tables[0]), _table_rows(tables[1])
+    for row in methods_table:
+        entry = aulc["methods"][row[0]]
+        assert row[1] == _pct(entry["aulc"])
+        assert row[2] == f"[{_pct(entry['ci_low'])}, {_pct(entry['ci_high'])}]"
+        # Independent: the trapezoid area over log2 k of the seed-mean curve, / log2 range.
+        means = [e["mean"] for e in summary["cells"] if e["method"] == row[0]
+                 and e["metric"] == "accuracy" and e["per_class"] in (1, 2, 4, 8)]
+        assert entry["aulc"] == pytest.approx(np.trapezoid(means, np.log2([1, 2, 4, 8])) / 3)
+    assert [row[0] for row in pairs_table] == ["linear - lora", "linear - vpt", "lora - vpt"]
+    assert all(row[4] == "n/a: fewer than 5 seeds" for row in pairs_table)  # 3 seeds each
+
+    efficiency = _table_rows(_section(text, "## Data efficiency"))
+    part = summary["efficiency"]["accuracy"]
+    assert [row[1] for row in efficiency] == [part["methods"][m]["k_needed"]["text"]
+                                              for m in ("linear", "lora", "vpt")]
+    assert f"{_pct(part['target'])}%" in _section(text, "## Data efficiency")
+
+    fits = _table_rows(_section(text, "## Scaling fits"))
+    assert [row[0] for row in fits] == ["linear", "lora", "vpt"]  # 4 k x 3 seeds: fitted
+    for row in fits:
+        fit = summary["fits"]["accuracy"]["methods"][row[0]]
+        assert row[1].startswith(f"{fit['free_c']['b']:.2f} [")
+        assert row[4].startswith(f"k = 8: {fit['extrapolation']['free_c']['error_pp']:+.1f} pp")
+
+    calibration = _table_rows(_section(text, "## Calibration"))
+    assert len(calibration) == len(summary["calibration"])
+    for row, entry in zip(calibration, summary["calibration"]):
+        assert row[2].startswith(f"{entry['nll']:.3f}") and row[3].startswith(_pct(entry["ece"]))
+    assert "![reliability diagram](calibration.png)" in text
+
+    slices = _table_rows(_section(text, "## Accuracy by image attribute"))
+    assert slices and all((row[7] == "small") == (int(row[4]) < 30) for row in slices)
+    for row in slices:
+        low, high = (float(v) / 100 for v in row[6].strip("[]").split(", "))
+        assert 0 <= low <= float(row[5]) / 100 <= high <= 1
+
+
+def test_two_seeds_two_k_withhold_fits_and_p_values(tmp_path):
+    make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), zero_shot=False, full=False)
+    text = report_module.write_report(tmp_path, n_boot=200).read_text()
+    cannot = _section(text, "## What this study cannot say")
+    assert "2 seeds" in cannot and "no scaling fit" in cannot.lower()
+    fits = _table_rows(_section(text, "## Scaling fits"))
+    assert all(row[1] == "no fit" and "2 distinct k" in row[6] for row in fits)
+    cells = _table_rows(_section(text, "## Test accuracy per cell"))
+    assert all(row[4].endswith("†") for row in cells)
+    for low, high in (row[4].rstrip(" †").strip("[]").split(", ") for row in cells):
+        assert 0 <= float(low) <= float(high) <= 100  # never outside [0, 100]%
+    paired = _table_rows(_section(text, "## Paired differences vs `linear` (test accuracy)"))
+    assert all(row[5] == row[6] == row[7] == "n/a: 2 pair(s)" for row in paired)
+    assert all(row[9].startswith("n/a: 2 pairs") for row in paired)  # no t-test either
+    aulc = _section(text, "## Area under the learning curve")
+    pairs = [row for row in _table_rows(aulc) if " - " in row[0]]
+    assert pairs and all(row[3] == "n/a: 2 pair(s)" for row in pairs)

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from emoset_peft.study.stats import ALL, per_class_sort_key
 
@@ -178,14 +178,21 @@ def _plot_differences(axes, paired, colours, position, baseline, metric_label) -
              for i, m in enumerate(methods)}
     for method in methods:
         entries = _sorted_k([e for e in paired if e["method"] == method
-                             and e["per_class"] in position])
-        x = [position[e["per_class"]] + dodge[method] for e in entries]
-        below = [e["diff"] - e["ci_low"] if _finite(e["ci_low"]) else 0 for e in entries]
-        above = [e["ci_high"] - e["diff"] if _finite(e["ci_high"]) else 0 for e in entries]
-        axes.errorbar(x, [e["diff"] for e in entries], yerr=[below, above], fmt="o-",
-                      color=colours[method], capsize=3, ms=5, lw=1.2, label=method)
+                             and e["per_class"] in position and _finite(e["diff"])])
+        # The curve over measured k is one line; k = 0 and "all" sit past the axis breaks.
+        for part, fmt in (([e for e in entries if e["per_class"] not in (0, ALL)], "o-"),
+                          ([e for e in entries if e["per_class"] in (0, ALL)], "s")):
+            if not part:
+                continue
+            x = [position[e["per_class"]] + dodge[method] for e in part]
+            below = [e["diff"] - e["ci_low"] if _finite(e["ci_low"]) else 0 for e in part]
+            above = [e["ci_high"] - e["diff"] if _finite(e["ci_high"]) else 0 for e in part]
+            axes.errorbar(x, [e["diff"] for e in part], yerr=[below, above], fmt=fmt,
+                          color=colours[method], capsize=3, ms=5, lw=1.2,
+                          label=method if fmt == "o-" or len(part) == len(entries) else None)
     axes.axhline(0, color="0.2", lw=1)
-    axes.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+    axes.yaxis.set_major_formatter(FuncFormatter(
+        lambda value, _: f"{100 * value:+.0f}" if abs(value) > 1e-12 else "0"))
     axes.set_ylabel(f"difference vs {baseline} (pp)")
     axes.set_title(f"Paired difference in {metric_label} vs {baseline} (same images, same "
                    "seeds), 95% interval", fontsize=10)
