@@ -16,9 +16,29 @@ a bootstrap replicate's accuracy or macro-F1 equals the metric computed on the r
 listed out one by one (weights are image counts; confusion counts are matrix products of the
 weights with one-hot indicators, so there is no Python loop over bootstrap replicates).
 
-This module only draws and evaluates; how intervals are formed from the draws (with a
-small-sample correction, since 3-5 seeds are too few for plain percentiles) is in
-``emoset_peft.study.inference``.
+How an interval is formed (``two_level_interval``). Plain percentiles of the joint resamples are
+too narrow with 3-5 seeds (resampling 3 values ignores the n/(n-1) factor and has only 10
+distinct outcomes; in simulation such an interval covers the truth about 80-88% of the time
+when seeds dominate). Instead the two parts of the variance of a cell's mean are measured
+separately and each gets its own quantile:
+
+- seed part A = s^2 / R, the spread of the R per-replicate values (each on the whole test set)
+  divided by R: what resampling the seeds measures, times R/(R-1). It carries a Student-t
+  quantile with R - 1 degrees of freedom, because it is estimated from R values;
+- image part F: the variance of the replicate mean over test-image resamples, minus the part of
+  it that is each replicate's own test noise (already inside s^2, so not counted twice). It is
+  estimated from n images and carries the normal quantile.
+
+The 95% interval is mean +- sqrt(t_{R-1}^2 A + z^2 F), but never narrower than the test images
+alone allow (mean +- z sqrt(I), I = all of the image-resampling variance of the mean: seeds that
+agree by chance, e.g. two methods differing by exactly 2 images on every seed, cannot make a
+mean more certain than its test set), clipped to [0, 1] (to [-1, 1] for a difference). In the
+simulation tests it covers the truth in about 94-98% of studies at 3 and 5 seeds whether seeds
+or test images dominate (up to 99% when seeds err on unrelated images), and the paired test
+rejects a true null at most about 5% of the time. With one replicate A is unknown and the interval covers
+test-image noise only; with two, A rests on one difference (t_1 = 12.7, yet too narrow when the
+two seeds agree by chance; about 88-93% coverage in simulation): callers mark both unreliable.
+A two-sided p-value is the level at which that interval just touches 0.
 """
 
 from __future__ import annotations
@@ -27,8 +47,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 METRICS = ("accuracy", "macro_f1")
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -164,3 +186,73 @@ def resampled_cell_metric(cell, labels, draws: Draws, metric: str) -> np.ndarray
     ``draws.image_weights``, averaged over the replicate keys drawn (same draw for all cells)."""
     values = replicate_metric(cell, labels, metric, draws.image_weights)
     return resample_mean(values, cell.replicates, draws)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals from the two variance parts
+
+
+def variance_parts(values, boot) -> dict:
+    """The variance of a mean over replicates, split into its seed and test-image parts.
+
+    ``values`` [..., R]: each replicate's statistic on the whole test set; ``boot`` [B, ..., R]:
+    the same statistic on B test-image resamples (the same image draw for every replicate).
+    Returns arrays (shape [...]): ``mean``; ``seed`` (A = s^2/R, NaN when R < 2); ``image``
+    (F, the test-image variance shared by the replicates); ``own_test`` (each replicate's own
+    test noise inside A); ``image_total`` (the whole image-resampling variance of the mean);
+    ``seed_only`` (A minus own_test, >= 0: the spread seeds add beyond test noise) and
+    ``n_replicates``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    boot = np.asarray(boot, dtype=np.float64)
+    n_rep = values.shape[-1]
+    image_total = boot.mean(axis=-1).var(axis=0, ddof=1)
+    if n_rep >= 2:
+        seed = values.var(axis=-1, ddof=1) / n_rep
+        per_replicate = boot.var(axis=0, ddof=1).mean(axis=-1)
+        # Var(mean) = shared + own / R and per-replicate = shared + own, so own / R is:
+        own_test = np.maximum(per_replicate - image_total, 0.0) / (n_rep - 1)
+        seed_only = np.maximum(seed - own_test, 0.0)
+    else:
+        seed = own_test = seed_only = np.full(image_total.shape, np.nan)
+    image = np.maximum(image_total - np.nan_to_num(own_test), 0.0)
+    return {"mean": values.mean(axis=-1), "seed": seed, "image": image, "own_test": own_test,
+            "image_total": image_total, "seed_only": seed_only, "n_replicates": n_rep}
+
+
+def _half_width(parts: dict, alpha):
+    """sqrt(max(t^2 A + z^2 F, z^2 I)) at two-sided level alpha (I: all image-resampling
+    variance of the mean); with one replicate only z * sqrt(I) is known."""
+    z = stats.norm.isf(np.asarray(alpha) / 2)
+    images_only = z**2 * parts["image_total"]
+    if parts["n_replicates"] < 2:
+        return np.sqrt(images_only)
+    t = stats.t.isf(np.asarray(alpha) / 2, parts["n_replicates"] - 1)
+    return np.sqrt(np.maximum(t**2 * parts["seed"] + z**2 * parts["image"], images_only))
+
+
+def two_level_interval(parts: dict, confidence: float = CONFIDENCE,
+                       bounds: tuple[float, float] = (0.0, 1.0)) -> tuple:
+    """(low, high) arrays: mean +- sqrt(t_{R-1}^2 A + z^2 F), clipped to ``bounds``.
+
+    Never narrower than the test-image resampling alone gives (mean +- z sqrt(I)): seeds that
+    agree by chance cannot make a mean more certain than its test set allows. With one
+    replicate that is all there is (the interval then covers test-image noise only)."""
+    half = _half_width(parts, 1 - confidence)
+    low = np.clip(parts["mean"] - half, *bounds)
+    high = np.clip(parts["mean"] + half, *bounds)
+    return low, high
+
+
+def two_level_p_value(parts: dict, null: float = 0.0, iterations: int = 64):
+    """Two-sided p-value of mean = ``null``: the alpha at which the two-level interval just
+    reaches ``null`` (vectorised bisection on log alpha; p < 1e-17 is reported as 1e-17)."""
+    distance = np.abs(np.asarray(parts["mean"], dtype=np.float64) - null)
+    low = np.full(distance.shape, np.log(1e-17))
+    high = np.zeros(distance.shape)
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        excludes = _half_width(parts, np.exp(middle)) < distance
+        high = np.where(excludes, middle, high)
+        low = np.where(excludes, low, middle)
+    return np.where(distance > 0, np.exp(high), 1.0)
