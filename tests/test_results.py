@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures_study import COLUMNS, make_fake_study, write_results
 
@@ -79,7 +80,7 @@ def test_non_utf8_row_is_ignored_and_garbage_file_is_one_error(study, tmp_path):
 
     garbage = tmp_path / "garbage"
     garbage.mkdir()
-    (garbage / "results.csv").write_bytes(os.urandom(4096))
+    (garbage / "results.csv").write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(EmoSetError, match="results.csv is not a") as info:
         read_results_table(garbage / "results.csv", garbage)
     assert "\n" not in str(info.value) and "move it away" in str(info.value)
@@ -92,6 +93,14 @@ def test_non_utf8_row_is_ignored_and_garbage_file_is_one_error(study, tmp_path):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "results.csv is not a" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    # Whatever the bytes (here: 200 random files, some with a short text-like first line),
+    # one single-line EmoSetError, never another exception.
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        (garbage / "results.csv").write_bytes(rng.bytes(int(rng.integers(1, 3000))))
+        with pytest.raises(EmoSetError, match="results.csv is not a") as info:
+            read_results_table(garbage / "results.csv", garbage)
+        assert "\n" not in str(info.value)
 
 
 def test_missing_header_is_one_error_naming_the_fix(study):

@@ -176,9 +176,11 @@ def _not_a_table(path: Path, header: list[str], missing: list[str]) -> str:
         return (f"{path} has no header line (line 1 is a data row: "
                 f"{','.join(header[:3])},...); put the column names back as line 1 "
                 f"({','.join(RESULT_COLUMNS[:4])},... in the order the values are written)")
-    return (f"{path} lacks the column(s) {', '.join(missing)} (it has {', '.join(header)}); "
-            "it is not a results.csv written by `emoset-peft study`: pass the study folder, or "
-            "restore the file")
+    shown = ascii(",".join(header))[:80]  # ascii(): one line, whatever the bytes were
+    return (f"{path} is not a results table: its first line {shown} lacks the column(s) "
+            f"{', '.join(missing)}; pass the study folder that holds the study's results.csv, "
+            f"or move this file away (e.g. to {path.name}.bad) and rerun `emoset-peft study` "
+            "with the same recipe: cells missing from results.csv are trained again")
 
 
 def read_result_rows(path: str | os.PathLike) -> list[dict]:
