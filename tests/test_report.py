@@ -59,6 +59,9 @@ def test_report_summary_and_every_figure_exist(study):
     assert summary["bootstrap"]["n_boot"] == N_BOOT and summary["bootstrap"]["seed"] == 0
     assert f"{N_BOOT} draws, RNG seed 0" in text
     assert summary["baseline"] == "linear" and summary["test_set"]["n_images"] == 160
+    assert {"cells", "replicates", "paired", "aulc", "efficiency", "fits", "planning",
+            "calibration", "reliability", "slices", "variance_split", "protocol", "withheld",
+            "rows_ignored", "failed_cells", "problems"} <= set(summary)
 
 
 def test_cell_table_equals_summary_and_results(study):
@@ -187,6 +190,11 @@ def test_protocol_reads_selection_and_crossed_seeds(tmp_path):
     assert [row[5] for row in rows] == ["k_tied (2 per class)", "k_tied (4 per class)"]
     assert [row[3] for row in rows] == ["16", "32"]  # validation images from the record
     assert [row[4] for row in rows] == ["1.00", "0.50"]  # validation / training images
+    # Crossed seeds: the spread of each cell is split into data, training and residual parts.
+    split = _table_rows(_section(text, "## Where the seed spread comes from"))
+    assert len(split) == 2 * 2 and all(len(row) == 6 for row in split)
+    # The two training seeds of a data seed reuse one run folder here: no training variance.
+    assert all(row[3].startswith("0.0 (0%)") for row in split)
 
 
 def test_one_seed_withholds_p_values_and_marks_intervals(tmp_path):

@@ -27,10 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # matplotlib and scipy are imported on use, so `emoset-peft --help` stays fast.
     from emoset_peft.errors import EmoSetError
-    from emoset_peft.study.report import (
-        write_report,  # matplotlib/scipy: imported on use
-    )
+    from emoset_peft.study.report import write_report
     from emoset_peft.study.summary import N_BOOT, SEED
 
     n_boot = N_BOOT if args.bootstrap is None else args.bootstrap
