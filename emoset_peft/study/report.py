@@ -267,8 +267,9 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
     for metric, label in METRIC_LABELS.items():
         lines += tables.render_cells(summary, metric, label)
         figure(CURVE_FIGURES[metric], f"{label} vs images per class")
+    # Without any comparison one section says so; otherwise one section per metric.
     for metric, label in METRIC_LABELS.items():
-        if "paired" in summary:
+        if summary["paired"] or metric == "accuracy":
             lines += tables.render_paired(summary, metric, label)
     for render in report_curves.SECTIONS:
         lines += render(summary)
