@@ -7,6 +7,7 @@ Rendered from the summary (``study/summary.py``) only. A summary part that withh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from emoset_peft.study.report_tables import (
@@ -150,7 +151,9 @@ def render_planning(summary: Mapping) -> list[str]:
         cells = [f"±{pct(by[n]['half_width'])} / {pct(by[n]['mdd_80'])}" if n in by else "n/a"
                  for n in seeds]
         target = e.get("seeds_for_target")
-        notes = [n for n in (e.get("note") or "").split("; ") if n and not n.startswith("MDD")]
+        # The MDD caveat is said once above the table; the other notes stay with their row.
+        note = re.sub(r"MDD assumes[^)]*\)", "", e.get("note") or "")
+        notes = [n.strip() for n in note.split("; ") if n.strip()]
         unreachable = next((n for n in notes if "not reachable" in n), None)
         if target is None and unreachable:
             notes.remove(unreachable)
