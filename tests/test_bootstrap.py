@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import optimize, stats
 from sklearn.metrics import accuracy_score, f1_score
 
 from emoset_peft.engine.metrics import classification_metrics
@@ -14,7 +15,10 @@ from emoset_peft.study.bootstrap import (
     metric_from_predictions,
     replicate_metric,
     resampled_cell_metric,
+    two_level_interval,
+    two_level_p_value,
     union_keys,
+    variance_parts,
 )
 from emoset_peft.study.predictions import CellPredictions
 
@@ -116,3 +120,25 @@ def test_metric_rejects_bad_input():
         metric_from_predictions(predictions, labels, "auc")
     with pytest.raises(ValueError, match="weights"):
         metric_from_predictions(predictions, labels, "accuracy", np.ones((2, 5)))
+
+
+def test_p_value_is_where_the_interval_touches_zero():
+    rng = np.random.default_rng(0)
+    values = np.array([0.031, 0.012, 0.047, 0.020])
+    boot = values + rng.normal(0, 0.004, (600, 1)) + rng.normal(0, 0.002, (600, 4))
+    parts = variance_parts(values, boot)
+    p = float(two_level_p_value(parts))
+
+    def half(alpha):
+        t, z = stats.t.isf(alpha / 2, 3), stats.norm.isf(alpha / 2)
+        return np.sqrt(max(t**2 * parts["seed"] + z**2 * parts["image"],
+                           z**2 * parts["image_total"]))
+
+    expected = optimize.brentq(lambda a: half(a) - values.mean(), 1e-12, 1 - 1e-12)
+    assert p == pytest.approx(expected, rel=1e-6)
+    low, high = two_level_interval(parts, confidence=1 - p, bounds=(-1, 1))
+    assert low == pytest.approx(0, abs=1e-9) and high > 0
+    # One replicate: a normal test on the image-resampling variance.
+    one = variance_parts(values[:1], boot[:, :1])
+    z = values[0] / np.sqrt(one["image_total"])
+    assert float(two_level_p_value(one)) == pytest.approx(2 * stats.norm.sf(z), rel=1e-6)

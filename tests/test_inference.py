@@ -190,3 +190,26 @@ def test_replicate_metric_boot_shapes_follow_draws():
     boot = replicate_metric(study.cells[("lora", 4)], study.labels, "macro_f1",
                             draws.image_weights)
     assert boot.shape == (50, 3) and np.all((boot >= 0) & (boot <= 1))
+
+
+def test_degenerate_cells_say_so():
+    study = _study({("lora", 4): 3}, {"lora": 1.0})  # every image right in every seed
+    study.cells[("ia3", 4)] = CellPredictions("ia3", 4, study.cells[("lora", 4)].replicates,
+                                              study.cells[("lora", 4)].predictions.copy(), None)
+    out = study_inference(study, metrics=("accuracy",), n_boot=200)
+    cell = out["cells"][0]
+    assert cell["mean"] == cell["ci_low"] == cell["ci_high"] == 1.0
+    assert cell["reliable"] is False and "no width" in cell["note"]
+    assert 0 < cell["wilson_se"] < 0.01
+    (comparison,) = out["comparisons"]
+    assert comparison["diff"] == 0 and comparison["p_value"] == 1.0
+    assert comparison["t_test"]["p"] is None and comparison["reliable"] is False
+    assert all(test["b"] == test["c"] == 0 and test["p"] == 1.0 for test in comparison["mcnemar"])
+
+
+def test_make_draws_in_blocks_matches_counts():
+    draws = make_draws(70_000, [1, 2], n_boot=130, seed=0)  # several blocks of rows
+    assert draws.image_weights.shape == (130, 70_000)
+    assert np.all(draws.image_weights.sum(axis=1) == 70_000)
+    assert np.array_equal(make_draws(70_000, [1, 2], n_boot=130, seed=0).image_weights,
+                          draws.image_weights)

@@ -92,3 +92,22 @@ def test_nothing_readable_gives_an_empty_study(tmp_path):
     study = load_predictions(tmp_path, [{"method": "lora", "per_class": "1", "seed": "1",
                                          "run_dir": "missing"}])
     assert study.cells == {} and study.image_ids == [] and len(study.problems) == 1
+
+
+def test_files_to_inference_end_to_end(tmp_path):
+    """Prediction files on disk -> loader -> study inference, JSON-ready, problems carried."""
+    import json
+
+    from emoset_peft.study.inference import study_inference
+
+    rows = [_write_cell(tmp_path, method, k, seed, shift=int(seed == 3 and method == "ia3"))[0]
+            for method in ("lora", "ia3") for k in (1, 8) for seed in (1, 2, 3)]
+    rows.append({**rows[0], "seed": "9", "status": "failed", "error": "killed"})
+    study = load_predictions(tmp_path, rows)
+    out = study_inference(study, baseline="lora", n_boot=200)
+    assert json.loads(json.dumps(out, allow_nan=False)) == out
+    assert len(out["cells"]) == 8 and len(out["comparisons"]) == 4
+    assert out["problems"] == study.problems and "killed" in out["problems"][0]
+    ia3 = next(c for c in out["comparisons"] if c["per_class"] == 8 and c["metric"] == "accuracy")
+    assert ia3["diff"] == pytest.approx(-1 / 3)  # seed 3 of ia3 gets every image wrong
+    assert [t["c"] for t in ia3["mcnemar"]] == [0, 0, 12]

@@ -17,28 +17,32 @@ listed out one by one (weights are image counts; confusion counts are matrix pro
 weights with one-hot indicators, so there is no Python loop over bootstrap replicates).
 
 How an interval is formed (``two_level_interval``). Plain percentiles of the joint resamples are
-too narrow with 3-5 seeds (resampling 3 values ignores the n/(n-1) factor and has only 10
-distinct outcomes; in simulation such an interval covers the truth about 80-88% of the time
-when seeds dominate). Instead the two parts of the variance of a cell's mean are measured
-separately and each gets its own quantile:
+too narrow with 3-5 seeds (resampling 3 values ignores the R/(R-1) factor and has only 10
+distinct outcomes; in simulation such an interval covers the truth only about 80-90% of the
+time when seeds dominate). Instead the two parts of the variance of a cell's mean are measured
+separately, and each gets its own quantile:
 
-- seed part A = s^2 / R, the spread of the R per-replicate values (each on the whole test set)
-  divided by R: what resampling the seeds measures, times R/(R-1). It carries a Student-t
-  quantile with R - 1 degrees of freedom, because it is estimated from R values;
-- image part F: the variance of the replicate mean over test-image resamples, minus the part of
-  it that is each replicate's own test noise (already inside s^2, so not counted twice). It is
-  estimated from n images and carries the normal quantile.
+- seed part A = s^2 / R: the spread s of the R per-replicate values (each on the whole test set)
+  squared, over R. This is what resampling the seeds measures, times R/(R-1). It carries a
+  Student-t quantile with R - 1 degrees of freedom, because it is estimated from R values;
+- image part F: the variance of the replicate mean over test-image resamples, minus each
+  replicate's own test noise (already inside s^2, so not counted twice). It is estimated from
+  n images and carries the normal quantile z = 1.96.
 
-The 95% interval is mean +- sqrt(t_{R-1}^2 A + z^2 F), but never narrower than the test images
-alone allow (mean +- z sqrt(I), I = all of the image-resampling variance of the mean: seeds that
-agree by chance, e.g. two methods differing by exactly 2 images on every seed, cannot make a
-mean more certain than its test set), clipped to [0, 1] (to [-1, 1] for a difference). In the
-simulation tests it covers the truth in about 94-98% of studies at 3 and 5 seeds whether seeds
-or test images dominate (up to 99% when seeds err on unrelated images), and the paired test
-rejects a true null at most about 5% of the time. With one replicate A is unknown and the interval covers
-test-image noise only; with two, A rests on one difference (t_1 = 12.7, yet too narrow when the
-two seeds agree by chance; about 88-93% coverage in simulation): callers mark both unreliable.
-A two-sided p-value is the level at which that interval just touches 0.
+The 95% interval is mean +- sqrt(t_{R-1}^2 A + z^2 F), never narrower than the test images alone
+allow (mean +- z sqrt(I), I = all of the image-resampling variance of the mean: seeds that agree
+by chance, e.g. two methods differing by exactly 2 images on every seed, cannot make a mean more
+certain than its test set), and clipped to [0, 1] ([-1, 1] for a difference). In the simulation
+tests it covers the truth in about 93-98% of studies at 3 and 5 seeds whether seeds or test
+images dominate (up to 99% when seeds err on unrelated images), and the paired test rejects a
+true null in at most about 5% of studies. With one replicate A is unknown and the interval
+covers test-image noise only; with two, A rests on one difference and carries t_1 = 12.7 (97-99%
+coverage in simulation, but its width is a rough guess): callers mark both unreliable. A
+two-sided p-value is the level at which that interval just touches 0.
+
+The seed-key draws (``replicate_index``) serve statistics that are not averages over replicates
+(e.g. the k at which a mean learning curve crosses a target): there, percentiles of
+``resampled_cell_metric`` are what is available, with the under-coverage described above.
 """
 
 from __future__ import annotations
@@ -78,10 +82,14 @@ def make_draws(n_images: int, replicate_keys: Sequence, n_boot: int = 2000,
         raise ValueError(f"need n_images >= 1 and n_boot >= 1, got {n_images}, {n_boot}")
     image_stream, key_stream = (np.random.default_rng(s)
                                 for s in np.random.SeedSequence(seed).spawn(2))
-    picks = image_stream.integers(0, n_images, size=(n_boot, n_images))
-    offsets = (np.arange(n_boot) * n_images)[:, None]
-    counts = np.bincount((picks + offsets).ravel(), minlength=n_boot * n_images)
-    weights = counts.reshape(n_boot, n_images).astype(np.float32)
+    weights = np.empty((n_boot, n_images), np.float32)
+    rows = max(1, 2**22 // n_images)  # ~32 MB of int64 indices at a time
+    for start in range(0, n_boot, rows):
+        block = min(rows, n_boot - start)
+        picks = image_stream.integers(0, n_images, size=(block, n_images))
+        picks += (np.arange(block) * n_images)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=block * n_images)
+        weights[start:start + block] = counts.reshape(block, n_images)
     keys = list(replicate_keys)
     index = key_stream.integers(0, max(len(keys), 1), size=(n_boot, len(keys)))
     return Draws(weights, keys, index, int(n_boot), int(seed))

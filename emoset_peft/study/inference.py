@@ -1,28 +1,32 @@
 """Image-level inference for a study: per-cell intervals, paired comparisons, planning.
 
-All numbers are fractions in [0, 1] (the report prints percentage points, pp).
+All numbers are fractions in [0, 1]; the report prints them in percent, and differences and
+half-widths in percentage points (pp).
 
 What a cell's 95% interval covers. A cell's mean (over its R seeds) would change if the study
 were rerun with other seeds AND scored on another test set of the same size. The interval
-accounts for both: the seed-to-seed spread (t quantile with R - 1 degrees of freedom, with the
-R/(R-1) correction that plain resampling of R seeds lacks) and the test-image noise (bootstrap
-over test images, the same image draw for every cell, not counting twice the test noise that is
-already inside the seed spread). See ``emoset_peft.study.bootstrap`` for the construction. It
-never leaves [0, 1]. On simulated studies it covers the true accuracy in 94-97% of studies with
-3 or 5 seeds (tests/test_inference_coverage.py). With 1 seed it covers test-image noise only and
-with 2 seeds it is very wide: both are marked ``reliable = False`` with a note.
+accounts for both: the seed-to-seed spread (Student-t quantile with R - 1 degrees of freedom,
+with the R/(R-1) correction that plain resampling of R seeds lacks) and the test-image noise
+(bootstrap over test images, the same image draw for every cell, without counting twice the
+test noise already inside the seed spread); it is never narrower than the test images alone
+allow, and never leaves [0, 1]. See ``emoset_peft.study.bootstrap`` for the construction. On
+simulated studies it covers the true accuracy in about 93-98% of studies with 3 or 5 seeds
+(tests/test_inference_coverage.py). With 1 seed it covers test-image noise only, and with 2 it
+rests on a single difference: both are marked ``reliable = False`` with a note.
 
 Paired comparisons (method - baseline, per k). Replicates are paired by their (data_seed,
 train_seed) key and images by id, so what both cells share (the training subset of a data seed,
 the hard images) cancels. The difference gets the same two-part interval and a two-sided p-value
-(the level at which that interval touches 0; withheld with fewer than 3 pairs). Beside it: exact
-McNemar tests per pair of replicates (images one got right and the other wrong), Holm and
-Benjamini-Hochberg adjusted p over all comparisons reported, and a paired t-test over the
-per-replicate differences when it means something (>= 3 pairs with a non-zero spread).
+(the level at which that interval touches 0; withheld with fewer than 3 pairs). Beside it: an
+exact McNemar test per pair of replicates (b = images only the method got right, c = images only
+the baseline got right), Holm and Benjamini-Hochberg adjusted p over all comparisons reported
+(every method, k and metric), and a paired t-test over the per-replicate differences where it
+means something (>= 3 pairs with a spread above float noise). The t-test ignores test-image
+noise, so it can be too optimistic; the two-level p-value is the primary one.
 
 Planning: from a cell's seed spread and test-image noise, the interval half-width and the
 smallest paired difference detectable with 80% power at 3/5/10/20 seeds, and the seeds needed
-for +-1 pp.
+for +-1 pp (see ``emoset_peft.study.planning``).
 """
 
 from __future__ import annotations
@@ -78,8 +82,8 @@ def reliability(n_replicates: int, kind: str = "interval") -> tuple[bool, str | 
                        "test-image noise only; another seed may land outside it")
     if n_replicates == 2:
         return False, (f"2 seeds: the seed spread rests on a single difference, so this {kind} "
-                       "is unstable (very wide, or too narrow when the two seeds agree by "
-                       "chance); run 3 or more seeds")
+                       "is a rough guess (a t quantile with 1 degree of freedom makes it wide); "
+                       "run 3 or more seeds")
     return True, None
 
 
@@ -87,7 +91,14 @@ def summarize_replicates(values, boot, *, bounds=(0.0, 1.0), confidence: float =
                          kind: str = "interval") -> dict:
     """The two-level summary of one statistic from its per-replicate values [R] and their
     test-image resamples [B, R] (any statistic that averages over replicates: a metric, a
-    difference, an area under a learning curve). JSON-ready dict of floats/None."""
+    difference, an area under a learning curve). JSON-ready dict of floats/None:
+    ``mean, ci_low, ci_high, seed_sd, var_seed, var_image, share_seed, share_image,
+    n_replicates, reliable, note``."""
+    return _summarize(values, boot, bounds, confidence, kind)[0]
+
+
+def _summarize(values, boot, bounds, confidence=CONFIDENCE, kind="interval"):
+    """(summary dict, variance parts) -- the parts feed the planning table."""
     values = np.asarray(values, dtype=np.float64)
     n_rep = int(values.shape[-1])
     parts = variance_parts(values, boot)
@@ -96,19 +107,20 @@ def summarize_replicates(values, boot, *, bounds=(0.0, 1.0), confidence: float =
     image_part = float(parts["image_total"])
     known = (seed_part or 0.0) + image_part
     reliable, note = reliability(n_rep, kind)
-    return {
+    if reliable and float(high) - float(low) <= 0.0:
+        reliable, note = False, (
+            f"no variation over seeds or test-image resamples (e.g. every image right, or two "
+            f"methods with identical predictions), so this {kind} has no width; the test set "
+            "is still a sample (for accuracy see the Wilson SE)")
+    summary = {
         "mean": _float(parts["mean"]), "ci_low": _float(low), "ci_high": _float(high),
         "seed_sd": _float(values.std(ddof=1)) if n_rep >= 2 else None,
         "var_seed": _float(seed_part), "var_image": _float(image_part),
         "share_seed": _float(seed_part / known) if seed_part is not None and known > 0 else None,
         "share_image": _float(image_part / known) if n_rep >= 2 and known > 0 else None,
         "n_replicates": n_rep, "reliable": reliable, "note": note,
-        "_parts": parts,  # arrays for planning; dropped before returning to callers
     }
-
-
-def _public(entry: dict) -> dict:
-    return {key: value for key, value in entry.items() if not key.startswith("_")}
+    return summary, parts
 
 
 def cell_summary(cell: CellPredictions, labels, metric: str, boot=None, weights=None) -> dict:
@@ -116,10 +128,14 @@ def cell_summary(cell: CellPredictions, labels, metric: str, boot=None, weights=
 
     ``boot`` is the cell's per-replicate metric on the image resamples [B, R] (computed from
     ``weights`` [B, n] when not given)."""
+    return _cell_summary(cell, labels, metric, boot, weights)[0]
+
+
+def _cell_summary(cell, labels, metric, boot=None, weights=None):
     values = replicate_metric(cell, labels, metric)
     if boot is None:
         boot = replicate_metric(cell, labels, metric, weights)
-    entry = summarize_replicates(values, boot)
+    entry, parts = _summarize(values, boot, (0.0, 1.0))
     n_images = int(np.asarray(labels).shape[0])
     return {
         "method": cell.method, "per_class": cell.per_class, "metric": metric, **entry,
@@ -127,7 +143,7 @@ def cell_summary(cell: CellPredictions, labels, metric: str, boot=None, weights=
         "wilson_se": wilson_se(entry["mean"], n_images) if metric == "accuracy" else None,
         "per_replicate": [{"data_seed": k[0], "train_seed": k[1], "value": float(v)}
                           for k, v in zip(cell.replicates, values)],
-    }
+    }, parts
 
 
 def mcnemar_exact(correct_a, correct_b) -> dict:
@@ -206,8 +222,7 @@ def compare_cells(cell: CellPredictions, baseline: CellPredictions, labels, metr
     values_a = replicate_metric(cell, labels, metric)[rows_a]
     values_b = replicate_metric(baseline, labels, metric)[rows_b]
     boot = np.asarray(boot_cell)[:, rows_a] - np.asarray(boot_baseline)[:, rows_b]
-    entry = summarize_replicates(values_a - values_b, boot, bounds=(-1.0, 1.0))
-    parts = entry.pop("_parts")
+    entry, parts = _summarize(values_a - values_b, boot, (-1.0, 1.0))
     n = len(common)
     if n >= MIN_PAIRS_FOR_P:
         p_value, p_reason = float(two_level_p_value(parts)), None
@@ -248,8 +263,7 @@ def study_inference(study: StudyPredictions, *, baseline: str | None = None,
         boots = {key: replicate_metric(cell, labels, metric, draws.image_weights)
                  for key, cell in study.cells.items()}
         for key, cell in study.cells.items():
-            entry = cell_summary(cell, labels, metric, boot=boots[key])
-            parts = entry.pop("_parts")
+            entry, parts = _cell_summary(cell, labels, metric, boot=boots[key])
             out["cells"].append(entry)
             out["planning"].append({
                 "method": cell.method, "per_class": cell.per_class, "metric": metric,
