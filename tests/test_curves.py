@@ -12,12 +12,13 @@ from scipy import stats as scipy_stats
 from emoset_peft.study.curves import (
     Curves,
     aulc,
-    bootstrap_p,
     common_ks,
     data_efficiency,
+    interval,
     k_needed,
     resampled_mean,
 )
+from emoset_peft.study.inference import summarize_replicates
 
 
 def synthetic_curves(levels: dict[str, dict[int, float]], n_keys=3, n_images=200, n_boot=300,
@@ -64,7 +65,7 @@ LEVELS = {
 def test_aulc_matches_trapezoid_on_common_k_and_bootstrap_by_loop():
     curves, correct, weights = synthetic_curves(LEVELS)
     result = aulc(curves)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     assert result["ks_used"] == [2, 4, 8] == common_ks(curves)
     for method in LEVELS:
         rows = [curves.ks[method].index(k) for k in (2, 4, 8)]
@@ -74,32 +75,34 @@ def test_aulc_matches_trapezoid_on_common_k_and_bootstrap_by_loop():
         assert entry["aulc"] == pytest.approx(np.mean(per_key))
         assert sorted(entry["replicates"].values()) == pytest.approx(sorted(per_key))
         assert 0 <= entry["ci_low"] <= entry["aulc"] <= entry["ci_high"] <= 1
-    # One draw by hand: reweighted images, resampled keys, each key's curve as one unit.
-    draws = []
-    for b in range(curves.n_boot):
-        values = []
-        for r in curves.replicate_index[b]:
-            rows = [curves.ks["lora"].index(k) for k in (2, 4, 8)]
-            acc = {k: np.average(correct["lora"][row, r], weights=weights[b])
-                   for k, row in zip((2, 4, 8), rows)}
-            values.append(_aulc_by_loop(acc))
-        draws.append(np.mean(values))
-    low, high = np.percentile(draws, [2.5, 97.5])
-    assert (result["methods"]["lora"]["ci_low"], result["methods"]["lora"]["ci_high"]) == \
-        pytest.approx((low, high))
+    # Each replicate's AULC under each draw's image weights, by hand (a curve is one unit),
+    # fed to the two-level summary that per-cell intervals use.
+    rows = [curves.ks["lora"].index(k) for k in (2, 4, 8)]
+    boot = np.array([[_aulc_by_loop({k: np.average(correct["lora"][row, r], weights=weights[b])
+                                     for k, row in zip((2, 4, 8), rows)}) for r in range(3)]
+                     for b in range(curves.n_boot)])
+    values = [_aulc_by_loop(dict(zip((2, 4, 8), correct["lora"][rows, r].mean(axis=1))))
+              for r in range(3)]
+    expected = summarize_replicates(values, boot, bounds=(0.0, 1.0))
+    lora = result["methods"]["lora"]
+    assert (lora["ci_low"], lora["ci_high"]) == pytest.approx((expected["ci_low"],
+                                                               expected["ci_high"]))
+    assert lora["seed_sd"] == pytest.approx(np.std(values, ddof=1)) and lora["reliable"]
 
 
-def test_aulc_pairs_are_paired_draws_with_bootstrap_p():
-    curves, _, _ = synthetic_curves(LEVELS)
+def test_aulc_pairs_are_paired_on_replicates():
+    curves = synthetic_curves(LEVELS)[0]
     result = aulc(curves)
     pair = next(p for p in result["pairs"] if (p["a"], p["b"]) == ("lora", "linear"))
     methods = result["methods"]
     assert pair["difference"] == pytest.approx(methods["lora"]["aulc"] - methods["linear"]["aulc"])
-    assert pair["ci_low"] > 0 and pair["p_value"] == pytest.approx(1 / curves.n_boot)
+    assert pair["n_paired"] == 3 and pair["ci_low"] > 0 and pair["p_value"] < 0.05
     assert pair["probability_of_improvement"] is None and ">= 5" in pair["poi_reason"]
-    # bootstrap_p against its definition on a known distribution.
-    values = np.array([-0.2, -0.1, 0.05, 0.1, 0.3, 0.4, 0.5, 0.6])
-    assert bootstrap_p(values) == pytest.approx(2 * 2 / 8)
+    # Two pairs: an interval (marked unreliable) but no p-value.
+    two = synthetic_curves(LEVELS, n_keys=2)[0]
+    pair = aulc(two)["pairs"][0]
+    assert pair["p_value"] is None and "2 pair(s)" in pair["p_reason"]
+    assert pair["reliable"] is False and "2 seeds" in pair["reason"]
 
 
 def test_probability_of_improvement_matches_mann_whitney():
@@ -117,10 +120,17 @@ def test_aulc_withholds_what_the_data_cannot_support():
     one_k = synthetic_curves({"a": {4: 0.5, 8: 0.6}, "b": {8: 0.6, 16: 0.7}})[0]
     result = aulc(one_k)
     assert result["methods"] == {} and "common k: [8]" in result["reason"]
+    # A method run at one k only is left out (named) instead of shrinking everyone's k to one.
+    single = synthetic_curves({"a": {1: 0.4, 2: 0.5, 4: 0.6}, "b": {1: 0.3, 4: 0.5},
+                               "probe": {4: 0.45}})[0]
+    result = aulc(single)
+    assert result["ks_used"] == [1, 4] and set(result["methods"]) == {"a", "b"}
+    assert result["left_out"] == {"probe": "measured at k = 4 only: no curve"}
+    assert data_efficiency(single)["left_out"] == result["left_out"]
     # A replicate missing one k drops its whole curve, not a point of it.
     curves = synthetic_curves({"a": {1: 0.4, 2: 0.5}}, missing=[("a", 2, 0)])[0]
     entry = aulc(curves)["methods"]["a"]
-    assert entry["n_replicates"] == 2 and "2 replicates" in entry["reason"]
+    assert entry["n_replicates"] == 2 and "2 seeds" in entry["reason"] and not entry["reliable"]
     assert "10/20" not in entry["replicates"]
 
 
@@ -146,7 +156,7 @@ def test_k_needed_interpolates_in_log2_k_with_markers():
 def test_data_efficiency_common_target_and_markers():
     curves, correct, _ = synthetic_curves(LEVELS)
     result = data_efficiency(curves)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     assert result["ks_used"] == [2, 4, 8]
     means = {m: [correct[m][curves.ks[m].index(k)].mean() for k in (2, 4, 8)] for m in LEVELS}
     best = max(means, key=lambda m: means[m][-1])
@@ -163,3 +173,15 @@ def test_data_efficiency_common_target_and_markers():
     assert low["k_needed"]["text"] == "<= 2" and low["ci_high"]["text"] == "<= 2"
     lora = result["methods"]["lora"]
     assert lora["ci_low"]["k"] <= lora["k_needed"]["k"] <= lora["ci_high"]["k"]
+
+
+def test_interval_widens_percentiles_for_few_replicates():
+    values = np.random.default_rng(0).normal(0.5, 0.1, 1000)
+    low, high = np.percentile(values, [2.5, 97.5])
+    assert interval(values, 3) == pytest.approx((low, high))  # no estimate: plain percentiles
+    assert interval(values, 1, 0.5) == pytest.approx((low, high))  # 1 replicate: nothing to fix
+    factor = np.sqrt(3 / 2)
+    assert interval(values, 3, 0.5) == pytest.approx((0.5 - factor * (0.5 - low),
+                                                      0.5 + factor * (high - 0.5)))
+    assert interval(values, 3, 0.5, (0.4, 0.6)) == (0.4, 0.6)
+    assert interval(np.array([np.nan]), 3) == (None, None)

@@ -58,7 +58,7 @@ def test_nll_matches_sklearn_and_ece_matches_a_loop():
     study = _study()
     cell = study.cells[("lora", 4)]
     entry = cell_calibration(cell, study.labels)
-    json.dumps(entry)
+    json.dumps(entry, allow_nan=False)
     probs = cell.probabilities.astype(np.float64)
     probs /= probs.sum(-1, keepdims=True)
     nll = [log_loss(study.labels, p, labels=range(8)) for p in probs]
@@ -100,7 +100,7 @@ def test_slices_have_wilson_intervals_and_small_flags():
                   "scene": [f"scene_{i}" for i in rng.integers(0, 8, n)]}
     study = _study(n=n, attributes=attributes)
     result = cell_slices(study, "lora", 4)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     assert set(result["attributes"]) == {"facial_expression", "brightness", "scene"}
     assert len(result["attributes"]["scene"]) == 5
     cell = study.cells[("lora", 4)]

@@ -46,7 +46,7 @@ def _curve_fit(ks, error, free_c):
 def test_fit_matches_curve_fit_on_the_mean_curve_and_per_draw():
     curves = power_curves()
     result = scaling_fits(curves)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     entry = result["methods"]["m"]
     assert entry["fitted"] and entry["reason"] is None and entry["n_replicates"] == 4
     mean_error = 1 - curves.point["m"].mean(axis=1)
@@ -113,3 +113,30 @@ def test_flat_curve_is_flagged_not_fitted_to_noise():
     assert flat["a"] == pytest.approx(0) and flat["c"] == pytest.approx(0.4)
     entry = scaling_fits(power_curves(a=0.0, noise=0.0))["methods"]["m"]
     assert "flat" in entry["free_c"]["note"]
+
+
+def test_offset_comparison_of_an_exact_fit_is_valid_json():
+    exact = compare_offset(sse_free=0.0, sse_zero=0.01, n_points=4)
+    assert exact["f_statistic"] is None and exact["p_value"] == 0.0
+    json.dumps(exact, allow_nan=False)
+
+
+def test_offset_comparison_words_follow_the_numbers():
+    hint = compare_offset(sse_free=1.0, sse_zero=3.0, n_points=6)  # F = 6 on 1 and 3 df
+    assert hint["p_value"] == pytest.approx(scipy_stats.f.sf(6.0, 1, 3))
+    assert hint["p_value"] > 0.05 and hint["aic_free_c"] < hint["aic_c_zero"]
+    assert "though AIC prefers a free c" in hint["text"]
+
+
+def test_vectorised_fit_is_never_worse_than_curve_fit_on_random_curves():
+    rng = np.random.default_rng(7)
+    errors = []
+    for _ in range(25):
+        a, b, c = rng.uniform(0.1, 0.8), rng.uniform(0.05, 2.0), rng.uniform(0.0, 0.5)
+        errors.append(a * np.asarray(KS, float) ** -b + c + rng.normal(0, 0.01, len(KS)))
+    ours = fit_curves(KS, np.array(errors), True)
+    for i, error in enumerate(errors):
+        params, sse = _curve_fit(KS, error, True)
+        assert ours["sse"][i] <= sse * (1 + 1e-6) + 1e-12
+        if ours["sse"][i] > sse * (1 - 1e-3):  # the same optimum: the same parameters
+            assert ours["b"][i] == pytest.approx(params[1], rel=1e-2, abs=1e-3)

@@ -18,6 +18,7 @@ from emoset_peft.study.curves import (
     data_efficiency,
     learning_curves,
     resampled_mean,
+    study_curves,
 )
 from emoset_peft.study.fits import scaling_fits
 from emoset_peft.study.predictions import load_predictions
@@ -67,7 +68,10 @@ def test_curve_summaries_on_loaded_predictions(tmp_path):
     summary = {"aulc": aulc(curves), "efficiency": data_efficiency(curves),
                "fits": scaling_fits(curves), "calibration": calibration_table(study),
                "variance": cell_variance_splits(study)}
-    json.dumps(summary)
+    everything = study_curves(study, draws)
+    assert json.loads(json.dumps(everything, allow_nan=False))["metrics"]["accuracy"]["aulc"] == \
+        json.loads(json.dumps(summary["aulc"]))
+    assert everything["metrics"]["macro_f1"]["aulc"]["metric"] == "macro_f1"
     assert summary["aulc"]["ks_used"] == [1, 2, 4, 8]
     assert summary["aulc"]["methods"]["lora"]["aulc"] > summary["aulc"]["methods"]["ia3"]["aulc"]
     assert summary["fits"]["methods"]["lora"]["fitted"]  # 4 k, 4 replicates

@@ -24,7 +24,7 @@ def test_mean_squares_match_dummy_variable_regression():
         + rng.normal(0, 0.005, (n_d, n_t))
     values = {(10 + d, 20 + t): table[d, t] for d in range(n_d) for t in range(n_t)}
     result = variance_split(values)
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)
     y = table.ravel()
     rows = np.repeat(np.eye(n_d), n_t, axis=0)
     cols = np.tile(np.eye(n_t), (n_d, 1))

@@ -1,14 +1,29 @@
 """Learning-curve summaries: area under the curve (AULC) and data efficiency at a common target.
 
-Both are computed from per-replicate metric values under the study's shared two-level bootstrap
-draws (``study/bootstrap.py``): each draw reweights the test images (the same weights for every
-cell) and resamples replicate keys ``(data_seed, train_seed)`` (the same keys for every cell).
-A replicate's whole curve moves as one unit, because its training subsets are nested over k, and
-every method sees the same draws, so differences between methods stay paired.
+Both start from each replicate's metric at each k on the whole test set and under the study's
+shared image draws (``study/bootstrap.py``: the same image weights for every cell). A replicate
+key ``(data_seed, train_seed)`` keeps its whole curve as one unit, because its training subsets
+are nested over k, and every method sees the same draws, so differences stay paired.
+
+- AULC is linear in the curve, so it is a per-replicate statistic averaged over replicates and
+  gets exactly the two-level interval of a cell (``inference.summarize_replicates``: t quantile
+  on the seed part, the image draws on the test-set part); differences between methods pair
+  replicates by key and get that interval and its p-value.
+- Statistics that are not averages over replicates (k needed for a target, the probability of
+  improvement, the scaling-fit parameters in ``study/fits.py``) are recomputed on every draw,
+  whose replicate keys are also resampled (the same key draw for every method), and get a
+  percentile interval widened for few seeds (:func:`interval`).
 
 Only k values every compared method has are used: never k = 0 (zero-shot, no log2) and never
 ``"all"`` (no k). Metrics are fractions in [0, 1]; the report prints percent. Every function
 returns JSON-serialisable dicts; what the data cannot support is ``None`` plus a reason in words.
+
+Entry points (``study`` a ``StudyPredictions``, ``draws`` its ``Draws``)::
+
+    curves = learning_curves(study, draws, "accuracy")   # or "macro_f1"
+    aulc(curves)              # per method + pairs (difference, p, probability of improvement)
+    data_efficiency(curves)   # k needed for a common target, "<= k_min" / "> k_max" markers
+    fits.scaling_fits(curves) # guarded power-law fits (study/fits.py)
 """
 
 from __future__ import annotations
@@ -17,48 +32,42 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emoset_peft.study.bootstrap import (
+    replicate_metric,
+    two_level_p_value,
+    variance_parts,
+)
+from emoset_peft.study.inference import (
+    MIN_PAIRS_FOR_P,
+    reliability,
+    summarize_replicates,
+)
+
 DEFAULT_TARGET_FRACTION = 0.9
 MIN_PI_REPLICATES = 5  # a probability of improvement from fewer replicates is a handful of ranks
 CONFIDENCE = 0.95
 
 
-def interval(values: np.ndarray, n_replicates: int) -> tuple[float | None, float | None]:
-    """Percentile interval of bootstrap ``values`` (NaN draws left out); None when none is left.
+def interval(values: np.ndarray, n_replicates: int, center: float | None = None,
+             bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float | None, float | None]:
+    """95% percentile interval of bootstrap ``values`` (NaN draws left out), widened for few seeds.
 
-    ``n_replicates`` is the number of replicates behind the statistic (kept in the signature so
-    a small-sample correction applies to every curve summary at once).
+    Resampling R replicates shrinks the seed part of the spread by (R - 1) / R, so with
+    ``center`` (the estimate) and R >= 2 each end is moved away from it by sqrt(R / (R - 1))
+    (x1.22 at 3 seeds, x1.12 at 5). For the free-c exponent b this lifted coverage in simulated
+    studies from 91% to 96% (3 seeds) and from 89% to 91% (5 seeds). (None, None) without draws.
     """
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None, None
     tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def bootstrap_p(differences: np.ndarray) -> float | None:
-    """Two-sided bootstrap p for "the difference is 0": twice the smaller tail share, <= 1.
-
-    The smallest reportable value is 1 / B (a zero count says only that p < 1/B).
-    """
-    values = np.asarray(differences, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
-    tail = min(np.mean(values <= 0), np.mean(values >= 0))
-    return float(min(1.0, max(2 * tail, 1 / values.size)))
-
-
-def replicate_note(n: int) -> str | None:
-    """Words that go with an interval resting on ``n`` replicates, None when n >= 3."""
-    if n == 1:
-        return ("1 replicate: the interval covers test-image noise only, not the spread "
-                "between seeds")
-    if n == 2:
-        return ("2 replicates: resampling 2 seeds under-states the spread between seeds; "
-                "treat the interval as unreliable")
-    return None
+    low, high = (float(v) for v in np.percentile(values, [tail, 100 - tail]))
+    if center is not None and np.isfinite(center) and n_replicates >= 2:
+        factor = np.sqrt(n_replicates / (n_replicates - 1))
+        low = min(low, center - factor * (center - low))
+        high = max(high, center + factor * (high - center))
+    return float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
 
 
 @dataclass
@@ -89,8 +98,6 @@ def learning_curves(study, draws, metric: str = "accuracy", methods=None) -> Cur
 
     ``study`` is a ``StudyPredictions`` and ``draws`` its ``Draws`` (study/bootstrap.py).
     """
-    from emoset_peft.study.bootstrap import replicate_metric
-
     keys = list(draws.replicate_keys)
     column = {key: index for index, key in enumerate(keys)}
     if methods is None:
@@ -128,6 +135,20 @@ def common_ks(curves: Curves, methods=None) -> list[int]:
     for method in methods[1:]:
         shared &= set(curves.ks[method])
     return sorted(shared)
+
+
+def compared_methods(curves: Curves, methods=None) -> tuple[list[str], dict[str, str]]:
+    """The methods a curve summary compares, and those left out with the reason why.
+
+    A method measured at a single k has no curve; keeping it would shrink the common k of all
+    the others to that one k, so it is left out instead (and named).
+    """
+    methods = curves.methods if methods is None else list(methods)
+    left_out = {m: f"measured at k = {curves.ks[m][0]} only: no curve" for m in methods
+                if m in curves.ks and len(curves.ks[m]) < 2}
+    left_out.update({m: "no k >= 1 (zero-shot or full data only)" for m in methods
+                     if m not in curves.ks})
+    return [m for m in methods if m not in left_out], left_out
 
 
 def _rows(curves: Curves, method: str, ks: list[int]) -> list[int]:
@@ -172,17 +193,19 @@ def trapezoid_weights(ks: list[int]) -> np.ndarray:
 def aulc(curves: Curves, methods=None) -> dict:
     """Area under each method's learning curve over log2 k, normalised to a mean in [0, 1].
 
-    Returns ``{metric, ks_used, reason, methods: {m: {...}}, pairs: [...], n_boot, seed}``.
-    Per method: ``aulc`` (mean over its complete replicates), ``ci_low/ci_high`` (two-level
-    bootstrap), ``n_replicates`` and the per-replicate values. ``pairs`` holds every pair of
-    methods (``a`` minus ``b``) with an interval, a two-sided bootstrap p and the probability of
-    improvement (P(a random replicate of a has a higher AULC than one of b), ties count half),
-    which needs >= 5 replicates on both sides.
+    Returns ``{metric, ks_used, reason, methods: {m: {...}}, pairs: [...], left_out, n_boot,
+    seed}``. Per method: ``aulc`` (mean over its replicates with every common k), the two-level
+    interval of ``inference.summarize_replicates`` (t on the seed part, the shared image draws on
+    the test-set part: the same construction as a cell's interval), seed SD, variance shares,
+    ``reliable`` with a ``reason`` (why not), and each replicate's AULC. ``pairs`` holds every pair of
+    methods, ``a`` minus ``b`` paired on the replicates both have, with an interval and a
+    two-sided p (>= 3 pairs), and the probability of improvement (P(a random replicate of a has
+    a higher AULC than one of b), ties count half), which needs >= 5 replicates on both sides.
     """
-    methods = curves.methods if methods is None else list(methods)
+    methods, left_out = compared_methods(curves, methods)
     ks = common_ks(curves, methods)
     result = {"metric": curves.metric, "ks_used": ks, "reason": None, "methods": {},
-              "pairs": [], "n_boot": curves.n_boot, "seed": curves.seed}
+              "pairs": [], "left_out": left_out, "n_boot": curves.n_boot, "seed": curves.seed}
     if len(methods) == 0:
         result["reason"] = "no method has a learning curve (k >= 1)"
         return result
@@ -196,22 +219,19 @@ def aulc(curves: Curves, methods=None) -> dict:
         rows = _rows(curves, method, ks)
         point = weights @ curves.point[method][rows]  # [K]; NaN unless complete over ks
         boot = np.einsum("k,bkr->br", weights, curves.boot[method][:, rows])  # [B, K]
-        keys_used = [curves.keys[i] for i in np.flatnonzero(np.isfinite(point))]
         per_method[method] = (point, boot)
-        n = len(keys_used)
-        if n == 0:
+        complete = np.flatnonzero(np.isfinite(point))
+        if complete.size == 0:
             result["methods"][method] = {"aulc": None, "ci_low": None, "ci_high": None,
-                                         "n_replicates": 0, "replicates": {},
+                                         "n_replicates": 0, "replicates": {}, "reliable": False,
                                          "reason": f"no replicate has every k in {ks}"}
             continue
-        resampled = resampled_mean(boot, curves.replicate_index)
-        low, high = interval(resampled, n)
+        entry = summarize_replicates(point[complete], boot[:, complete], bounds=(0.0, 1.0),
+                                     kind="AULC interval")
+        entry["reason"] = entry.pop("note")
         result["methods"][method] = {
-            "aulc": float(np.nanmean(point)), "ci_low": low, "ci_high": high,
-            "n_replicates": n,
-            "replicates": {_key_text(key): float(point[curves.keys.index(key)])
-                           for key in keys_used},
-            "reason": replicate_note(n),
+            "aulc": entry.pop("mean"), **entry,
+            "replicates": {_key_text(curves.keys[i]): float(point[i]) for i in complete},
         }
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
@@ -221,20 +241,26 @@ def aulc(curves: Curves, methods=None) -> dict:
 
 def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) -> dict:
     entry = {"a": a, "b": b, "difference": None, "ci_low": None, "ci_high": None,
-             "p_value": None, "reason": None, "probability_of_improvement": None,
-             "poi_ci_low": None, "poi_ci_high": None, "poi_reason": None}
-    if summary[a]["aulc"] is None or summary[b]["aulc"] is None:
-        entry["reason"] = entry["poi_reason"] = "one of the methods has no complete curve"
-        return entry
+             "p_value": None, "p_reason": None, "n_paired": 0, "reliable": False, "reason": None,
+             "probability_of_improvement": None, "poi_ci_low": None, "poi_ci_high": None,
+             "poi_reason": None}
     (point_a, boot_a), (point_b, boot_b) = per_method[a], per_method[b]
-    index = curves.replicate_index
-    difference = resampled_mean(boot_a, index) - resampled_mean(boot_b, index)
-    n_pairs = int(np.sum(np.isfinite(point_a) & np.isfinite(point_b)))
-    low, high = interval(difference, min(summary[a]["n_replicates"], summary[b]["n_replicates"]))
-    entry.update(difference=summary[a]["aulc"] - summary[b]["aulc"], ci_low=low, ci_high=high,
-                 p_value=bootstrap_p(difference), n_paired=n_pairs,
-                 reason=replicate_note(min(summary[a]["n_replicates"],
-                                           summary[b]["n_replicates"])))
+    common = np.flatnonzero(np.isfinite(point_a) & np.isfinite(point_b))
+    if common.size == 0:
+        entry["reason"] = entry["p_reason"] = entry["poi_reason"] = (
+            "no replicate (data_seed, train_seed) has a complete curve for both methods")
+        return entry
+    values, boot = point_a[common] - point_b[common], boot_a[:, common] - boot_b[:, common]
+    difference = summarize_replicates(values, boot, bounds=(-1.0, 1.0),
+                                      kind="difference interval")
+    n = int(common.size)
+    entry.update(difference=difference["mean"], ci_low=difference["ci_low"],
+                 ci_high=difference["ci_high"], n_paired=n, reliable=difference["reliable"],
+                 reason=difference["note"])
+    if n >= MIN_PAIRS_FOR_P:
+        entry["p_value"] = float(two_level_p_value(variance_parts(values, boot)))
+    else:
+        entry["p_reason"] = f"{n} pair(s): too few seeds for a p-value (needs >= {MIN_PAIRS_FOR_P})"
     n_a, n_b = summary[a]["n_replicates"], summary[b]["n_replicates"]
     if min(n_a, n_b) < MIN_PI_REPLICATES:
         entry["poi_reason"] = (f"{a} has {n_a} and {b} has {n_b} replicates with a complete "
@@ -243,10 +269,12 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
         return entry
     entry["probability_of_improvement"] = float(
         probability_of_improvement(point_a[None], point_b[None])[0])
+    index = curves.replicate_index  # the same key draw for both methods
     draws_a = np.take_along_axis(boot_a, index, axis=1)
     draws_b = np.take_along_axis(boot_b, index, axis=1)
     entry["poi_ci_low"], entry["poi_ci_high"] = interval(
-        probability_of_improvement(draws_a, draws_b), min(n_a, n_b))
+        probability_of_improvement(draws_a, draws_b), min(n_a, n_b),
+        entry["probability_of_improvement"], (0.0, 1.0))
     return entry
 
 
@@ -313,11 +341,11 @@ def data_efficiency(curves: Curves, target: float | None = None,
     the same two-level draws (target held fixed); an end beyond the measured range is reported as
     "> k_max", one at the first k as "<= k_min".
     """
-    methods = curves.methods if methods is None else list(methods)
+    methods, left_out = compared_methods(curves, methods)
     ks = common_ks(curves, methods)
     result = {"metric": curves.metric, "ks_used": ks, "target": None, "target_source": None,
-              "fraction": None, "reason": None, "methods": {}, "n_boot": curves.n_boot,
-              "seed": curves.seed}
+              "fraction": None, "reason": None, "methods": {}, "left_out": left_out,
+              "n_boot": curves.n_boot, "seed": curves.seed}
     if len(ks) < 2:
         result["reason"] = (f"needs >= 2 k values (>= 1, not 'all') that every method has; "
                             f"common k: {ks or 'none'}")
@@ -338,13 +366,41 @@ def data_efficiency(curves: Curves, target: float | None = None,
         point = float(k_needed(means[method], ks, target))
         draws = k_needed(boot_curve[np.isfinite(boot_curve).all(axis=1)], ks, target)
         # Beyond k_max sorts above every measured k; a finite stand-in keeps percentiles defined.
-        draws = np.where(np.isfinite(draws), draws, np.log2(ks[-1]) + 1.0)
-        low, high = interval(draws, n) if draws.size else (None, None)
+        beyond = np.log2(ks[-1]) + 1.0
+        draws = np.where(np.isfinite(draws), draws, beyond)
+        low, high = interval(draws, n, point if np.isfinite(point) else beyond)
         result["methods"][method] = {
             "k_needed": _k_text(point, ks),
             "ci_low": None if low is None else _k_text(low, ks),
             "ci_high": None if high is None else _k_text(high, ks),
             "mean_curve": {str(k): float(v) for k, v in zip(ks, means[method])},
-            "n_replicates": n, "reason": replicate_note(n),
+            "n_replicates": n, **dict(zip(("reliable", "reason"), reliability(n))),
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once
+
+
+def study_curves(study, draws, metrics=("accuracy", "macro_f1"), methods=None) -> dict:
+    """All curve summaries of a loaded study as one JSON-serialisable dict (for summary.json).
+
+    ``{n_boot, seed, metrics: {metric: {aulc, data_efficiency, scaling_fits, variance_split}},
+    calibration}``; ``draws`` must be the study's shared draws (``bootstrap.make_draws`` with
+    the same n_boot and seed as the per-cell intervals, so the numbers agree).
+    """
+    from emoset_peft.study.calibration import calibration_table
+    from emoset_peft.study.fits import scaling_fits
+    from emoset_peft.study.variance import cell_variance_splits
+
+    result = {"n_boot": int(draws.n_boot), "seed": int(draws.seed), "metrics": {},
+              "calibration": calibration_table(study)}
+    for metric in metrics:
+        curves = learning_curves(study, draws, metric, methods)
+        result["metrics"][metric] = {
+            "aulc": aulc(curves), "data_efficiency": data_efficiency(curves),
+            "scaling_fits": scaling_fits(curves),
+            "variance_split": cell_variance_splits(study, metric),
         }
     return result
