@@ -52,15 +52,12 @@ def child_toolkit_study(o: dict) -> dict:
 
 
 def tiny_backbone(workdir: Path) -> Path:
-    """The demo's tiny ViT, pretrained on separate synthetic images (another seed)."""
-    from emoset_peft.data.synthetic import make_synthetic_emoset
+    """The demo's tiny ViT, pretrained on in-memory synthetic images (another label space)."""
     from emoset_peft.demo import pretrain_tiny_vit
 
     folder = workdir / "tiny-vit-pretrained"
     if not (folder / "config.json").exists():
-        data = make_synthetic_emoset(workdir / "pretrain_data", seed=1234, train_per_class=150,
-                                     val_per_class=1, test_per_class=1)
-        pretrain_tiny_vit(folder, data, workdir / "pretrain_cache")
+        pretrain_tiny_vit(folder)
     return folder
 
 

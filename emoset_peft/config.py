@@ -30,7 +30,11 @@ class DataConfig:
     per_class: int | str = 16  # training images per class; "all" = the whole train split
     fraction: float | None = None  # alternative to per_class: this share of each class
     data_seed: int = 0  # picks the subset; separate from train.seed on purpose
-    selection_per_class: int | None = 20  # model-selection images per class from validation; None = all
+    # Model selection on validation images: "fixed" = selection_per_class per class; "k_tied" =
+    # min(k, 4) per class (CoOp's few-shot protocol; 4 for "all" or a fraction); "none" = no
+    # validation: train the whole step budget and keep the last step.
+    selection: str = "fixed"
+    selection_per_class: int | None = 20  # "fixed": images per class from validation; None = all
     test_limit_per_class: int | None = None  # None = the whole test split (what papers report)
     skip_corrupt: bool = True  # skip undecodable images (counted in metrics.json) instead of failing
     skip_missing: bool = False  # skip records whose files are missing instead of failing
@@ -96,8 +100,16 @@ class RunConfig:
         content = self.to_dict()
         for key in ("output_dir", "overwrite", "resume"):
             content.pop(key)
+        for (section, key), value in FINGERPRINT_NEUTRAL.items():
+            if content[section].get(key) == value:  # as before the option existed
+                content[section].pop(key)
         blob = json.dumps(content, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Options added later, at the value that does what the toolkit did before them: left out of the
+# fingerprint, so that runs and study cells from earlier versions still resume and are skipped.
+FINGERPRINT_NEUTRAL = {("data", "selection"): "fixed"}
 
 
 # -- building configs ---------------------------------------------------------------------------
@@ -247,6 +259,7 @@ CHOICES = {
     "model.quantize": (None, "8bit", "4bit"),
     "model.frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.select_metric": ("accuracy", "macro_f1", "balanced_accuracy", "loss"),
+    "data.selection": ("fixed", "k_tied", "none"),
 }
 
 
@@ -269,6 +282,9 @@ def validate(config: RunConfig) -> RunConfig:
         raise EmoSetError(f"train.lr={config.train.lr} must be > 0")
     if not config.data.root:
         raise EmoSetError("data.root is not set: pass data.root=/path/to/EmoSet-118K")
+    if config.data.selection == "none" and config.train.patience is not None:
+        raise EmoSetError("train.patience stops on validation, but data.selection=none has no "
+                          "validation; remove train.patience or pick data.selection=fixed|k_tied")
     if config.overwrite and config.resume:
         raise EmoSetError("overwrite=true and resume=true contradict each other; pick one")
     return config

@@ -85,7 +85,8 @@ def test_replaces_an_earlier_synthetic_tree(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs", [{"size_range": (2, 4)}, {"train_per_class": -1},
-                                    {"grayscale_fraction": 0.8, "cmyk_fraction": 0.5}])
+                                    {"grayscale_fraction": 0.8, "cmyk_fraction": 0.5},
+                                    {"task": "faces"}, {"label_noise": 1.0}])
 def test_bad_arguments(kwargs, tmp_path):
     with pytest.raises(EmoSetError):
         make_synthetic_emoset(tmp_path / "x", **kwargs)
@@ -124,3 +125,44 @@ def test_images_are_learnable_and_accuracy_grows_with_images_per_class(tmp_path)
     many = nearest_centroid_accuracy(32, 0)
     assert 0.125 < one < 0.5  # better than chance, far from solved with one image
     assert many > 0.55 and many > one + 0.2
+
+
+def test_factor_task_sizes_label_noise_and_combinations(tmp_path):
+    from emoset_peft.data.synthetic import TRUTH_FILE
+    from emoset_peft.data.synthetic_factors import combinations_of, emotion_of
+
+    root = make_synthetic_emoset(tmp_path / "factors", seed=2, task="factors", label_noise=0.1,
+                                 train_per_class=60, val_per_class=2, test_per_class=40,
+                                 size_range=(24, 28))
+    truth = json.loads((root / TRUTH_FILE).read_text())
+    wrong = total = 0
+    for split, per_class in (("train", 60), ("val", 2), ("test", 40)):
+        records = json.loads((root / f"{split}.json").read_text())
+        counts = {emotion: 0 for emotion in EMOTIONS}
+        for emotion, image_rel, _ in records:
+            counts[emotion] += 1
+            true = truth[Path(image_rel).stem]
+            assert emotion_of(true["combination"]) == EMOTIONS.index(true["emotion"])
+            wrong += true["emotion"] != emotion
+            total += 1
+        assert counts == {emotion: per_class for emotion in EMOTIONS}  # recorded labels
+    # 816 images at a 10% noise rate: the binomial 99.9% range is about 6.5-13.7%.
+    assert 0.065 <= wrong / total <= 0.137
+    assert sorted(c for e in range(8) for c in combinations_of(e)) == list(range(64))
+    assert json.loads((root / MARKER).read_text())["params"]["label_noise"] == 0.1
+
+
+def test_no_label_noise_by_default(synthetic_root):
+    truth = json.loads((synthetic_root / "truth.json").read_text())
+    for emotion, image_rel, _ in json.loads((synthetic_root / "train.json").read_text()):
+        assert truth[Path(image_rel).stem]["emotion"] == emotion
+
+
+def test_factor_images_for_pretraining():
+    from emoset_peft.data.synthetic_factors import factor_images
+
+    pixels, labels = factor_images(20, 37, seed=0)
+    assert pixels.shape == (20, 37, 37, 3) and pixels.dtype == np.uint8
+    assert labels.shape == (20,) and 0 <= labels.min() and labels.max() < 64
+    again, _ = factor_images(20, 37, seed=0)
+    assert np.array_equal(pixels, again)

@@ -43,6 +43,9 @@ def run(args) -> int:
         data = load_run_data(config.data, spec.image_size,
                              show_progress=accelerator.is_main_process)
     images = data.test if args.split == "test" else data.selection
+    if images is None:
+        raise EmoSetError(f"{run_dir} was trained with data.selection=none: it has no selection "
+                          "set; evaluate --split test, or pass data.selection=fixed")
     metrics, _ = evaluate(model, images, data.class_names, accelerator,
                           Normalizer(spec.mean, spec.std, accelerator.device), spec.image_size,
                           config.train.eval_batch_size)

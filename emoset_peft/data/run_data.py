@@ -2,6 +2,11 @@
 
 Every process computes the same subsets from the data seed (the subset functions are
 deterministic by construction); ``subset_digest`` lets the trainer check that across ranks.
+
+The selection set follows ``data.selection``: "fixed" takes ``selection_per_class`` validation
+images per class whatever k is; "k_tied" takes min(k, 4) per class (CoOp's few-shot protocol:
+a validation set no larger than a few-shot user would have); "none" takes none (train the whole
+step budget, keep the last step, as CLIP-LoRA does).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from emoset_peft.data.pipeline import DecodedImages, decode_split
 class RunData:
     class_names: list[str]
     train: DecodedImages | None  # None for zero-shot (k = 0)
-    selection: DecodedImages
+    selection: DecodedImages | None  # None: data.selection=none (or k_tied at k = 0)
     test: DecodedImages
     train_manifest: dict[str, Any] | None
 
@@ -41,14 +46,39 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
                 if train is not None else None)
 
     selection = emoset["validation"]
-    if data.selection_per_class is not None:
+    per_class = selection_images_per_class(data)
+    if per_class == 0:
+        selection = None
+    elif per_class is not None:
         # A small validation split (or class) gives all it has: selection needs no exact count.
-        selection = selection_subset(selection, per_class=data.selection_per_class,
-                                     seed=data.data_seed, allow_fewer=True)
+        selection = selection_subset(selection, per_class=per_class, seed=data.data_seed,
+                                     allow_fewer=True)
     test = emoset["test"]
     if data.test_limit_per_class is not None:
         test = low_data_subset(test, per_class=data.test_limit_per_class, seed=0, allow_fewer=True)
     return train, selection, test, manifest
+
+
+K_TIED_CAP = 4  # k_tied: min(k, 4) validation images per class, as CoOp's few-shot runs
+
+
+def selection_images_per_class(data: DataConfig) -> int | None:
+    """Validation images per class that ``data.selection`` asks for; None = the whole split."""
+    if data.selection == "none":
+        return 0
+    if data.selection == "k_tied":
+        if data.fraction is None and isinstance(data.per_class, int):
+            return min(data.per_class, K_TIED_CAP)
+        return K_TIED_CAP  # "all" or a fraction: beyond the few-shot range
+    return data.selection_per_class
+
+
+def selection_record(data: DataConfig, selection: DecodedImages | None, best_step: int,
+                     evaluations: int) -> dict[str, Any]:
+    """metrics.json's "selection" entry: how the kept step was chosen, on how many images."""
+    return {"mode": data.selection, "images_per_class": selection_images_per_class(data),
+            "images": len(selection) if selection is not None else 0, "best_step": best_step,
+            "evaluations": evaluations}
 
 
 def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
@@ -68,7 +98,7 @@ def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
     return RunData(
         class_names=list(emoset["train"].features["label"].names),
         train=decode(train, "decoding train") if train is not None else None,
-        selection=decode(selection, "decoding validation"),
+        selection=decode(selection, "decoding validation") if selection is not None else None,
         test=decode(test, "decoding test"),
         train_manifest=manifest,
     )

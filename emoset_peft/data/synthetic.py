@@ -15,6 +15,12 @@ the number of training images per class instead of being 100% from one image:
     nuisance   random background gradient, brightness, noise, a distractor stripe pattern, and
                grayscale files that carry no hue at all.
 Everything is numpy on whole arrays (no per-pixel Python), so 300-640 px images stay cheap.
+
+``task="factors"`` draws the demo's task instead (``synthetic_factors.py``): each emotion is a
+union of 8 of 64 factor combinations, so accuracy keeps rising with images per class.
+``label_noise`` records that share of images under a uniformly drawn *other* emotion (the image
+still shows its true class), so no model can reach 100%. ``truth.json`` keeps every image's true
+emotion (and factor combination), for tests and for checking the noise rate.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from emoset_peft.labels import EMOTIONS
 
 MARKER = ".synthetic_emoset.json"  # written first, so even an interrupted tree can be replaced
 SPLIT_FILE_NAMES = {"train": "train.json", "val": "val.json", "test": "test.json"}
+TRUTH_FILE = "truth.json"  # image_id -> true emotion (and factor combination), see label_noise
+TASKS = ("signature", "factors")
 
 # A compact vocabulary of names that all occur in the official info.json.
 SCENES = ("amusement_park", "beach", "bedroom", "cemetery", "church", "desert", "forest_path",
@@ -67,13 +75,17 @@ def make_synthetic_emoset(
     size_range: tuple[int, int] = (40, 72),
     grayscale_fraction: float = 0.08,
     cmyk_fraction: float = 0.05,
+    task: str = "signature",
+    label_noise: float = 0.0,
 ) -> Path:
     """Write a synthetic EmoSet tree at ``root`` and return its path.
 
     Deterministic in ``seed`` (same files for the same arguments and Pillow version). Image
     sides are drawn uniformly from ``size_range`` (pixels, inclusive). ``root`` must be absent,
     empty, or an earlier synthetic tree (which is replaced); any other folder is refused so that
-    real data is never overwritten.
+    real data is never overwritten. ``task`` is "signature" (the default, see above) or
+    "factors" (the demo's task); ``label_noise`` is the share of images recorded under a wrong
+    emotion (each split, each class: ``*_per_class`` counts the recorded labels).
     """
     counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
     if any(not isinstance(n, int) or n < 0 for n in counts.values()) or not any(counts.values()):
@@ -84,17 +96,22 @@ def make_synthetic_emoset(
                           f"got {size_range}")
     if min(grayscale_fraction, cmyk_fraction) < 0 or grayscale_fraction + cmyk_fraction > 1:
         raise EmoSetError("grayscale_fraction and cmyk_fraction must be >= 0 and sum to <= 1")
+    if task not in TASKS:
+        raise EmoSetError(f"task={task!r} is not one of {', '.join(TASKS)}")
+    if not 0 <= label_noise < 1:
+        raise EmoSetError(f"label_noise must be a share in [0, 1), got {label_noise}")
 
     root = Path(root).expanduser()
     _prepare_folder(root)
     params = {"seed": seed, **{f"{s}_per_class": n for s, n in counts.items()},
               "size_range": [low, high], "grayscale_fraction": grayscale_fraction,
-              "cmyk_fraction": cmyk_fraction}
+              "cmyk_fraction": cmyk_fraction, "task": task, "label_noise": label_noise}
     _write_json(root / MARKER, {"generator": "emoset_peft.make_synthetic_emoset",
                                 "params": params, "complete": False})
     _write_json(root / "info.json", compact_info_json())
 
     records: dict[str, list[list[str]]] = {split: [] for split in counts}
+    truth: dict[str, dict] = {}
     per_class = sum(counts.values())
     for c, emotion in enumerate(EMOTIONS):
         (root / "image" / emotion).mkdir(parents=True, exist_ok=True)
@@ -107,8 +124,17 @@ def make_synthetic_emoset(
         for number, split in zip(numbers.tolist(), splits.tolist()):
             image_id = f"{emotion}_{number:05d}"
             rng = np.random.default_rng([seed, c, number])
-            pixels = render_signature(rng, c, (int(rng.integers(low, high + 1)),
-                                               int(rng.integers(low, high + 1))))
+            true_class = _true_class(np.random.default_rng([seed, c, number, 1]), c, label_noise)
+            size = (int(rng.integers(low, high + 1)), int(rng.integers(low, high + 1)))
+            truth[image_id] = {"emotion": EMOTIONS[true_class]}
+            if task == "factors":
+                from emoset_peft.data.synthetic_factors import combinations_of, render_factors
+
+                combination = int(rng.choice(combinations_of(true_class)))
+                truth[image_id]["combination"] = combination
+                pixels = render_factors(rng, combination, size)
+            else:
+                pixels = render_signature(rng, true_class, size)
             image_rel = f"image/{emotion}/{image_id}.jpg"
             annotation_rel = f"annotation/{emotion}/{image_id}.json"
             _save_jpeg(rng, pixels, root / image_rel, grayscale_fraction, cmyk_fraction)
@@ -120,9 +146,18 @@ def make_synthetic_emoset(
     for split, rows in records.items():
         shuffled = [rows[i] for i in order_rng.permutation(len(rows))]
         _write_json(root / SPLIT_FILE_NAMES[split], shuffled, indent=None)
+    _write_json(root / TRUTH_FILE, truth, indent=None)
     _write_json(root / MARKER, {"generator": "emoset_peft.make_synthetic_emoset",
                                 "params": params, "complete": True})
     return root
+
+
+def _true_class(rng: np.random.Generator, recorded: int, label_noise: float) -> int:
+    """The class an image shows: its recorded class, or with probability ``label_noise`` one of
+    the 7 others (uniformly), so that exactly the noisy share of labels is wrong."""
+    if label_noise and rng.random() < label_noise:
+        return (recorded + 1 + int(rng.integers(len(EMOTIONS) - 1))) % len(EMOTIONS)
+    return recorded
 
 
 def render_signature(rng: np.random.Generator, class_index: int,
@@ -271,7 +306,7 @@ def _prepare_folder(root: Path) -> None:
                               f"{MARKER}); refusing to write into it. Pick an empty or new folder.")
         for name in ("image", "annotation"):
             shutil.rmtree(root / name, ignore_errors=True)
-        for name in ("info.json", *SPLIT_FILE_NAMES.values()):
+        for name in ("info.json", TRUTH_FILE, *SPLIT_FILE_NAMES.values()):
             (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
 

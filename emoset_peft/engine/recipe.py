@@ -14,7 +14,7 @@ import torch
 
 from emoset_peft.config import RunConfig, save_config, validate
 from emoset_peft.data.pipeline import Normalizer
-from emoset_peft.data.run_data import RunData, load_run_data
+from emoset_peft.data.run_data import RunData, load_run_data, selection_record
 from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.engine.precision import cast_frozen_weights, frozen_dtype, resolve_mixed_precision
 from emoset_peft.engine.run_dir import prepare_run_dir
@@ -91,8 +91,9 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
     if data.train is None or config.model.method == "zeroshot":
         if config.model.method != "zeroshot":
             raise EmoSetError("data.per_class=0 trains on no images: only model.method=zeroshot fits")
-        validation, _ = evaluate(model, data.selection, data.class_names, accelerator, normalizer,
-                                 spec.image_size, config.train.eval_batch_size)
+        validation = None if data.selection is None else evaluate(
+            model, data.selection, data.class_names, accelerator, normalizer, spec.image_size,
+            config.train.eval_batch_size)[0]
         result = FitResult(steps=0, best_step=0, best_validation=validation, train_seconds=0.0,
                            stopped_early=False)
     else:
@@ -112,6 +113,9 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
         "steps": result.steps,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
+        "selection": selection_record(config.data, data.selection, result.best_step,
+                                      len(result.history)),
+        "test_evaluations": 1,  # the test split is scored once, after selection
         "train_seconds": round(result.train_seconds, 3),
         "test_eval_seconds": round(eval_seconds, 3),
         "skipped_images": {name: len(images.skipped) for name, images in
@@ -138,8 +142,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     out_dir, resume_from = prepare_run_dir_on_main(config)
     accelerator = make_accelerator(config, out_dir)
     if accelerator.is_main_process:
-        save_config(config, out_dir / "config.yaml")
-        atomic_write_json(out_dir / "provenance.json", provenance())
+        write_run_record(out_dir, config)
     if accelerator.log_with:
         accelerator.init_trackers("emoset-peft", config=_flat(config.to_dict()))
 
@@ -148,8 +151,8 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
         data = load_run_data(config.data, image_size,
                              show_progress=show_progress and accelerator.is_main_process)
     _check_same_subset(accelerator, data)
-    if data.train_manifest and accelerator.is_main_process:
-        atomic_write_json(out_dir / "train_manifest.json", data.train_manifest)
+    if accelerator.is_main_process:
+        write_run_record(out_dir, data=data)
     metrics = run_training(config, data, accelerator, out_dir=out_dir, resume_from=resume_from,
                            show_progress=show_progress)
     accelerator.end_training()
@@ -157,6 +160,18 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
         log.info("test accuracy %.4f, macro-F1 %.4f -> %s", metrics["test"]["accuracy"],
                  metrics["test"]["macro_f1"], out_dir / "metrics.json")
     return metrics
+
+
+def write_run_record(out_dir: Path, config: RunConfig | None = None,
+                     data: RunData | None = None) -> None:
+    """What a run folder keeps besides results: config.yaml and provenance.json (given the
+    config), train_manifest.json (given the data, when it trains on images). Used by
+    ``train`` and by every study cell."""
+    if config is not None:
+        save_config(config, out_dir / "config.yaml")
+        atomic_write_json(out_dir / "provenance.json", provenance())
+    if data is not None and data.train_manifest:
+        atomic_write_json(out_dir / "train_manifest.json", data.train_manifest)
 
 
 def backbone_image_size(backbone: str) -> int:

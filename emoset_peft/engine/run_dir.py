@@ -6,9 +6,16 @@ Layout of ``output_dir``:
     train_manifest.json    the image ids this run trained on
     checkpoints/           resumable states (``latest`` names the newest complete one)
     adapter/               the trained adapter + head (a peft folder, or this toolkit's format)
-    metrics.json           validation (selected checkpoint) and test metrics, parameter counts
-    predictions_test.csv   image_id, label, prediction, one probability per emotion
+    metrics.json           validation (selected checkpoint) and test metrics, parameter counts,
+                           "selection" (mode, images, best step, evaluations), test_evaluations (1)
+    predictions_test.csv   image_id, label, predicted, one probability per emotion
+    selection/step_<N>.csv the selection set's predictions at each evaluation (step N, zero-padded
+                           to 6 digits; same columns as predictions_test.csv), so another selection
+                           rule can be applied later without retraining; absent with
+                           data.selection=none
     log.jsonl              one line per evaluation
+
+A study cell (``<study>/cells/<name>/``) keeps the same files, checkpoints/ aside.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ def prepare_run_dir(config: RunConfig) -> tuple[Path, Path | None]:
 def _never_got_going(out: Path) -> bool:
     names = {path.name for path in out.iterdir()}
     return bool(names) and names <= {"config.yaml", "provenance.json", "train_manifest.json",
-                                     "log.jsonl", "checkpoints"} and \
+                                     "log.jsonl", "selection", "checkpoints"} and \
         latest_checkpoint(out / "checkpoints") is None and (out / "config.yaml").exists()
 
 

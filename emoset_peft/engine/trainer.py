@@ -3,7 +3,10 @@
 Honest model selection: the loop evaluates on the validation *selection set* only, keeps the
 trainable weights of the best evaluation in memory, stops early after ``patience`` evaluations
 without improvement, and restores the best weights at the end. The test split is never touched
-here; the recipe scores it exactly once, afterwards.
+here; the recipe scores it exactly once, afterwards. Each evaluation's predictions are kept in
+``selection/step_<N>.csv``, so another selection rule can be applied later without retraining.
+With no selection set (``data.selection=none``) the loop trains the whole budget and keeps the
+last step.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 class FitResult:
     steps: int  # optimizer steps taken in total (across resumes)
     best_step: int
-    best_validation: dict
+    best_validation: dict | None  # None: no selection set, the last step is kept
     train_seconds: float
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
@@ -119,8 +122,8 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
     def select(step: int) -> bool:
         """Evaluate on the selection set; True when patience has run out."""
         nonlocal best_weights
-        metrics, _ = evaluate(model, data.selection, data.class_names, accelerator, normalizer,
-                              image_size, cfg.eval_batch_size)
+        metrics, probs = evaluate(model, data.selection, data.class_names, accelerator,
+                                  normalizer, image_size, cfg.eval_batch_size)
         score = -metrics["loss"] if cfg.select_metric == "loss" else metrics[cfg.select_metric]
         entry = {"step": step, "val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"],
                  "val_macro_f1": metrics["macro_f1"]}
@@ -135,6 +138,7 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
         if out_dir is not None and accelerator.is_main_process:
             with open(out_dir / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
+            save_selection_predictions(out_dir, step, data, probs)
         return cfg.patience is not None and state["evals_since_best"] >= cfg.patience
 
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step",
@@ -176,7 +180,7 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
             accelerator.log({"train_loss": loss_value, "lr": scheduler.get_last_lr()[0]},
                             step=step)
             images_seen, window_start = 0, time.perf_counter()
-        if step % eval_every == 0 or step == total_steps:
+        if data.selection is not None and (step % eval_every == 0 or step == total_steps):
             stopped_early = select(step)
         state["train_seconds"] = time.perf_counter() - started
         if cfg.checkpoint_every and out_dir is not None and (
@@ -189,12 +193,26 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
             break
     bar.close()
 
+    if data.selection is None:  # nothing to select on: the last step is the result
+        state.update(best_step=state["step"], best_validation=None)
     if best_weights is not None:
         load_trainable_state(unwrapped, best_weights)
     return FitResult(steps=state["step"], best_step=state["best_step"],
                      best_validation=state["best_validation"],
                      train_seconds=state["train_seconds"], stopped_early=stopped_early,
                      history=state["history"], step_seconds=step_seconds)
+
+
+def selection_predictions_path(out_dir: Path, step: int) -> Path:
+    """Where the selection set's predictions at ``step`` are kept (zero-padded: sorts by step)."""
+    return out_dir / "selection" / f"step_{step:06d}.csv"
+
+
+def save_selection_predictions(out_dir: Path, step: int, data: RunData, probs) -> None:
+    from emoset_peft.engine.metrics import write_predictions
+
+    write_predictions(selection_predictions_path(out_dir, step), data.selection.image_ids,
+                      data.selection.labels, probs, data.class_names)
 
 
 def _maybe_no_sync(accelerator, model, sync: bool):

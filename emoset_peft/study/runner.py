@@ -92,7 +92,7 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
              show_progress: bool, process_index: int = 0) -> dict | None:
     """Train and test one cell; returns its results row (on the process that writes it)."""
     from emoset_peft.data.run_data import load_run_data
-    from emoset_peft.engine.recipe import backbone_image_size, run_training, save_config
+    from emoset_peft.engine.recipe import backbone_image_size, run_training, write_run_record
 
     started = time.perf_counter()
     config = cell.config
@@ -100,11 +100,13 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
     if accelerator.is_main_process:
         shutil.rmtree(out, ignore_errors=True)  # a half-written cell from a killed run
         out.mkdir(parents=True)
-        save_config(config, out / "config.yaml")
+        write_run_record(out, config)  # config.yaml, provenance.json: as a single run has
     accelerator.wait_for_everyone()
     emoset = context.emoset(config.data)
     data = load_run_data(config.data, backbone_image_size(config.model.backbone), emoset=emoset,
                          show_progress=False)
+    if accelerator.is_main_process:
+        write_run_record(out, data=data)  # train_manifest.json
     metrics = run_training(config, data, accelerator, out_dir=out, show_progress=show_progress)
     if not accelerator.is_main_process:
         return None
@@ -116,7 +118,7 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
         "test_balanced_accuracy": test["balanced_accuracy"],
         "test_valence_accuracy": test["valence_accuracy"],
         "test_top2_accuracy": test["top2_accuracy"],
-        "val_accuracy": validation.get("accuracy", ""),
+        "val_accuracy": (validation or {}).get("accuracy", ""),
         "trainable_params": metrics["trainable_params"], "total_params": metrics["total_params"],
         "train_images": metrics["train_images"], "steps": metrics["steps"],
         "best_step": metrics["best_step"], "train_seconds": metrics["train_seconds"],
