@@ -255,7 +255,8 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
               f"two-level bootstrap intervals ({boot['n_boot']} draws, RNG seed {boot['seed']}) "
               "over seeds and test images. Metrics are in %, differences in percentage points "
               "(pp). Every number is also in summary.json; the per-cell table in summary.csv. "
-              "How to read it: docs/reading_a_report.md."), ""]
+              "What each interval covers and why a number is withheld: 'How to read a report' in the "
+              "README."), ""]
     lines += tables.render_notes(summary)
     lines += tables.render_withheld(summary)
     lines += render_protocol(summary["protocol"], tables.table)
