@@ -251,12 +251,12 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
              (f"{len(rows)} finished runs: {len(methods)} method(s) ({', '.join(methods)}) x "
               f"k in {{{', '.join(map(str, ks))}}} images per class x {len(seeds)} seed(s), "
               f"scored on {n_test or 'an unknown number of'} test images. k = 0 is zero-shot; "
-              "`all` is the full training split. Means are over seeds; intervals are 95% "
-              f"two-level bootstrap intervals ({boot['n_boot']} draws, RNG seed {boot['seed']}) "
-              "over seeds and test images. Metrics are in %, differences in percentage points "
-              "(pp). Every number is also in summary.json; the per-cell table in summary.csv. "
-              "What each interval covers and why a number is withheld: 'How to read a report' in the "
-              "README."), ""]
+              "`all` is the full training split. Means are over seeds; 95% intervals cover both "
+              "the spread between seeds and the test-image noise (a two-level bootstrap: "
+              f"{boot['n_boot']} draws, RNG seed {boot['seed']}). Metrics are in %, differences "
+              "in percentage points (pp). Every number is also in summary.json; the per-cell "
+              "table in summary.csv. What each interval covers and why a number is withheld: "
+              "'How to read a report' in the README."), ""]
     lines += tables.render_notes(summary)
     lines += tables.render_withheld(summary)
     lines += render_protocol(summary["protocol"], tables.table)

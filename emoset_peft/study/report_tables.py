@@ -104,9 +104,11 @@ def render_cells(summary: Mapping, metric: str, label: str) -> list[str]:
         return []
     n_boot = summary["bootstrap"]["n_boot"]
     lines = [f"## {capital(label)} per cell", "",
-             (f"Mean over seeds; 95% interval from a two-level bootstrap ({n_boot} draws) that "
-             "resamples seeds and test images together, so it includes test-set noise and stays "
-             "inside [0, 100]. Seed SD: spread between seeds. Test SE: standard error of one "
+             (f"Mean over seeds; the 95% interval covers another run of the study with other "
+             "seeds and another test set of the same size: the spread between seeds (Student-t "
+             f"on the seeds, so few seeds widen it) plus the test-image noise ({n_boot} bootstrap "
+             "draws of the test images, the same draw for every cell); it stays inside "
+             "[0, 100]. Seed SD: spread between seeds. Test SE: standard error of one "
              "run on this test set (Wilson for accuracy, bootstrap over test images for "
              "macro-F1). Share: how the variance of the mean splits between seeds (beyond their "
              "test noise) and test images. † marks an interval the data cannot make reliable "
@@ -130,8 +132,9 @@ def render_paired(summary: Mapping, metric: str, label: str) -> list[str]:
     baseline = summary["baseline"]
     lines = [f"## Paired differences vs `{baseline}` ({label})", "",
              ("Difference = method - baseline in percentage points on the same test images and "
-             "the same seeds (paired), with a two-level paired bootstrap interval and p-value. "
-             "Holm and BH adjust the bootstrap p over every comparison in this report. McNemar: "
+             "the same seeds (paired), with an interval built like the cells' (seed spread of "
+             "the differences + test-image bootstrap) and its two-sided p-value. Holm and BH "
+             "adjust that p over every comparison in this report (all methods, k and metrics). McNemar: "
              "exact test per seed on the images where the two disagree (method right / baseline "
              f"right). A p-value needs at least {MIN_PAIRS_FOR_P} seed pairs; † marks an "
              "interval from 1 or 2 pairs (test-image noise only, or very wide)."), ""]
@@ -150,7 +153,7 @@ def render_paired(summary: Mapping, metric: str, label: str) -> list[str]:
             _mcnemar(e.get("mcnemar") or []) if metric == "accuracy" else "(accuracy only)",
             f"n/a: {e['t_note']}" if e.get("t_p") is None else p_value(e["t_p"])])
     return lines + table(["method", "k", "pairs", "difference (pp)", "95% interval",
-                          "bootstrap p", "Holm", "BH", "McNemar per seed (b/c, p)",
+                          "p (two-level)", "Holm", "BH", "McNemar per seed (b/c, p)",
                           "t-test p"], rows)
 
 
