@@ -61,7 +61,7 @@ def test_report_summary_and_every_figure_exist(study):
     assert summary["baseline"] == "linear" and summary["test_set"]["n_images"] == 160
     assert {"cells", "replicates", "paired", "aulc", "efficiency", "fits", "planning",
             "calibration", "reliability", "slices", "variance_split", "protocol", "withheld",
-            "rows_ignored", "failed_cells", "problems"} <= set(summary)
+            "rows_ignored", "failed_cells", "problems", "cost"} <= set(summary)
 
 
 def test_cell_table_equals_summary_and_results(study):

@@ -276,7 +276,7 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
         lines += render(summary)
         if render is report_curves.render_calibration:
             figure("calibration.png", "reliability diagram")
-    lines += tables.render_cost(cost_table(study))
+    lines += tables.render_cost(summary.get("cost") or [])
     figure("accuracy_vs_params.png", "accuracy vs trainable parameters")
     confusion = [n for n in figure_names if n.startswith("confusion_")]
     if confusion:
@@ -305,6 +305,7 @@ def write_report(study_dir: str | os.PathLike, baseline: str | None = None,
         raise EmoSetError(f"baseline method {baseline!r} is not in {RESULTS_FILE}; choose one "
                           f"of {', '.join(study.methods)}")
     summary = build_summary(study, baseline=baseline, n_boot=n_boot, seed=seed)
+    summary["cost"] = cost_table(study)
     figures = build_figures(study, summary)
     text = render_markdown(study, summary, list(figures))
     for name, fig in figures.items():
