@@ -49,6 +49,7 @@ def test_report_summary_and_every_figure_exist(study):
     text = path.read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
     expected = {"accuracy_vs_k.png", "macro_f1_vs_k.png", "accuracy_vs_params.png",
+                "calibration.png", "attribute_slices.png",
                 "confusion_linear.png", "confusion_lora.png", "confusion_vpt.png",
                 "confusion_zeroshot.png"}
     assert expected <= set(figures)

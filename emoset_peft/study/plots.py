@@ -318,7 +318,8 @@ def plot_slices(
     """Grouped bars of accuracy per attribute slice, one panel per attribute.
 
     ``slices`` maps method -> attribute -> slice -> ``{n, accuracy}`` (n = test images per run,
-    printed under each slice). A slice a method lacks is simply not drawn for it.
+    printed under each slice), with ``ci_low``/``ci_high`` (the Wilson interval) drawn as error
+    bars when given. A slice a method lacks is simply not drawn for it.
     """
     methods = list(slices)
     attributes = [a for a in SLICE_TITLES if any(a in s for s in slices.values())]
@@ -344,9 +345,13 @@ def plot_slices(
             by_slice = {n: e for n, e in slices[method].get(attribute, {}).items()
                         if n in names[attribute]}
             offset = (index - (len(methods) - 1) / 2) * width
+            errors = [[e["accuracy"] - e["ci_low"] for e in by_slice.values()],
+                      [e["ci_high"] - e["accuracy"] for e in by_slice.values()]] \
+                if all(_finite(e.get("ci_low")) for e in by_slice.values()) else None
             axes.bar([names[attribute].index(n) + offset for n in by_slice],
                      [entry["accuracy"] for entry in by_slice.values()], width=width,
-                     color=colours[method], label=method)
+                     color=colours[method], label=method, yerr=errors,
+                     error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.25"})
             for name, entry in by_slice.items():
                 counts.setdefault(name, entry["n"])
         axes.set_xticks(range(len(names[attribute])),

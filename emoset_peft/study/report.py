@@ -225,6 +225,15 @@ def build_figures(study: Study, summary: Mapping) -> dict[str, object]:
         figures["calibration.png"] = plots.plot_reliability(
             reliability, colours, title="Reliability diagram: each method at its largest k\n"
                                         "seeds pooled; point area ~ images in the bin")
+    slices = {f"{entry['method']} (k = {entry['per_class']})": entry["attributes"]
+              for entry in summary.get("slices") or [] if entry["attributes"]}
+    if slices:
+        slice_colours = dict(zip(slices, (colours[e["method"]] for e in summary["slices"]
+                                          if e["attributes"])))
+        figures["attribute_slices.png"] = plots.plot_slices(
+            slices, slice_colours,
+            title="Test accuracy by image attribute (seeds averaged; bars: 95% Wilson interval "
+                  "over the slice's images)")
     for method in study.methods:
         k = _largest_k_with_metrics(study, method, "confusion_matrix")
         matrix, names, runs = pooled_confusion(study, method, k)
@@ -276,6 +285,7 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
         lines += render(summary)
         if render is report_curves.render_calibration:
             figure("calibration.png", "reliability diagram")
+    figure("attribute_slices.png", "accuracy by attribute slice")
     lines += tables.render_cost(summary.get("cost") or [])
     figure("accuracy_vs_params.png", "accuracy vs trainable parameters")
     confusion = [n for n in figure_names if n.startswith("confusion_")]
