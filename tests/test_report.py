@@ -331,3 +331,18 @@ def test_two_seeds_two_k_withhold_fits_and_p_values(tmp_path):
     aulc = _section(text, "## Area under the learning curve")
     pairs = [row for row in _table_rows(aulc) if " - " in row[0]]
     assert pairs and all(row[3] == "n/a: 2 pair(s)" for row in pairs)
+
+
+def test_study_without_prediction_files_still_reports(tmp_path):
+    """An older study (no predictions_test.csv): means from results.csv, everything that needs
+    the images said to be withheld, no crash."""
+    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), predictions=False)
+    text = report_module.write_report(tmp_path, n_boot=200).read_text()
+    table = _table_rows(_section(text, "## Test accuracy per cell"))
+    lora8 = next(row for row in table if row[:2] == ["lora", "8"])
+    values = [r["test_accuracy"] for r in rows if r["method"] == "lora" and r["per_class"] == 8]
+    assert lora8[3] == _pct(np.mean(values)) and lora8[4] == "n/a"
+    assert "No cell has a readable predictions_test.csv" in _section(
+        text, "## What this study cannot say")
+    assert "No comparison: no cell has a readable predictions_test.csv." in text
+    assert (tmp_path / "accuracy_vs_k.png").is_file()

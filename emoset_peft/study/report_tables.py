@@ -139,7 +139,9 @@ def render_paired(summary: Mapping, metric: str, label: str) -> list[str]:
              f"right). A p-value needs at least {MIN_PAIRS_FOR_P} seed pairs; † marks an "
              "interval from 1 or 2 pairs (test-image noise only, or very wide)."), ""]
     if not entries:
-        return lines + ["No other method shares a k with the baseline.", ""]
+        why = ("No other method shares a k with the baseline." if summary["test_set"]["n_images"]
+               else "No comparison: no cell has a readable predictions_test.csv.")
+        return lines + [why, ""]
     rows = []
     for e in entries:
         few = e["n_pairs"] < MIN_PAIRS_FOR_P

@@ -83,6 +83,10 @@ def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
         summary["calibration"] = calibration.calibration_table(predictions)
         summary["reliability"] = reliability(predictions)
         summary["variance_split"] = variance.cell_variance_splits(predictions, "accuracy")
+    else:
+        withheld.add("curves", "paired comparisons, AULC, data efficiency, scaling fits, "
+                     "calibration", "no cell has a readable predictions_test.csv, which these are "
+                     "computed from (image by image)")
     summary["slices"] = slices(study)
     summary["withheld"] = withheld.items
     return summary
