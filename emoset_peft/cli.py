@@ -1,4 +1,4 @@
-"""Command line: ``emoset-peft {demo,data,train,eval,study,report} ...``.
+"""Command line: ``emoset-peft {demo,data,train,eval,study,report,cache} ...``.
 
 Each sub-command lives in ``emoset_peft/commands/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the parsed
@@ -19,7 +19,7 @@ from emoset_peft.errors import EmoSetError
 
 # Order here is the order in ``--help``. A module that does not exist yet is simply skipped,
 # so the CLI grows with the package.
-COMMAND_MODULES = ("demo", "data", "train", "eval", "study", "report")
+COMMAND_MODULES = ("demo", "data", "train", "eval", "study", "report", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class DataConfig:
     skip_missing: bool = False  # skip records whose files are missing instead of failing
     cache_dir: str | None = None  # index and decoded-image caches; default ~/.cache/emoset_peft
     decode_workers: int = 2  # threads decoding JPEGs into the cache (PIL releases the GIL)
+    follow_symlinks: bool = False  # follow symlinks whose target lies outside data.root
 
 
 @dataclass
@@ -131,7 +133,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise EmoSetError(f"recipe {path} does not exist; pass the path of a YAML recipe (see recipes/)")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise EmoSetError(f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                          f"offset {err.start}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise EmoSetError(f"recipe {path} is not valid YAML: {err}") from None
     if not isinstance(content, dict):
@@ -235,14 +240,19 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return int(value)
         raise EmoSetError(f"{where} must be an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise EmoSetError(f"{where} must be a number, got {value!r}")
+        if number is None:
+            raise EmoSetError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(number):  # YAML .nan / .inf, or lr=nan on the command line
+            raise EmoSetError(f"{where}={value} must be a finite number")
+        return number
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -275,11 +285,8 @@ def validate(config: RunConfig) -> RunConfig:
         raise EmoSetError(f"data.per_class={per_class!r} must be a number of images or 'all'")
     if isinstance(per_class, int) and per_class < 0:
         raise EmoSetError(f"data.per_class={per_class} must be >= 0")
-    for key in ("batch_size", "eval_batch_size", "grad_accum", "min_steps"):
-        if getattr(config.train, key) < 1 and key != "min_steps":
-            raise EmoSetError(f"train.{key} must be >= 1")
-    if config.train.lr <= 0:
-        raise EmoSetError(f"train.lr={config.train.lr} must be > 0")
+    _check_ranges(config)
+    _check_trackers(config.train.report_to)
     if not config.data.root:
         raise EmoSetError("data.root is not set: pass data.root=/path/to/EmoSet-118K")
     if config.data.selection == "none" and config.train.patience is not None:
@@ -288,3 +295,48 @@ def validate(config: RunConfig) -> RunConfig:
     if config.overwrite and config.resume:
         raise EmoSetError("overwrite=true and resume=true contradict each other; pick one")
     return config
+
+
+# (section.key, lowest, highest, lowest included, highest included); None = unbounded or unset.
+RANGES = (
+    ("train.lr", 0, None, False, None), ("train.head_lr", 0, None, False, None),
+    ("train.weight_decay", 0, None, True, None), ("train.warmup_ratio", 0, 1, True, True),
+    ("train.label_smoothing", 0, 1, True, False), ("train.max_grad_norm", 0, None, False, None),
+    ("train.epochs", 0, None, True, None), ("train.min_steps", 0, None, True, None),
+    ("train.max_steps", 1, None, True, None), ("train.patience", 1, None, True, None),
+    ("train.batch_size", 1, None, True, None), ("train.eval_batch_size", 1, None, True, None),
+    ("train.grad_accum", 1, None, True, None), ("train.eval_every", 0, None, True, None),
+    ("train.checkpoint_every", 0, None, True, None), ("train.keep_checkpoints", 1, None, True, None),
+    ("data.fraction", 0, 1, False, True), ("data.selection_per_class", 1, None, True, None),
+    ("data.test_limit_per_class", 1, None, True, None), ("data.decode_workers", 1, None, True, None),
+)
+
+
+def _check_ranges(config: RunConfig) -> None:
+    for dotted, low, high, low_in, high_in in RANGES:
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if value is None:
+            continue
+        too_low = low is not None and (value < low if low_in else value <= low)
+        too_high = high is not None and (value > high if high_in else value >= high)
+        if too_low or too_high:
+            if high is None:
+                wanted = f">= {low}" if low_in else f"> {low}"
+            else:
+                wanted = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise EmoSetError(f"{dotted}={value} must be {wanted}")
+    t = config.train
+    if t.epochs == 0 and t.min_steps == 0 and t.max_steps is None:
+        raise EmoSetError("train.epochs=0 with train.min_steps=0 trains no steps: set "
+                          "train.max_steps=N for exactly N steps, or train.epochs > 0")
+
+
+def _check_trackers(report_to: str) -> None:
+    from accelerate.utils import LoggerType  # accelerate's tracker names
+
+    valid = ("none", *(kind.value for kind in LoggerType))
+    for name in (part.strip() for part in report_to.split(",")):
+        if name and name not in valid:
+            raise EmoSetError(f"train.report_to={report_to}: {name!r} is not a tracker; use "
+                              f"{', '.join(valid)} (comma-separated for several)")

@@ -62,9 +62,11 @@ def register(subparsers) -> None:
 
 
 def run_inspect(args) -> int:
-    from emoset_peft.data.emoset import load_emoset, read_label_map
+    from emoset_peft.data.emoset import SPLIT_FILES, load_emoset, read_label_map
+    from emoset_peft.data.hygiene import find_duplicates
 
-    dataset = load_emoset(args.root, cache_dir=args.cache_dir, skip_missing=args.skip_missing)
+    dataset = load_emoset(args.root, cache_dir=args.cache_dir, skip_missing=args.skip_missing,
+                          follow_symlinks=args.follow_symlinks)
     splits = list(dataset)
     label = dataset[splits[0]].features["label"]
     print(f"EmoSet at {Path(args.root).resolve()} (label order: "
@@ -80,6 +82,11 @@ def run_inspect(args) -> int:
                   if c not in ("image", "label", "valence", "image_id")]
     rows = [[name, *(_coverage(dataset[s], name) for s in splits)] for name in attributes]
     _print_table(["attribute", *splits], rows)
+
+    duplicates = find_duplicates(dataset, SPLIT_FILES)
+    print(f"\nduplicates: {len(duplicates) or 'none'}")
+    for found in duplicates:
+        print(f"  {found.message()}")
     return 0
 
 
@@ -88,8 +95,8 @@ def run_subset(args) -> int:
     from emoset_peft.data.subsets import low_data_subset, write_manifest
 
     split_name = SPLIT_CHOICES[args.split]
-    split = load_emoset(args.root, cache_dir=args.cache_dir,
-                        skip_missing=args.skip_missing)[split_name]
+    split = load_emoset(args.root, cache_dir=args.cache_dir, skip_missing=args.skip_missing,
+                        follow_symlinks=args.follow_symlinks)[split_name]
     subset = low_data_subset(split, per_class=args.per_class, fraction=args.fraction,
                              seed=args.seed, allow_fewer=args.allow_fewer)
     manifest = write_manifest(
@@ -125,6 +132,8 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
                              "~/.cache/emoset_peft)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="leave out records whose image or annotation file is missing")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="follow symlinks whose target lies outside ROOT (refused otherwise)")
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:

@@ -30,11 +30,13 @@ def run(args) -> int:
     from emoset_peft.engine.recipe import make_accelerator
     from emoset_peft.errors import EmoSetError
     from emoset_peft.models import input_spec, load_adapter
+    from emoset_peft.models.wrapper import check_adapter_folder
     from emoset_peft.utils.io import atomic_write_json
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "adapter").is_dir():
         raise EmoSetError(f"{run_dir} is not a finished run (no config.yaml or adapter/)")
+    check_adapter_folder(run_dir / "adapter")  # before any data is loaded or decoded
     config = load_config(run_dir / "config.yaml", args.overrides)
     accelerator = make_accelerator(config)
     model = load_adapter(run_dir / "adapter").to(accelerator.device)

@@ -15,7 +15,12 @@ OUTSIDE the dataset folder (the dataset folder is never written to; it may be re
 loads memory-map those files: about a second, most of it ``import datasets``. The cache key is the
 resolved root plus the size and mtime of the split files and info.json, so editing a split file
 rebuilds the index; editing an annotation file alone does not (delete the cache entry, or touch
-the split file).
+the split file). The cache lives in ``index_cache.py``.
+
+Checked while indexing (``hygiene.py``): a symlink whose target lies outside ROOT is refused like
+a ``../`` path unless ``follow_symlinks=True`` (a link that appears after indexing is caught at
+the next load); records that repeat an image and images that two splits share are logged as one
+warning per kind at every load.
 
 Columns of every split:
     image             datasets.Image(mode="RGB") (decoded lazily; stores the absolute path only)
@@ -32,23 +37,36 @@ Columns of every split:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
 import posixpath
 import re
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from emoset_peft.data.hygiene import (
+    find_duplicates,
+    folder_stamps,
+    refuse_links_leaving_root,
+    scan_folders,
+    warn_about_duplicates,
+)
+from emoset_peft.data.index_cache import (
+    build_lock,
+    cache_key,
+    in_memory,
+    open_cached,
+    safe_name,
+    write_cache,
+)
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import ATTRIBUTES, EMOTIONS, VALENCES, valence_of
+from emoset_peft.utils.storage import writable_cache_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -61,8 +79,6 @@ SPLIT_FILES: dict[str, str] = {"train": "train.json", "validation": "val.json", 
 CATEGORICAL_ATTRIBUTES: tuple[str, ...] = ("scene", "facial_expression", "human_action")
 FLOAT_ATTRIBUTES: tuple[str, ...] = ("brightness", "colorfulness")
 COLUMNS: tuple[str, ...] = ("image", "label", "valence", "image_id", *ATTRIBUTES)
-# Bump when the cached columns or their meaning change: old cache entries are then ignored.
-CACHE_FORMAT_VERSION = 1
 # Annotation files are read by this many threads (<= 1: a plain loop). With the files in the page
 # cache a plain loop is fastest (118,102 files, 2 CPUs: 6.8 s cold load vs 12.0 s with 4
 # threads, since json.loads holds the GIL); threads may pay off on a network file system.
@@ -101,6 +117,7 @@ def load_emoset(
     *,
     cache_dir: str | os.PathLike | None = None,
     skip_missing: bool = False,
+    follow_symlinks: bool = False,
 ) -> "datasets.DatasetDict":
     """Load an EmoSet tree as a DatasetDict with ``train``, ``validation`` and ``test`` splits.
 
@@ -108,7 +125,10 @@ def load_emoset(
     :func:`default_cache_dir`); later calls memory-map it. Records whose image or annotation file
     is missing raise :class:`EmoSetError`, or are left out (and counted in the log) when
     ``skip_missing`` is true. Any malformed input raises :class:`EmoSetError` naming the file and
-    the record (0-based index in the split file).
+    the record (0-based index in the split file). A symlink whose target lies outside ``root``
+    raises :class:`EmoSetError` unless ``follow_symlinks`` is true (checked when the index is
+    built). Records that repeat an image, and images that two splits share, are logged as one
+    warning per kind at every load (:mod:`emoset_peft.data.hygiene`).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -120,38 +140,46 @@ def load_emoset(
             raise EmoSetError(f"{root / name} not found: an EmoSet root holds train.json, "
                               "val.json and test.json; check the path or re-extract the download")
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = _cache_key(root, skip_missing)
-    entry = cache_root / f"{_safe_name(root.name)}-{key[:24]}"
-    cached = _open_cached(entry)
-    if cached is not None:
-        return cached
-    # Several processes started together (accelerate launch) index once: the others wait here.
-    with _build_lock(entry):
-        cached = _open_cached(entry)
-        if cached is not None:
-            return cached
-        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, if any
-        return _build(root, entry, key, skip_missing)
+    key = cache_key(root, ("info.json", *SPLIT_FILES.values()), skip_missing, follow_symlinks)
+    entry = cache_root / f"{safe_name(root.name)}-{key[:24]}"
+    dataset = open_cached(entry, SPLIT_FILES)
+    if dataset is None:
+        # A read-only cache folder: build (or find) the entry in a per-user temporary folder.
+        entry = writable_cache_dir(cache_root, "EmoSet index cache") / entry.name
+        # Several processes started together (accelerate launch) index once: the others wait.
+        with build_lock(entry):
+            dataset = open_cached(entry, SPLIT_FILES)
+            if dataset is None:
+                shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, if any
+                dataset = _build(root, entry, key, skip_missing, follow_symlinks)
+    warn_about_duplicates(root, find_duplicates(dataset, SPLIT_FILES))
+    return dataset
 
 
-def _build(root: Path, entry: Path, key: str, skip_missing: bool) -> "datasets.DatasetDict":
+def _build(root: Path, entry: Path, key: str, skip_missing: bool,
+           follow_symlinks: bool) -> "datasets.DatasetDict":
     """The cold path: index every record, write the cache entry, open it."""
     started = time.perf_counter()
     label_map = read_label_map(root)
-    tables = {split: _index_split(root, file, label_map, skip_missing)
-              for split, file in SPLIT_FILES.items()}
+    tables, folders = {}, set()
+    for split, file in SPLIT_FILES.items():
+        tables[split], split_folders = _index_split(root, file, label_map, skip_missing,
+                                                    follow_symlinks)
+        folders |= split_folders
     features = emoset_features(label_map)
     log.info("indexed %s (%s records) in %.1f s",
              root, sum(t.num_rows for t in tables.values()), time.perf_counter() - started)
     try:
-        _write_cache(entry, tables, features, root, key)
+        # Following links, there is nothing to re-check on later loads.
+        stamps = {} if follow_symlinks else folder_stamps(root, folders)
+        write_cache(entry, tables, features, root, key, stamps)
     except OSError as err:
         # A read-only home or full disk must not stop the user: load from memory this time.
         log.warning("could not write the EmoSet index cache to %s (%s); the next load will "
                     "index again. Set EMOSET_PEFT_CACHE or cache_dir= to a writable folder.",
                     entry, err)
-        return _in_memory(tables, features)
-    dataset = _open_cached(entry)
+        return in_memory(tables, features)
+    dataset = open_cached(entry, SPLIT_FILES)
     if dataset is None:
         raise EmoSetError(f"the EmoSet index cache {entry} cannot be read right after writing "
                           "it; check the disk, or set EMOSET_PEFT_CACHE to another folder")
@@ -206,11 +234,16 @@ def read_label_map(root: str | os.PathLike) -> LabelMap:
 # Indexing (the cold path)
 
 
-def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool):
-    """Read one split file and its annotations into an Arrow table (the cached form)."""
+def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool,
+                 follow_symlinks: bool):
+    """One split file and its annotations as an Arrow table (the cached form), and the folders
+    its files lie in (relative to ``root``)."""
     split_path = root / file_name
     records = _read_split_records(split_path, label_map.emotions)
-    present_images = _present_files(root, (rec.image_rel for rec in records))
+    present_images, leaving = scan_folders(root, (rec.image_rel for rec in records))
+    if not follow_symlinks:
+        leaving.update(scan_folders(root, (rec.annotation_rel for rec in records))[1])
+        refuse_links_leaving_root(root, split_path, records, leaving)
     root_str = str(root)
     annotations = _read_annotations([os.path.join(root_str, rec.annotation_rel)
                                      for rec in records])
@@ -250,7 +283,9 @@ def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: 
             raise EmoSetError(f"{message}. Restore the files, or pass skip_missing=True "
                               "(CLI: --skip-missing) to leave those records out.")
         log.warning("%s; skipped them (skip_missing=True)", message)
-    return _to_arrow(root, keep, label_map, split_path)
+    folders = {posixpath.dirname(rel) for rec in records
+               for rel in (rec.image_rel, rec.annotation_rel)}
+    return _to_arrow(root, keep, label_map, split_path), folders
 
 
 def _read_split_records(split_path: Path, emotions: tuple[str, ...]) -> list[_Record]:
@@ -300,24 +335,6 @@ def _checked_relative(path: Any, where: str, what: str) -> str:
                               "must stay inside it (e.g. image/awe/awe_06628.jpg)")
         return normal
     return path
-
-
-def _present_files(root: Path, relative_paths) -> set[str]:
-    """The relative paths that exist, with one directory listing per folder (not one stat each)."""
-    by_folder: dict[str, set[str]] = {}
-    for rel in relative_paths:
-        folder, name = posixpath.split(rel)
-        by_folder.setdefault(folder, set()).add(name)
-    present = set()
-    for folder, wanted in by_folder.items():
-        try:
-            with os.scandir(root / folder) as entries:
-                listed = {entry.name for entry in entries}
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        present.update(posixpath.join(folder, name) if folder else name
-                       for name in wanted & listed)
-    return present
 
 
 def _read_annotations(paths: list[str]) -> list[Any]:
@@ -395,124 +412,6 @@ def _to_arrow(root: Path, kept: list[tuple], label_map: LabelMap, split_path: Pa
         [pa.nulls(n, pa.binary()), pa.array(columns["image"], pa.string())],
         names=["bytes", "path"])
     return pa.table([arrays[name] for name in schema.names], schema=schema)
-
-
-# ---------------------------------------------------------------------------------------------
-# The cache (Arrow IPC stream files, the format datasets itself memory-maps)
-
-
-def _cache_key(root: Path, skip_missing: bool) -> str:
-    """Hash of everything that decides the index without reading the annotation files."""
-    import datasets
-
-    parts = [f"format={CACHE_FORMAT_VERSION}", f"root={root}", f"skip_missing={skip_missing}",
-             f"datasets={datasets.__version__.split('.')[0]}"]
-    for name in ("info.json", *SPLIT_FILES.values()):
-        try:
-            stat = (root / name).stat()
-            parts.append(f"{name}={stat.st_size}:{stat.st_mtime_ns}")
-        except FileNotFoundError:
-            parts.append(f"{name}=absent")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "root"
-
-
-def _write_cache(entry: Path, tables: dict, features, root: Path, key: str) -> None:
-    """Write the tables into a temporary folder beside ``entry``, then rename it into place.
-
-    A killed process leaves at most a ``.tmp-*`` folder, never a half-written entry. Entries for
-    the same root with an older key (a split file changed) are removed afterwards.
-    """
-    import pyarrow as pa
-
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared by a group
-        for split, table in tables.items():
-            with pa.OSFile(str(tmp / f"{split}.arrow"), "wb") as sink, \
-                    pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=10_000)
-        (tmp / "source.json").write_text(json.dumps(
-            {"root": str(root), "key": key, "format": CACHE_FORMAT_VERSION,
-             "features": features.to_dict()}, indent=1))
-        (tmp / "done").write_text("")
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not (entry / "done").is_file():  # not another process winning the same race
-                raise
-            log.debug("another process wrote %s first", entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _prune_stale_entries(entry, root)
-
-
-@contextlib.contextmanager
-def _build_lock(entry: Path):
-    """An exclusive lock file beside ``entry`` (POSIX); without one, proceed unlocked."""
-    try:
-        import fcntl
-
-        (entry.parent / ".locks").mkdir(parents=True, exist_ok=True)
-        handle = open(entry.parent / ".locks" / f"{entry.name}.lock", "a")
-    except (ImportError, OSError):  # Windows, or an unwritable cache: _build warns about it
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _prune_stale_entries(entry: Path, root: Path) -> None:
-    """Delete cache entries of the same root that an earlier version of its split files made."""
-    prefix = entry.name.rsplit("-", 1)[0] + "-"
-    for other in entry.parent.glob(prefix + "*"):
-        if other == entry or other.name.startswith(".tmp-"):
-            continue
-        try:
-            source = json.loads((other / "source.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if source.get("root") == str(root):
-            shutil.rmtree(other, ignore_errors=True)
-            (entry.parent / ".locks" / f"{other.name}.lock").unlink(missing_ok=True)
-
-
-def _open_cached(entry: Path) -> "datasets.DatasetDict | None":
-    """The cached splits, memory-mapped; None when there is no complete, readable entry."""
-    import datasets
-
-    if not (entry / "done").is_file():
-        return None
-    try:
-        features = datasets.Features.from_dict(
-            json.loads((entry / "source.json").read_text())["features"])
-        dataset = datasets.DatasetDict({
-            split: datasets.Dataset.from_file(
-                str(entry / f"{split}.arrow"), info=datasets.DatasetInfo(features=features),
-                split=datasets.NamedSplit(split))
-            for split in SPLIT_FILES})
-    except (OSError, ValueError, KeyError, TypeError) as err:  # ArrowInvalid is a ValueError
-        log.warning("the EmoSet index cache %s is damaged (%s); indexing again", entry, err)
-        return None
-    log.debug("EmoSet index from cache %s", entry)
-    return dataset
-
-
-def _in_memory(tables: dict, features) -> "datasets.DatasetDict":
-    import datasets
-
-    return datasets.DatasetDict({
-        split: datasets.Dataset(table, info=datasets.DatasetInfo(features=features),
-                                split=datasets.NamedSplit(split))
-        for split, table in tables.items()})
 
 
 # ---------------------------------------------------------------------------------------------

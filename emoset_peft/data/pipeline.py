@@ -16,12 +16,8 @@ that halves the decode time; smaller images are decoded in full. From there:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -30,13 +26,12 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from tqdm.auto import tqdm
 
+from emoset_peft.data.decode_cache import load_or_decode
 from emoset_peft.data.images import CorruptImageError, open_image
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the decoded pixels change (2: JPEG draft, torchvision geometry)
 EVAL_CROP_RATIO = 0.875  # image_size / resize size, e.g. 224 / 256
 SLICE_ATTRIBUTES = ("facial_expression", "brightness", "scene", "human_action")
 
@@ -44,10 +39,6 @@ SLICE_ATTRIBUTES = ("facial_expression", "brightness", "scene", "human_action")
 def cache_resolution(image_size: int) -> int:
     """Side of the cached square: the eval resize, which also leaves a margin for train crops."""
     return int(round(image_size / EVAL_CROP_RATIO))
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMOSET_PEFT_CACHE", Path.home() / ".cache" / "emoset_peft"))
 
 
 @dataclass
@@ -77,20 +68,14 @@ def decode_split(split, image_size: int, *, cache_dir: str | Path | None = None,
     resolution = cache_resolution(image_size)
     paths = [_image_path(row) for row in split.select_columns("image").cast_column(
         "image", _undecoded_image_feature())["image"]]
-    key = _cache_key(paths, resolution, image_size)
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    folder = folder / "decoded"
-    array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-
-    if array_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        pixels = np.load(array_path, mmap_mode="r")
-    else:
-        pixels, meta = _decode_to_cache(paths, resolution, image_size, array_path, meta_path,
-                                        workers=workers, desc=desc, show_progress=show_progress)
+    pixels, meta = load_or_decode(
+        paths, resolution, image_size, cache_dir,
+        lambda path: decode_square(path, resolution, crop_size=image_size),
+        label=str(getattr(split, "split", "") or ""), workers=workers, desc=desc,
+        show_progress=show_progress)
     failed = {int(i): reason for i, reason in meta["failed"].items()}
     if failed and not skip_corrupt:
-        index, reason = next(iter(sorted(failed.items())))
+        _, reason = next(iter(sorted(failed.items())))
         raise CorruptImageError(
             f"{len(failed)} image(s) in this split cannot be decoded, first: {reason} "
             "(set data.skip_corrupt=true to leave them out)"
@@ -125,47 +110,6 @@ def _image_path(image_field) -> str:
     if not path:
         raise ValueError("image column rows must carry a file path (load the split with load_emoset)")
     return path
-
-
-def _cache_key(paths: Sequence[str], resolution: int, image_size: int) -> str:
-    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{resolution}:{image_size}".encode())
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path}:missing\n".encode())
-    return digest.hexdigest()[:24]
-
-
-def _decode_to_cache(paths, resolution, image_size, array_path: Path, meta_path: Path, *,
-                     workers, desc, show_progress):
-    array_path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename at the end: a killed process leaves only a temp file.
-    tmp_array = array_path.with_name(f".{array_path.stem}.{os.getpid()}.tmp.npy")
-    pixels = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint8,
-                                       shape=(len(paths), resolution, resolution, 3))
-    failed: dict[int, str] = {}
-
-    def work(index: int) -> None:
-        try:
-            pixels[index] = decode_square(paths[index], resolution, crop_size=image_size)
-        except CorruptImageError as err:
-            failed[index] = str(err)
-            pixels[index] = 0
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, unit="img",
-                  disable=not show_progress, leave=False))
-    pixels.flush()
-    del pixels
-    meta = {"format": CACHE_FORMAT, "resolution": resolution, "count": len(paths),
-            "failed": {str(i): reason for i, reason in sorted(failed.items())}}
-    os.replace(tmp_array, array_path)
-    tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)
-    return np.load(array_path, mmap_mode="r"), meta
 
 
 def decode_square(path: str, resolution: int, crop_size: int | None = None) -> np.ndarray:
@@ -262,6 +206,12 @@ def random_resized_crop_flip(batch: torch.Tensor, size: int, generator: torch.Ge
     """
     count, _, height, width = batch.shape
     boxes, flips = sample_crop_boxes(count, height, width, generator, scale, ratio)
+    return crop_flip(batch, boxes, flips, size)
+
+
+def crop_flip(batch: torch.Tensor, boxes: Sequence, flips: Sequence[bool],
+              size: int) -> torch.Tensor:
+    """Image i of ``batch``: its box ``(top, left, h, w)`` resized to ``size``, flipped if asked."""
     out = []
     for index, (top, left, crop_h, crop_w) in enumerate(boxes):
         crop = TF.resized_crop(batch[index], top, left, crop_h, crop_w, [size, size],
@@ -275,8 +225,11 @@ class TrainStream:
 
     The global batch of ``batch_size * world_size`` indices for step ``s`` comes from a chain of
     seeded permutations of the subset (every image once per pass, no dropped remainder; a pass
-    may span two steps). Process ``rank`` takes its slice. A batch is a pure function of
-    ``(seed, step)``, so resuming at step s needs no skipping, only ``batch(s)``.
+    may span two steps), and each of its images' crop and flip from one generator seeded by
+    ``(seed, s)``, drawn for the whole global batch. Process ``rank`` takes rows
+    ``[rank * per_process, (rank + 1) * per_process)`` of both. So a global batch is a pure
+    function of ``(seed, step)``: resuming at step s needs only ``batch(s)``, and 1 process x
+    batch 16 trains on exactly the images and crops that 2 processes x batch 8 do.
     """
 
     def __init__(self, images: DecodedImages, batch_size: int, seed: int, rank: int = 0,
@@ -299,15 +252,26 @@ class TrainStream:
             chunks.append(take)
             need -= len(take)
             offset, pass_index = 0, pass_index + 1
-        batch = np.concatenate(chunks)
-        return batch[self.rank * self.per_process:(self.rank + 1) * self.per_process]
+        return np.concatenate(chunks)[self._rows()]
+
+    def _rows(self) -> slice:
+        return slice(self.rank * self.per_process, (self.rank + 1) * self.per_process)
+
+    def augmentation(self, step: int) -> tuple[list, list]:
+        """This process's (crop boxes, flips) for ``step``, row for row with ``indices(step)``."""
+        side = self.images.pixels.shape[1]
+        generator = torch.Generator(device="cpu").manual_seed(
+            int(np.random.default_rng([self.seed, step, 7]).integers(2**62)))
+        boxes, flips = sample_crop_boxes(self.global_batch, side, side, generator)
+        return boxes[self._rows()], flips[self._rows()]
 
     def batch(self, step: int, normalizer: Normalizer, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = np.sort(self.indices(step))  # sorted reads are kinder to a memmap
+        index = self.indices(step)
+        boxes, flips = self.augmentation(step)
+        order = np.argsort(index, kind="stable")  # sorted reads are kinder to a memmap
+        index = index[order]
         raw = normalizer.to_nchw(self.images.pixels[index])
-        generator = torch.Generator(device="cpu").manual_seed(
-            int(np.random.default_rng([self.seed, step, self.rank, 7]).integers(2**62)))
-        crops = random_resized_crop_flip(raw, image_size, generator)
+        crops = crop_flip(raw, [boxes[i] for i in order], [flips[i] for i in order], image_size)
         labels = torch.from_numpy(self.images.labels[index]).to(normalizer.device)
         return normalizer(crops), labels
 

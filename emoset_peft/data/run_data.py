@@ -16,6 +16,7 @@ from typing import Any
 
 from emoset_peft.config import DataConfig
 from emoset_peft.data.pipeline import DecodedImages, decode_split
+from emoset_peft.errors import EmoSetError
 
 
 @dataclass
@@ -31,6 +32,7 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
     """(train subset or None, selection set, test set, train manifest) as ``datasets`` splits."""
     from emoset_peft.data.subsets import low_data_subset, selection_subset, subset_manifest
 
+    _require_records(emoset, data.root, needs_validation=data.selection != "none")
     train = emoset["train"]
     if data.fraction is not None:
         args = {"fraction": data.fraction, "seed": data.data_seed}
@@ -81,13 +83,29 @@ def selection_record(data: DataConfig, selection: DecodedImages | None, best_ste
             "evaluations": evaluations}
 
 
+def _require_records(emoset, root: str, needs_validation: bool = True) -> None:
+    """An empty val.json or test.json stops the run before it trains, not after (val.json may
+    be empty with data.selection=none, which never reads it)."""
+    from pathlib import Path
+
+    from emoset_peft.data.emoset import SPLIT_FILES
+
+    for split, why in (("validation", "selects the checkpoint"), ("test", "scores the run")):
+        if split == "validation" and not needs_validation:
+            continue
+        if len(emoset[split]) == 0:
+            raise EmoSetError(f"{Path(root) / SPLIT_FILES[split]} holds no records, but the run "
+                              f"needs it ({split} {why}); restore it from the EmoSet download")
+
+
 def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
                   show_progress: bool = True) -> RunData:
     """Load EmoSet (unless given), pick the subsets and decode them (cached across runs)."""
     if emoset is None:
         from emoset_peft.data.emoset import load_emoset
 
-        emoset = load_emoset(data.root, cache_dir=data.cache_dir, skip_missing=data.skip_missing)
+        emoset = load_emoset(data.root, cache_dir=data.cache_dir, skip_missing=data.skip_missing,
+                             follow_symlinks=data.follow_symlinks)
     train, selection, test, manifest = select_splits(data, emoset)
 
     def decode(split, desc):

@@ -6,6 +6,7 @@ run, and what research code calls. It returns the metrics dict it writes to metr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -15,9 +16,19 @@ import torch
 from emoset_peft.config import RunConfig, save_config, validate
 from emoset_peft.data.pipeline import Normalizer
 from emoset_peft.data.run_data import RunData, load_run_data, selection_record
+from emoset_peft.engine.checkpoint import latest_checkpoint
 from emoset_peft.engine.evaluate import evaluate
-from emoset_peft.engine.precision import cast_frozen_weights, frozen_dtype, resolve_mixed_precision
-from emoset_peft.engine.run_dir import prepare_run_dir
+from emoset_peft.engine.precision import (
+    cast_frozen_weights,
+    frozen_dtype,
+    resolve_mixed_precision,
+)
+from emoset_peft.engine.run_dir import (
+    check_run_dir,
+    discard_run_dir,
+    locked_run_dir,
+    prepare_run_dir,
+)
 from emoset_peft.engine.trainer import FitResult, fit, step_budget
 from emoset_peft.errors import EmoSetError
 from emoset_peft.utils.io import atomic_write_json
@@ -127,8 +138,11 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
     }
     if out_dir is not None and accelerator.is_main_process:
         from emoset_peft.engine.metrics import write_predictions
+        from emoset_peft.utils.storage import atomic_folder
 
-        accelerator.unwrap_model(model).save_pretrained(str(out_dir / "adapter"))
+        with atomic_folder(out_dir / "adapter", "the adapter",
+                           "free space and pass resume=true to train it again") as adapter:
+            accelerator.unwrap_model(model).save_pretrained(str(adapter))
         write_predictions(out_dir / "predictions_test.csv", data.test.image_ids, data.test.labels,
                           test_probs, data.class_names)
         atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
@@ -137,26 +151,40 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
 
 
 def train(config: RunConfig, *, show_progress: bool = True) -> dict:
-    """Run one training job as configured; returns the metrics written to metrics.json."""
-    validate(config)
-    out_dir, resume_from = prepare_run_dir_on_main(config)
-    accelerator = make_accelerator(config, out_dir)
-    if accelerator.is_main_process:
-        write_run_record(out_dir, config)
-    if accelerator.log_with:
-        accelerator.init_trackers("emoset-peft", config=_flat(config.to_dict()))
+    """Run one training job as configured; returns the metrics written to metrics.json.
 
-    image_size = backbone_image_size(config.model.backbone)
+    Everything that can be checked before training (config, method and options, backbone, data,
+    the output folder's state) is checked before the output folder is created; a user error
+    before the first checkpoint removes what this run wrote.
+    """
+    validate(config)
+    image_size = preflight(config)
+    accelerator = make_accelerator(config, Path(config.output_dir))
+    main = accelerator.is_main_process
+    if main:
+        check_run_dir(config)  # read-only: refuse now rather than after decoding
     with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
-        data = load_run_data(config.data, image_size,
-                             show_progress=show_progress and accelerator.is_main_process)
+        data = load_run_data(config.data, image_size, show_progress=show_progress and main)
     _check_same_subset(accelerator, data)
-    if accelerator.is_main_process:
-        write_run_record(out_dir, data=data)
-    metrics = run_training(config, data, accelerator, out_dir=out_dir, resume_from=resume_from,
-                           show_progress=show_progress)
-    accelerator.end_training()
-    if accelerator.is_main_process:
+
+    out_dir = Path(config.output_dir)
+    created = not out_dir.exists()
+    with contextlib.ExitStack() as hold:
+        resume_from = None
+        if main:  # under accelerate launch / torchrun the N processes are one run: one lock
+            hold.enter_context(locked_run_dir(config))
+            out_dir, resume_from = prepare_run_dir(config)
+        accelerator.wait_for_everyone()
+        if not main and config.resume:
+            resume_from = latest_checkpoint(out_dir / "checkpoints")
+        try:
+            metrics = _train_in(out_dir, config, data, accelerator, resume_from, show_progress)
+        except EmoSetError:
+            accelerator.end_training()
+            if main and resume_from is None:
+                discard_run_dir(out_dir, created=created)
+            raise
+    if main:
         log.info("test accuracy %.4f, macro-F1 %.4f -> %s", metrics["test"]["accuracy"],
                  metrics["test"]["macro_f1"], out_dir / "metrics.json")
     return metrics
@@ -174,34 +202,35 @@ def write_run_record(out_dir: Path, config: RunConfig | None = None,
         atomic_write_json(out_dir / "train_manifest.json", data.train_manifest)
 
 
+def _train_in(out_dir: Path, config: RunConfig, data: RunData, accelerator,
+              resume_from: Path | None, show_progress: bool) -> dict:
+    if accelerator.is_main_process:
+        write_run_record(out_dir, config, data)
+    if accelerator.log_with:
+        accelerator.init_trackers("emoset-peft", config=_flat(config.to_dict()))
+    metrics = run_training(config, data, accelerator, out_dir=out_dir, resume_from=resume_from,
+                           show_progress=show_progress)
+    accelerator.end_training()
+    return metrics
+
+
+def preflight(config: RunConfig) -> int:
+    """The checks that need no output folder: method and options (the registry), backbone.
+    Returns the backbone's input resolution."""
+    from emoset_peft.models import methods
+
+    methods.make_options(methods.get_method(config.model.method), dict(config.model.options))
+    return backbone_image_size(config.model.backbone)
+
+
 def backbone_image_size(backbone: str) -> int:
     """The input resolution from the backbone's config alone (the data is decoded before the
     model is built, since AdaLoRA's schedule needs the subset size)."""
-    from transformers import AutoConfig
+    from emoset_peft.models.backbones import load_config, resolve_source
 
-    try:
-        config = AutoConfig.from_pretrained(backbone)
-    except OSError as err:
-        raise EmoSetError(f"cannot load backbone {backbone!r}: {err}") from None
+    config = load_config(resolve_source(backbone))
     vision = getattr(config, "vision_config", None) or config
     return int(vision.image_size)
-
-
-def prepare_run_dir_on_main(config: RunConfig):
-    """Only one process decides about the folder; under torchrun the others wait for it."""
-    import os
-
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        return prepare_run_dir(config)
-    out = Path(config.output_dir)
-    for _ in range(600):  # rank 0 creates the folder within seconds
-        if out.exists():
-            break
-        time.sleep(0.1)
-    from emoset_peft.engine.checkpoint import latest_checkpoint
-
-    return out, latest_checkpoint(out / "checkpoints") if config.resume else None
 
 
 def _check_same_subset(accelerator, data: RunData) -> None:

@@ -28,8 +28,13 @@ from emoset_peft.data.pipeline import Normalizer, TrainStream
 from emoset_peft.data.run_data import RunData
 from emoset_peft.engine.checkpoint import load_checkpoint, save_checkpoint
 from emoset_peft.engine.evaluate import evaluate
+from emoset_peft.errors import EmoSetError
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(EmoSetError):
+    """A non-finite loss or gradient: the run stops and saves no adapter and no metrics."""
 
 
 @dataclass
@@ -50,7 +55,10 @@ def step_budget(num_images: int, per_process_batch: int, world_size: int, cfg: T
 
     e.g. k=16: 8 classes x 16 = 128 images, batch 32 -> 4 steps/epoch x 30 epochs = 120 steps;
     k=1: 8 images -> 1 step/epoch x 30 = 30 -> raised to min_steps (60).
+    epochs=0 with max_steps=N: exactly N steps, whatever min_steps says.
     """
+    if cfg.epochs == 0 and cfg.max_steps is not None:
+        return cfg.max_steps
     images_per_step = per_process_batch * world_size * cfg.grad_accum
     steps = math.ceil(cfg.epochs * num_images / images_per_step)
     steps = max(steps, cfg.min_steps)
@@ -105,15 +113,14 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
                  "2-core CPU)")
         model.compile()  # in place: parameter names, state_dict and save_pretrained unchanged
     model, optimizer = accelerator.prepare(model, optimizer)
-    if cfg.checkpoint_every or resume_from is not None:
-        accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
     state = {"step": 0, "best_step": -1, "best_score": -math.inf, "best_validation": {},
              "evals_since_best": 0, "history": [], "train_seconds": 0.0}
     best_weights = None
     if resume_from is not None:
-        state, best_weights = load_checkpoint(accelerator, resume_from)
+        state, best_weights = load_checkpoint(accelerator, resume_from, model=unwrapped,
+                                              optimizer=optimizer, scheduler=scheduler)
         log.info("resumed from %s at step %d", resume_from, state["step"])
         if out_dir is not None and accelerator.is_main_process:  # drop evals after the checkpoint
             (out_dir / "log.jsonl").write_text(
@@ -124,6 +131,8 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
         nonlocal best_weights
         metrics, probs = evaluate(model, data.selection, data.class_names, accelerator,
                                   normalizer, image_size, cfg.eval_batch_size)
+        if not math.isfinite(metrics["loss"]):  # weights blew up after the last checked step
+            raise TrainingDiverged(_diverged(step, f"validation loss {metrics['loss']}", cfg))
         score = -metrics["loss"] if cfg.select_metric == "loss" else metrics[cfg.select_metric]
         entry = {"step": step, "val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"],
                  "val_macro_f1": metrics["macro_f1"]}
@@ -151,7 +160,7 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
     while state["step"] < total_steps:
         step = state["step"]
         step_started = time.perf_counter()
-        loss_value = 0.0
+        loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.grad_accum):
             pixels, labels = stream.batch(step * cfg.grad_accum + micro, normalizer, image_size)
             sync = micro == cfg.grad_accum - 1
@@ -161,10 +170,12 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
                                        label_smoothing=cfg.label_smoothing)
                 loss = loss + extra_loss(model)
                 accelerator.backward(loss / cfg.grad_accum)
-            loss_value += loss.item() / cfg.grad_accum
+            loss_sum += loss.detach() / cfg.grad_accum
             images_seen += len(labels) * accelerator.num_processes
+        grad_norm = None
         if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        loss_value = _checked_loss(loss_sum, grad_norm, accelerator, cfg, step + 1)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -186,6 +197,7 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
         if cfg.checkpoint_every and out_dir is not None and (
                 step % cfg.checkpoint_every == 0 and step < total_steps):
             save_checkpoint(accelerator, out_dir / "checkpoints", step, state, best_weights,
+                            model=unwrapped, optimizer=optimizer, scheduler=scheduler,
                             keep=cfg.keep_checkpoints)
         if stopped_early:
             log.info("early stop at step %d: no improvement in %d evaluations", step,
@@ -213,6 +225,34 @@ def save_selection_predictions(out_dir: Path, step: int, data: RunData, probs) -
 
     write_predictions(selection_predictions_path(out_dir, step), data.selection.image_ids,
                       data.selection.labels, probs, data.class_names)
+
+
+def _checked_loss(loss_sum: torch.Tensor, grad_norm, accelerator, cfg: TrainConfig,
+                  step: int) -> float:
+    """The step's mean loss over processes, or TrainingDiverged before the optimizer applies a
+    non-finite update. One host sync per step (the loss was read every micro-batch before)."""
+    check = loss_sum.float()
+    # fp16's loss scaler skips steps whose gradients overflowed and lowers its scale: an
+    # infinite gradient norm is routine there, so only the loss is checked.
+    if grad_norm is not None and str(accelerator.mixed_precision) != "fp16":
+        check = check + 0 * torch.as_tensor(grad_norm, device=check.device).float()  # NaN/inf stay
+    if accelerator.num_processes > 1:  # every rank must stop together, not only the one with NaN
+        check = accelerator.reduce(check, reduction="mean")
+    value = check.item()
+    if math.isfinite(value):
+        return value
+    loss = loss_sum.item()
+    what = f"loss {loss}" if not math.isfinite(loss) or grad_norm is None else \
+        f"loss {loss:.4g}, gradient norm {float(grad_norm)}"
+    raise TrainingDiverged(_diverged(step, what, cfg))
+
+
+def _diverged(step: int, what: str, cfg: TrainConfig) -> str:
+    clip = ("a smaller train.max_grad_norm" if cfg.max_grad_norm else
+            "gradient clipping (train.max_grad_norm=1.0)")
+    precision = ", or train.mixed_precision=no" if cfg.mixed_precision != "no" else ""
+    return (f"training diverged at step {step}: {what}; nothing was saved. Try a lower train.lr "
+            f"(now {cfg.lr:g}), {clip}{precision}")
 
 
 def _maybe_no_sync(accelerator, model, sync: bool):

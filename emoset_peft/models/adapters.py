@@ -44,6 +44,7 @@ from emoset_peft.models.wrapper import (
     RECORD_NAME,
     WEIGHTS_NAME,
     EmoSetModel,
+    check_adapter_folder,
     log_parameter_counts,
 )
 
@@ -345,6 +346,7 @@ def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) ->
     from safetensors.torch import load_file
 
     path = Path(path)
+    check_adapter_folder(path)
     record = read_record(path)
     spec = methods.get_method(record["method"])
     info, config = backbones.describe_backbone(backbone or record["backbone"])

@@ -115,9 +115,11 @@ def resolve_source(backbone: str | os.PathLike) -> str:
     if path.is_dir():
         return str(path.resolve())
     if path.exists() or text.startswith((".", "~")) or ".." in text or not _HUB_ID.fullmatch(text):
+        what = f"{path.resolve()} is a file, not a folder" if path.exists() else \
+            f"the folder {path.resolve()} does not exist"
         raise EmoSetError(
-            f"backbone {text!r}: no such folder, and not a Hugging Face Hub id (owner/name); "
-            "give a local folder holding config.json and weights, or a Hub id such as "
+            f"backbone {text!r}: no such folder, and not a Hugging Face Hub id (owner/name): "
+            f"{what}; give a local folder holding config.json and weights, or a Hub id such as "
             "google/vit-base-patch16-224-in21k"
         )
     return text
@@ -129,15 +131,37 @@ def _load_failure(source: str, what: str, err: Exception) -> EmoSetError:
         if os.path.isdir(source)
         else "check the Hub id and the network (set HF_HUB_OFFLINE=1 to use only the local cache)"
     )
-    return EmoSetError(f"backbone {source!r}: could not load {what} ({type(err).__name__}: {err}); {hint}")
+    reason = " ".join(str(err).split())  # transformers' messages span lines; ours is one
+    return EmoSetError(f"backbone {source!r}: could not load {what} ({type(err).__name__}: {reason}); {hint}")
 
 
 def load_config(source: str) -> PretrainedConfig:
-    """The checkpoint's config, without running remote code."""
+    """The checkpoint's config, without running remote code (a config asking for it is refused)."""
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_failure(source, "config.json", err) from err
+    _refuse_custom_code(source, raw)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
         raise _load_failure(source, "config.json", err) from err
+
+
+def _refuse_custom_code(source: str, raw: dict) -> None:
+    """A config with ``auto_map`` names Python classes shipped inside the checkpoint. We never
+    pass trust_remote_code=True (that would run the checkpoint's code), so refuse it up front
+    rather than fail inside transformers or quietly build a different, built-in model."""
+    auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+    if not auto_map:
+        return
+    classes = ", ".join(sorted(set(auto_map.values() if isinstance(auto_map, dict) else auto_map)))
+    raise EmoSetError(
+        f"backbone {source!r}: its config.json has auto_map ({classes}), i.e. model code shipped "
+        "with the checkpoint, and emoset_peft never runs such code (trust_remote_code is always "
+        "off); use a checkpoint of a built-in transformers model (model_type vit, dinov2, clip, "
+        "siglip), e.g. google/vit-base-patch16-224-in21k, or convert it to one"
+    )
 
 
 def read_input_spec(source: str | None, config: PretrainedConfig, architecture: Architecture) -> InputSpec:

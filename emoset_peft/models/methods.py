@@ -8,6 +8,7 @@ built in prompts.py; ``linear`` trains the head, ``full`` every weight, ``zerosh
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from emoset_peft.errors import EmoSetError
@@ -153,11 +154,45 @@ def make_options(spec: MethodSpec, given: dict):
             setattr(options, name, float(value))
     if isinstance(options, ZeroShotOptions):
         options.templates = tuple(options.templates)
+    _check_option_ranges(spec, options)
     return options
+
+
+POSITIVE_OPTIONS = ("r", "init_r", "alpha", "block_size", "prefix_length", "reparam_hidden",
+                    "num_prompts", "delta_t")
+
+
+def _check_option_ranges(spec: MethodSpec, options) -> None:
+    """Sizes must be positive and dropouts probabilities, before peft or torch sees them."""
+    for name, value in vars(options).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        where = f"model.options.{name}={value}"
+        if not math.isfinite(value):
+            raise EmoSetError(f"{where} (method {spec.name!r}) must be a finite number")
+        if name in POSITIVE_OPTIONS and value <= 0:
+            raise EmoSetError(f"{where} (method {spec.name!r}) must be > 0")
+        if name.endswith("dropout") and not 0 <= value < 1:
+            raise EmoSetError(f"{where} (method {spec.name!r}) must be in [0, 1)")
+        if name in ("tinit", "tfinal", "orth_reg_weight") and value < 0:
+            raise EmoSetError(f"{where} (method {spec.name!r}) must be >= 0")
 
 
 # -- PEFT configs --------------------------------------------------------------------------------
 def peft_config(spec: MethodSpec, o, targets: list[str], feedforward: list[str], head: str, total_steps):
+    """The method's peft config; peft's own refusals become one EmoSetError line."""
+    try:
+        return _peft_config(spec, o, targets, feedforward, head, total_steps)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, EmoSetError):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        names = ", ".join(f.name for f in dataclasses.fields(o)) or "none"
+        raise EmoSetError(f"model.options for method {spec.name!r} rejected by peft: {reason} "
+                          f"(its options: {names})") from None
+
+
+def _peft_config(spec: MethodSpec, o, targets: list[str], feedforward: list[str], head: str, total_steps):
     import peft
 
     common = {"target_modules": targets, "modules_to_save": [head], "task_type": None}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import logging
 import shutil
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from emoset_peft.errors import EmoSetError
 from emoset_peft.study.grid import Cell, StudyConfig, expand, grid_fingerprint, shard
 from emoset_peft.utils.io import atomic_write_text
+from emoset_peft.utils.locks import LOCK_NAME, file_lock, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ RESULT_COLUMNS = (
     "test_top2_accuracy", "val_accuracy", "trainable_params", "total_params", "train_images",
     "steps", "best_step", "train_seconds", "eval_seconds", "cell_seconds", "num_processes",
     "process_index", "config_hash", "run_dir",
+    "status", "error",  # "ok" | "failed" (training diverged: the one-line reason in error)
 )
 
 
@@ -49,7 +50,7 @@ def read_results(path: Path) -> list[dict]:
 
 def append_result(path: Path, row: dict) -> None:
     """Append one row so that a kill at any moment leaves the previous complete file."""
-    with _locked(path.with_name(".results.lock")):
+    with file_lock(path.with_name(".results.lock")):
         rows = read_results(path)
         rows.append({key: row.get(key, "") for key in RESULT_COLUMNS})
         buffer = io.StringIO()
@@ -57,17 +58,6 @@ def append_result(path: Path, row: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(path, buffer.getvalue())
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class CellContext:
@@ -78,21 +68,27 @@ class CellContext:
         self._emoset = {}
 
     def emoset(self, data_cfg):
-        key = (data_cfg.root, data_cfg.cache_dir, data_cfg.skip_missing)
+        key = (data_cfg.root, data_cfg.cache_dir, data_cfg.skip_missing, data_cfg.follow_symlinks)
         if key not in self._emoset:
             from emoset_peft.data.emoset import load_emoset
 
             self._emoset[key] = load_emoset(data_cfg.root, cache_dir=data_cfg.cache_dir,
-                                            skip_missing=data_cfg.skip_missing)
+                                            skip_missing=data_cfg.skip_missing,
+                                            follow_symlinks=data_cfg.follow_symlinks)
         return self._emoset[key]
 
 
 
 def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
              show_progress: bool, process_index: int = 0) -> dict | None:
-    """Train and test one cell; returns its results row (on the process that writes it)."""
+    """Train and test one cell; returns its results row (on the process that writes it).
+
+    A cell whose training diverges (non-finite loss) gets a row with status=failed and the
+    reason, and the grid goes on; a rerun skips it like a finished cell unless its config changed.
+    """
     from emoset_peft.data.run_data import load_run_data
     from emoset_peft.engine.recipe import backbone_image_size, run_training, write_run_record
+    from emoset_peft.engine.trainer import TrainingDiverged
 
     started = time.perf_counter()
     config = cell.config
@@ -107,13 +103,25 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
                          show_progress=False)
     if accelerator.is_main_process:
         write_run_record(out, data=data)  # train_manifest.json
-    metrics = run_training(config, data, accelerator, out_dir=out, show_progress=show_progress)
+    identity = {
+        "method": cell.method, "per_class": cell.per_class, "seed": cell.seed,
+        "data_seed": config.data.data_seed, "train_seed": config.train.seed,
+        "process_index": process_index, "config_hash": cell.config_hash,
+        "run_dir": str(out.relative_to(study_dir)),
+    }
+    try:
+        metrics = run_training(config, data, accelerator, out_dir=out, show_progress=show_progress)
+    except TrainingDiverged as err:
+        if not accelerator.is_main_process:
+            return None
+        log.warning("cell %s failed: %s", cell.name, err)
+        return {**identity, "cell_seconds": round(time.perf_counter() - started, 3),
+                "status": "failed", "error": str(err)}
     if not accelerator.is_main_process:
         return None
     test, validation = metrics["test"], metrics["validation"]
     return {
-        "method": cell.method, "per_class": cell.per_class, "seed": cell.seed,
-        "data_seed": config.data.data_seed, "train_seed": config.train.seed,
+        **identity,
         "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
         "test_balanced_accuracy": test["balanced_accuracy"],
         "test_valence_accuracy": test["valence_accuracy"],
@@ -124,9 +132,7 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
         "best_step": metrics["best_step"], "train_seconds": metrics["train_seconds"],
         "eval_seconds": metrics["test_eval_seconds"],
         "cell_seconds": round(time.perf_counter() - started, 3),
-        "num_processes": metrics["num_processes"], "process_index": process_index,
-        "config_hash": cell.config_hash,
-        "run_dir": str(out.relative_to(study_dir)),
+        "num_processes": metrics["num_processes"], "status": "ok", "error": "",
     }
 
 
@@ -142,8 +148,7 @@ def check_study_dir(study: StudyConfig, cells: list[Cell]) -> Path:
                 f"{out} holds a study with a different grid (fingerprint "
                 f"{saved.get('grid_fingerprint')} != {fingerprint}); use another output_dir, or "
                 "pass allow_grid_change=true to keep its finished cells and run the rest")
-    elif out.exists() and any(out.iterdir()):
-        raise EmoSetError(f"{out} is not empty and holds no study; pick another output_dir")
+    _refuse_foreign(out)
     out.mkdir(parents=True, exist_ok=True)
     content = {"grid_fingerprint": fingerprint, "cells": len(cells),
                "study": {k: v for k, v in vars(study).items()}}
@@ -151,19 +156,44 @@ def check_study_dir(study: StudyConfig, cells: list[Cell]) -> Path:
     return out
 
 
+def _refuse_foreign(out: Path) -> None:
+    if out.is_dir() and not (out / "study.yaml").exists() and \
+            any(path.name != LOCK_NAME for path in out.iterdir()):
+        raise EmoSetError(f"{out} is not empty and holds no study; pick another output_dir")
+
+
 def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
     """Run every unfinished cell of the grid; returns the study folder."""
     from accelerate import PartialState
-
-    from emoset_peft.models.backbones import reuse_loaded_backbones
 
     cells = expand(study)
     # cpu=true in the recipe must reach the process group too (gloo instead of NCCL).
     state = PartialState(cpu=any(cell.config.cpu for cell in cells))
     out = Path(study.output_dir)
-    if state.is_main_process:
+    with contextlib.ExitStack() as hold:
+        if state.is_main_process:  # N processes under accelerate launch are one study: one lock
+            hold.enter_context(_locked_study_dir(study, cells))
+        state.wait_for_everyone()
+        _run_grid(study, cells, state, out, show_progress)
+    return out
+
+
+@contextlib.contextmanager
+def _locked_study_dir(study: StudyConfig, cells: list[Cell]):
+    """Hold the study folder's lock for the whole study (a second process gets one line)."""
+    from emoset_peft.engine.run_dir import make_output_dir
+
+    out = Path(study.output_dir)
+    _refuse_foreign(out)  # before a lock file lands in someone else's folder
+    make_output_dir(out, "output_dir")
+    with folder_lock(out, "study"):
         check_study_dir(study, cells)
-    state.wait_for_everyone()
+        yield
+
+
+def _run_grid(study: StudyConfig, cells: list[Cell], state, out: Path, show_progress: bool):
+    from emoset_peft.models.backbones import reuse_loaded_backbones
+
     results_path = out / "results.csv"
     done = {(row["method"], str(row["per_class"]), str(row["seed"]), row["config_hash"])
             for row in read_results(results_path)}
@@ -184,7 +214,6 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
         from emoset_peft.study.report import write_report
 
         write_report(out)
-    return out
 
 
 def _run_cells(cells: list[Cell], state, out: Path, results_path: Path, bar,
