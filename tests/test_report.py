@@ -346,3 +346,19 @@ def test_study_without_prediction_files_still_reports(tmp_path):
         text, "## What this study cannot say")
     assert "No comparison: no cell has a readable predictions_test.csv." in text
     assert (tmp_path / "accuracy_vs_k.png").is_file()
+
+
+def test_slices_at_0_and_100_percent_are_drawn(tmp_path):
+    """A Wilson bound at 0% or 100% may miss the value by a rounding error (1e-16); the error
+    bars must still be drawn (matplotlib refuses negative lengths)."""
+    rows = make_fake_study(tmp_path, seeds=(0,), ks=(2,), methods=("linear",), full=False)
+    for row in rows:
+        path = tmp_path / row["run_dir"] / "metrics.json"
+        metrics = json.loads(path.read_text())
+        for by_slice in metrics["test"]["slices"].values():
+            for index, entry in enumerate(by_slice.values()):
+                entry.update(n=48, accuracy=float(index % 2))  # 0% and 100% slices
+        path.write_text(json.dumps(metrics))
+    text = report_module.write_report(tmp_path, n_boot=200).read_text()
+    assert "![accuracy by attribute slice](attribute_slices.png)" in text
+    assert (tmp_path / "attribute_slices.png").stat().st_size > 10_000

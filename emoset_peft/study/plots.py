@@ -43,7 +43,8 @@ def _error_bar(entry: Mapping) -> list[list[float]] | None:
     """Asymmetric error bar [[below], [above]] from a summary's CI; None when undefined."""
     if not (_finite(entry["ci_low"]) and _finite(entry["ci_high"])):
         return None
-    return [[entry["mean"] - entry["ci_low"]], [entry["ci_high"] - entry["mean"]]]
+    return [[max(entry["mean"] - entry["ci_low"], 0.0)],
+            [max(entry["ci_high"] - entry["mean"], 0.0)]]
 
 
 def _k_axis(ks: Sequence) -> tuple[dict, list[float], list[str], tuple[float, float]]:
@@ -186,8 +187,10 @@ def _plot_differences(axes, paired, colours, position, baseline, metric_label) -
             if not part:
                 continue
             x = [position[e["per_class"]] + dodge[method] for e in part]
-            below = [e["diff"] - e["ci_low"] if _finite(e["ci_low"]) else 0 for e in part]
-            above = [e["ci_high"] - e["diff"] if _finite(e["ci_high"]) else 0 for e in part]
+            below = [max(e["diff"] - e["ci_low"], 0.0) if _finite(e["ci_low"]) else 0
+                     for e in part]
+            above = [max(e["ci_high"] - e["diff"], 0.0) if _finite(e["ci_high"]) else 0
+                     for e in part]
             axes.errorbar(x, [e["diff"] for e in part], yerr=[below, above], fmt=fmt,
                           color=colours[method], capsize=3, ms=5, lw=1.2,
                           label=method if fmt == "o-" or len(part) == len(entries) else None)
@@ -346,8 +349,9 @@ def plot_slices(
             by_slice = {n: e for n, e in slices[method].get(attribute, {}).items()
                         if n in names[attribute]}
             offset = (index - (len(methods) - 1) / 2) * width
-            errors = [[e["accuracy"] - e["ci_low"] for e in by_slice.values()],
-                      [e["ci_high"] - e["accuracy"] for e in by_slice.values()]] \
+            # max(0, .): a Wilson bound at 0% or 100% can miss the value by a rounding error
+            errors = [[max(e["accuracy"] - e["ci_low"], 0.0) for e in by_slice.values()],
+                      [max(e["ci_high"] - e["accuracy"], 0.0) for e in by_slice.values()]] \
                 if all(_finite(e.get("ci_low")) for e in by_slice.values()) else None
             axes.bar([names[attribute].index(n) + offset for n in by_slice],
                      [entry["accuracy"] for entry in by_slice.values()], width=width,
