@@ -262,11 +262,14 @@ def plot_metric_vs_params(
             share = f"\n{point['params'] / point['total_params']:.2%} of weights"
         axes.annotate(f"{point['method']}{share}", (point["params"], point["mean"]),
                       xytext=(7, 4), textcoords="offset points", fontsize=8, color=colour)
-    axes.margins(x=0.25, y=0.15)
     counts = {point["params"] for point in points if _finite(point["params"]) and point["params"] > 0}
     if len(counts) == 1:  # one parameter count: margins of a zero-width log range are undefined
         (count,) = counts
-        axes.set_xlim(count / 4, count * 4)
+        axes.set_autoscalex_on(False)
+        axes.set_xbound(count / 4, count * 4)
+        axes.margins(y=0.15)
+    else:
+        axes.margins(x=0.25, y=0.15)
     axes.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     axes.set_xlabel("trainable parameters (count, log scale)")
     axes.set_ylabel(f"{metric_label} (%)")
