@@ -217,7 +217,8 @@ def test_one_seed_withholds_p_values_and_marks_intervals(tmp_path):
 
 
 def test_cell_without_predictions_has_no_interval(tmp_path):
-    make_fake_study(tmp_path, seeds=(0, 1, 2), ks=(2, 8))
+    make_fake_study(tmp_path, seeds=(0, 1, 2), ks=(2, 8), methods=("linear", "vpt"),
+                    zero_shot=False, full=False)
     for seed in (0, 1, 2):
         (tmp_path / f"runs/vpt_k8_s{seed}/predictions_test.csv").unlink()
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
@@ -229,7 +230,8 @@ def test_cell_without_predictions_has_no_interval(tmp_path):
 
 
 def test_rows_ignored_or_corrected_are_listed(tmp_path):
-    rows = make_fake_study(tmp_path, seeds=(0, 1, 2), ks=(2, 8))
+    rows = make_fake_study(tmp_path, seeds=(0, 1, 2), ks=(2, 8), methods=("linear", "lora"),
+                           zero_shot=False, full=False)
     truth = rows[4]["test_accuracy"]
     rows[4]["test_accuracy"] = 0.999
     rows[5]["status"] = "failed"
@@ -261,7 +263,8 @@ def test_missing_or_empty_results_raise(tmp_path):
 
 
 def test_cli_prints_report_path_and_rejects_unknown_baseline(tmp_path, capsys):
-    make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8))
+    make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
+                    zero_shot=False, full=False)
     assert main(["report", str(tmp_path), "--baseline", "lora", "--bootstrap", "200"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "report.md")
     assert "## Paired differences vs `lora`" in (tmp_path / "report.md").read_text()
@@ -315,7 +318,8 @@ def test_curve_sections_match_summary(study):
 
 
 def test_two_seeds_two_k_withhold_fits_and_p_values(tmp_path):
-    make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), zero_shot=False, full=False)
+    make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
+                    zero_shot=False, full=False)
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
     cannot = _section(text, "## What this study cannot say")
     assert "2 seeds" in cannot and "no scaling fit" in cannot.lower()
@@ -336,7 +340,8 @@ def test_two_seeds_two_k_withhold_fits_and_p_values(tmp_path):
 def test_study_without_prediction_files_still_reports(tmp_path):
     """An older study (no predictions_test.csv): means from results.csv, everything that needs
     the images said to be withheld, no crash."""
-    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), predictions=False)
+    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
+                           full=False, predictions=False)
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
     table = _table_rows(_section(text, "## Test accuracy per cell"))
     lora8 = next(row for row in table if row[:2] == ["lora", "8"])
