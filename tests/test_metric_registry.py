@@ -177,3 +177,45 @@ def test_a_new_registry_entry_reaches_every_output(tiny_run, tmp_path):
     assert [row["method"] for row in out["rows"]] == ["old", "new"]
     assert out["rows"][0]["test_error_rate"] == "" and out["rows"][0]["test_accuracy"] == "0.5"
     assert float(out["rows"][1]["test_error_rate"]) == pytest.approx(out["test"])
+
+
+def _other_metrics_table(text: str) -> list[list[str]]:
+    start = text.index("## Other test metrics")
+    end = text.find("\n## ", start + 1)
+    lines = [line for line in text[start:end].splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_report_tables_follow_the_registry(tmp_path, monkeypatch):
+    """A registry entry outside the bootstrap's metrics gets a report column by itself; an
+    older results.csv without the column reads, its values coming from metrics.json."""
+    from fixtures_study import COLUMNS, make_fake_study, write_results
+
+    from emoset_peft.metrics import Metric, registry
+    from emoset_peft.study import report, summary
+
+    monkeypatch.setitem(registry.METRICS, "error_rate", Metric(
+        "error_rate", lambda probs, labels, names: 1 - get("accuracy").compute(
+            probs, labels, names), False, "error rate", "Share of wrong top emotions."))
+    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
+                           zero_shot=False, full=False)
+    for row in rows:
+        row["test_error_rate"] = 1 - row["test_accuracy"]
+    write_results(tmp_path / "results.csv", rows, [*COLUMNS, "test_error_rate"])
+    report.write_report(tmp_path, n_boot=20)
+    table = _other_metrics_table((tmp_path / "report.md").read_text())
+    header = table[0]
+    assert "error rate (%, ↓)" in header and "ECE (%, ↓)" in header
+    assert "top-2 accuracy (%, ↑)" in header and "test accuracy" not in " ".join(header)
+    assert [name for name in registry.METRICS if name not in summary.METRICS] == [
+        "balanced_accuracy", "valence_accuracy", "top2_accuracy", "ece", "error_rate"]
+    by_cell = {(r[0], r[1]): r for r in table[2:]}
+    cell = [row for row in rows if (row["method"], row["per_class"]) == ("lora", 8)]
+    error = np.array([row["test_error_rate"] for row in cell])
+    shown = by_cell[("lora", "8")][header.index("error rate (%, ↓)")]
+    assert shown == f"{100 * error.mean():.1f} ± {100 * error.std(ddof=1):.1f}"
+    # ECE is not a results.csv column of this (older) study: filled in from metrics.json.
+    eces = [json.loads((tmp_path / row["run_dir"] / "metrics.json").read_text())["test"]["ece"]
+            for row in cell]
+    assert by_cell[("lora", "8")][header.index("ECE (%, ↓)")].startswith(
+        f"{100 * np.mean(eces):.1f} ± ")

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 REPORT_FILE = "report.md"
 CONFIG_FILE = "study.yaml"
 ALL = "all"
-CURVE_FIGURES = {"accuracy": "accuracy_vs_k.png", "macro_f1": "macro_f1_vs_k.png"}
+CURVE_FIGURES = {metric: f"{metric}_vs_k.png" for metric in METRICS}
 
 __all__ = ["Study", "build_figures", "default_baseline", "load_study", "render_markdown",
            "write_report"]
@@ -277,6 +277,7 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
     for metric, label in METRIC_LABELS.items():
         lines += tables.render_cells(summary, metric, label)
         figure(CURVE_FIGURES[metric], f"{label} vs images per class")
+    lines += tables.render_other_metrics(summary)
     # Without any comparison one section says so; otherwise one section per metric.
     for metric, label in METRIC_LABELS.items():
         if summary["paired"] or metric == "accuracy":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from emoset_peft.metrics.registry import METRICS
+
 MIN_PAIRS_FOR_P = 3  # a p-value from 1-2 pairs says nothing: never printed
 
 
@@ -166,6 +168,29 @@ def _mcnemar(tests: Sequence[Mapping]) -> str:
     significant = sum(1 for t in tests if ok(t["p"]) and t["p"] < 0.05)
     more = f" ... ({len(tests)} seeds)" if len(tests) > 5 else ""
     return "; ".join(shown) + more + f" ({significant}/{len(tests)} at p < 0.05)"
+
+
+def render_other_metrics(summary: Mapping) -> list[str]:
+    """One column per registry metric of ``summary["other_metrics"]`` (seed mean, % +- SD)."""
+    entries = summary.get("other_metrics") or []
+    names = [name for name in METRICS if entries and name in entries[0]]
+    if not names:
+        return []
+    rows = [[e["method"], k_label(e["per_class"]), e["n_seeds"],
+             *(_mean_sd(e[name], e[f"{name}_sd"]) for name in names)] for e in entries]
+    header = [f"{METRICS[name].display} (%, {'↑' if METRICS[name].higher_is_better else '↓'})"
+              for name in names]
+    return ["## Other test metrics", "",
+            ("Mean over seeds ± seed SD, from results.csv (no interval: the bootstrap resamples "
+             "accuracy and macro-F1 only). ↑ higher is better, ↓ lower is better; n/a: no row "
+             "of the cell has the metric (a study older than it)."), ""] + table(
+        ["method", "k", "seeds", *header], rows)
+
+
+def _mean_sd(mean, sd) -> str:
+    if not ok(mean):
+        return "n/a"
+    return pct(mean) + (f" ± {pct(sd)}" if ok(sd) else "")
 
 
 def render_cost(cost: Sequence[Mapping]) -> list[str]:

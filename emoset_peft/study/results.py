@@ -29,16 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emoset_peft.errors import EmoSetError
+from emoset_peft.metrics.registry import METRICS, result_columns
 
 RESULTS_FILE = "results.csv"
 REQUIRED_COLUMNS = ("method", "per_class", "test_accuracy")
 ALL = "all"  # per_class of a cell trained on the whole training split
 # Fractions in [0, 1]; the test ones are also in the cell's metrics.json under "test".
-METRIC_COLUMNS = {
-    "test_accuracy": "accuracy", "test_macro_f1": "macro_f1",
-    "test_balanced_accuracy": "balanced_accuracy", "test_valence_accuracy": "valence_accuracy",
-    "test_top2_accuracy": "top2_accuracy", "val_accuracy": None,
-}
+# The test_<name> columns are those of the metric registry (emoset_peft/metrics/registry.py).
+METRIC_COLUMNS = {**dict(zip(result_columns("test"), METRICS)), "val_accuracy": None}
 INT_COLUMNS = ("seed", "data_seed", "train_seed", "trainable_params", "total_params",
                "train_images", "steps", "best_step", "num_processes", "process_index")
 FLOAT_COLUMNS = ("train_seconds", "eval_seconds", "cell_seconds")

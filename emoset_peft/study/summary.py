@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoset_peft.metrics import registry
 from emoset_peft.study import bootstrap, calibration, curves, fits, inference, variance
 from emoset_peft.study.predictions import (
     StudyPredictions,
@@ -34,9 +35,11 @@ from emoset_peft.utils.io import atomic_write_json, atomic_write_text
 FORMAT = "emoset-peft-summary/1"
 N_BOOT = 2000  # joint bootstrap replicates for every interval
 SEED = 0
-# metric name in the summary -> results.csv column (the fallback without prediction files)
-METRICS = {"accuracy": "test_accuracy", "macro_f1": "test_macro_f1"}
-METRIC_LABELS = {"accuracy": "test accuracy", "macro_f1": "test macro-F1"}
+# The registry's metrics the bootstrap resamples image by image (study/bootstrap.py): metric name
+# -> results.csv column (the fallback without prediction files), and their labels. The other
+# registry metrics get a table of results.csv means (``other_metrics``).
+METRICS = {name: f"test_{name}" for name in bootstrap.METRICS}
+METRIC_LABELS = {name: f"test {registry.get(name).display}" for name in METRICS}
 CSV_COLUMNS = ("method", "per_class", "metric", "mean", "ci_low", "ci_high", "seed_sd",
                "test_se", "n_seeds", "n_test", "reliable")
 
@@ -88,6 +91,7 @@ def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
                      "calibration", "no cell has a readable predictions_test.csv, which these are "
                      "computed from (image by image)")
     summary["slices"] = slices(study)
+    summary["other_metrics"] = other_metrics(study)
     summary["withheld"] = withheld.items
     return summary
 
@@ -270,6 +274,28 @@ def _cells(rows: Sequence[Mapping]) -> list[tuple]:
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     cells = {(r["method"], r["per_class"]) for r in rows}
     return sorted(cells, key=lambda c: (order[c[0]], (1, 0) if c[1] == "all" else (0, c[1])))
+
+
+def other_metrics(study) -> list[dict]:
+    """Per cell, the seed mean and SD of each registry metric outside ``METRICS`` (balanced,
+    valence and top-2 accuracy, ECE, ...), from results.csv; None where no row has the value
+    (an older study without that column)."""
+    names = [name for name in registry.METRICS if name not in METRICS]
+    cells: dict = {}
+    for row in study.rows:
+        cells.setdefault((row["method"], row["per_class"]), []).append(row)
+    methods = list(dict.fromkeys(row["method"] for row in study.rows))
+    out = []
+    for (method, k), rows in sorted(cells.items(), key=lambda item: (
+            methods.index(item[0][0]), (1, 0) if item[0][1] == "all" else (0, int(item[0][1])))):
+        entry = {"method": method, "per_class": k, "n_seeds": len(rows)}
+        for name in names:
+            values = np.array([_float(row.get(f"test_{name}")) for row in rows])
+            values = values[np.isfinite(values)]
+            entry[name] = float(values.mean()) if values.size else None
+            entry[f"{name}_sd"] = float(values.std(ddof=1)) if values.size > 1 else None
+        out.append(entry)
+    return out
 
 
 def _float(value) -> float:
