@@ -31,6 +31,7 @@ from emoset_peft.engine.run_dir import (
 )
 from emoset_peft.engine.trainer import FitResult, fit, step_budget
 from emoset_peft.errors import EmoSetError
+from emoset_peft.utils.dist import fresh_accelerator_state
 from emoset_peft.utils.io import atomic_write_json
 from emoset_peft.utils.provenance import provenance
 
@@ -39,13 +40,8 @@ log = logging.getLogger(__name__)
 
 def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
-    from accelerate.state import AcceleratorState, GradientState
 
-    # Accelerate keeps one global state per process and refuses a second Accelerator with other
-    # settings (say bf16 after fp32). Runs in one process (tests, notebooks, research code) each
-    # get their own; the process group itself (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    fresh_accelerator_state()  # each run in one process gets its own settings
     trackers = [t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")]
     device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
@@ -113,7 +109,8 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
 
     started = time.perf_counter()
     test, test_probs = evaluate(model, data.test, data.class_names, accelerator, normalizer,
-                                spec.image_size, config.train.eval_batch_size)
+                                spec.image_size, config.train.eval_batch_size,
+                                merge_adapters=not config.train.compile)
     eval_seconds = time.perf_counter() - started
     metrics = {
         "test": test,

@@ -130,7 +130,8 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
         """Evaluate on the selection set; True when patience has run out."""
         nonlocal best_weights
         metrics, probs = evaluate(model, data.selection, data.class_names, accelerator,
-                                  normalizer, image_size, cfg.eval_batch_size)
+                                  normalizer, image_size, cfg.eval_batch_size,
+                                  merge_adapters=not cfg.compile)
         if not math.isfinite(metrics["loss"]):  # weights blew up after the last checked step
             raise TrainingDiverged(_diverged(step, f"validation loss {metrics['loss']}", cfg))
         score = -metrics["loss"] if cfg.select_metric == "loss" else metrics[cfg.select_metric]

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from emoset_peft.study.stats import (
     ALL, data_efficiency, fit_power_law, group_rows, methods_in_order, paired_comparisons,
     parse_per_class, summarize_results, to_float,
 )
+from emoset_peft.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -562,9 +562,6 @@ def write_report(study_dir: str | os.PathLike, baseline: str | None = None,
     for name, fig in figures.items():
         fig.savefig(study.directory / name, dpi=plots.DPI)
     path = study.directory / REPORT_FILE
-    handle, temp_name = tempfile.mkstemp(dir=study.directory, prefix=".report.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temp_name, path)
+    atomic_write_text(path, text)
     logger.info("wrote %s and %d figure(s)", path, len(figures))
     return path
