@@ -8,7 +8,12 @@ the file system.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from emoset_peft.errors import EmoSetError
+
+T = TypeVar("T")
 
 
 def is_main_process() -> bool:
@@ -32,6 +37,30 @@ def broadcast_from_main(accelerator, value: Any) -> Any:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def decide_on_main(accelerator, decide: Callable[[], T]) -> T:
+    """Run ``decide()`` on rank 0 only; every rank returns its result (a collective).
+
+    When it raises, rank 0 re-raises its exception and every other rank raises too (the same
+    one-line EmoSetError for a user error, RuntimeError otherwise), so no rank waits for a
+    decision that never comes. The result must pickle.
+    """
+    outcome, error = None, None
+    if accelerator.is_main_process:
+        try:
+            outcome = ("ok", decide())
+        except Exception as err:  # noqa: BLE001 (re-raised below, once the others know)
+            error = err
+            outcome = ("user" if isinstance(err, EmoSetError) else "failed", str(err))
+    kind, value = broadcast_from_main(accelerator, outcome)
+    if error is not None:
+        raise error
+    if kind == "user":
+        raise EmoSetError(value)
+    if kind == "failed":
+        raise RuntimeError(f"rank 0 failed: {value}")
+    return value
 
 
 def fresh_accelerator_state() -> None:
