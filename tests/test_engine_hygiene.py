@@ -85,3 +85,15 @@ def test_annotation_threads_read_the_same_values(tmp_path):
     paths.append(str(tmp_path / "missing.json"))
     assert _read_annotations(paths, 4) == _read_annotations(paths, 0)
     assert _read_annotations(paths, 0)[-1] is None
+
+
+def test_every_cache_user_resolves_its_root_the_same_way(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from emoset_peft.data.emoset import default_cache_dir
+
+    monkeypatch.setenv("EMOSET_PEFT_CACHE", "~/env-cache")
+    assert default_cache_dir() == Path.home() / "env-cache"  # "~" expanded from the environment
+    assert default_cache_dir("~/given") == Path.home() / "given"  # and from an argument
+    assert default_cache_dir(tmp_path) == tmp_path
+    assert default_cache_dir("") == Path.home() / "env-cache"  # empty: not the current folder

@@ -101,10 +101,11 @@ class _Record(NamedTuple):
     annotation_rel: str
 
 
-def default_cache_dir() -> Path:
-    """``$EMOSET_PEFT_CACHE`` if set, else ``~/.cache/emoset_peft``."""
-    env = os.environ.get("EMOSET_PEFT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "emoset_peft"
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` when given, else ``$EMOSET_PEFT_CACHE`` if set, else ``~/.cache/emoset_peft``
+    (``~`` expanded in each): the one place every cache user resolves its root."""
+    chosen = cache_dir or os.environ.get("EMOSET_PEFT_CACHE")
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "emoset_peft"
 
 
 def load_emoset(
@@ -141,7 +142,7 @@ def load_emoset(
         if not (root / name).is_file():
             raise EmoSetError(f"{root / name} not found: an EmoSet root holds train.json, "
                               "val.json and test.json; check the path or re-extract the download")
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache_root = default_cache_dir(cache_dir)
     key = cache_key(root, ("info.json", *SPLIT_FILES.values()), skip_missing, follow_symlinks)
     entry = cache_root / f"{safe_name(root.name)}-{key[:24]}"
     dataset = open_cached(entry, SPLIT_FILES)
