@@ -1,9 +1,10 @@
-"""Which process am I, and what rank 0 decided: the toolkit's only rank checks.
+"""Rank helpers: which process this is, and what rank 0 decided.
 
 Under ``accelerate launch`` / ``torchrun`` the N processes of one run share one output folder.
-Rank 0 decides everything about it (create, clean, resume from which checkpoint) and sends the
-decision to the others (:func:`broadcast_from_main`); no rank works it out on its own or polls
-the file system.
+Rank 0 decides everything about it (refuse, create, clean, resume from which checkpoint) and
+sends the decision, or its one-line error, to the others (:func:`decide_on_main`); no rank works
+it out on its own or polls the file system. Code without an Accelerator at hand asks
+:func:`is_main_process` (never the ``RANK`` environment variable).
 """
 
 from __future__ import annotations
