@@ -4,7 +4,6 @@ processes: ``accelerate launch -m emoset_peft eval RUN_DIR``)."""
 from __future__ import annotations
 
 import json
-import os
 
 
 def register(subparsers) -> None:
@@ -52,7 +51,7 @@ def run(args) -> int:
                           Normalizer(spec.mean, spec.std, accelerator.device), spec.image_size,
                           config.train.eval_batch_size)
     metrics["num_processes"] = accelerator.num_processes
-    if int(os.environ.get("RANK", "0")) == 0:
+    if accelerator.is_main_process:
         if args.out:
             atomic_write_json(args.out, metrics)
         else:
