@@ -94,7 +94,7 @@ def test_text_embeddings_are_computed_once_per_reuse_block(tiny_clip_dir):
     assert loaded_cache() is None
     with reuse_loaded_backbones() as cache:
         assert loaded_cache() is cache
-        first, scale = class_text_embeddings(str(tiny_clip_dir), EMOTIONS)
+        first, _ = class_text_embeddings(str(tiny_clip_dir), EMOTIONS)
         (key,) = [k for k in cache if k[0] == "text"]
         first.zero_()  # the caller's copy; the cached one stays intact
         again, _ = class_text_embeddings(str(tiny_clip_dir), EMOTIONS)
