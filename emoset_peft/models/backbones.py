@@ -28,9 +28,6 @@ from transformers import logging as hf_logging
 from emoset_peft.errors import EmoSetError
 from emoset_peft.models.families import Family, InputSpec, family_for
 
-__all__ = ["Backbone", "InputSpec", "describe_backbone", "input_spec_for", "load_classifier",
-           "loaded_cache", "reuse_loaded_backbones"]
-
 logger = logging.getLogger(__name__)
 
 # A Hub id: "name" or "owner/name" (letters, digits, - _ .), never a path.
@@ -43,7 +40,7 @@ class Backbone:
     source: str | None  # Hub id, or absolute path of a local folder (None: built from a config)
     model_type: str  # transformers model_type of the checkpoint ("vit", "clip", ...)
     architecture: Family  # its family (families.FAMILIES): geometry, loader, role map
-    clip_projection: bool | None  # CLIP only: the head sits on the projected image embedding
+    clip_projection: bool | None  # the head sits on CLIP's projected embedding (None: not CLIP)
     clip_text_tower: bool  # the checkpoint has a text tower the zero-shot head can use
     input_spec: InputSpec
 

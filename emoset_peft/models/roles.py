@@ -22,8 +22,8 @@ from emoset_peft.models.families import (
     family_for,
 )
 
-__all__ = ["ROLES", "SUPPORTED_MODEL_TYPES", "layer_names", "normalize_layers", "resolve_targets",
-           "roles_of", "split_layer_name"]
+__all__ = ["ARCHITECTURES", "ROLES", "SUPPORTED_MODEL_TYPES", "Architecture", "architecture_for",
+           "layer_names", "normalize_layers", "resolve_targets", "roles_of", "split_layer_name"]
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "out", "mlp_in", "mlp_out")
 
