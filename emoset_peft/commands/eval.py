@@ -41,7 +41,7 @@ def run(args) -> int:
     model = load_adapter(run_dir / "adapter").to(accelerator.device)
     spec = input_spec(model)
     with accelerator.main_process_first():
-        data = load_run_data(config.data, spec.image_size,
+        data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio,
                              show_progress=accelerator.is_main_process)
     images = data.test if args.split == "test" else data.selection
     if images is None:

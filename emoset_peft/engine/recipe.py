@@ -154,14 +154,15 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     before the first checkpoint removes what this run wrote.
     """
     validate(config)
-    image_size = preflight(config)
+    spec = preflight(config)
     accelerator = make_accelerator(config, Path(config.output_dir))
     main = accelerator.is_main_process
     # Under accelerate launch / torchrun the N processes are one run: rank 0 checks, locks and
     # prepares the folder and picks the checkpoint; the others receive its decision.
     decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
     with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
-        data = load_run_data(config.data, image_size, show_progress=show_progress and main)
+        data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio,
+                             show_progress=show_progress and main)
     _check_same_subset(accelerator, data)
 
     created = not Path(config.output_dir).exists()
@@ -208,23 +209,14 @@ def _train_in(out_dir: Path, config: RunConfig, data: RunData, accelerator,
     return metrics
 
 
-def preflight(config: RunConfig) -> int:
+def preflight(config: RunConfig):
     """The checks that need no output folder: method and options (the registry), backbone.
-    Returns the backbone's input resolution."""
-    from emoset_peft.models import methods
+    Returns the backbone's ``InputSpec``: the data is decoded with it before the model is built
+    (AdaLoRA's schedule needs the subset size), and the model records the same spec."""
+    from emoset_peft.models import input_spec_for, methods
 
     methods.make_options(methods.get_method(config.model.method), dict(config.model.options))
-    return backbone_image_size(config.model.backbone)
-
-
-def backbone_image_size(backbone: str) -> int:
-    """The input resolution from the backbone's config alone (the data is decoded before the
-    model is built, since AdaLoRA's schedule needs the subset size)."""
-    from emoset_peft.models.backbones import load_config, resolve_source
-
-    config = load_config(resolve_source(backbone))
-    vision = getattr(config, "vision_config", None) or config
-    return int(vision.image_size)
+    return input_spec_for(config.model.backbone)
 
 
 def _check_same_subset(accelerator, data: RunData) -> None:

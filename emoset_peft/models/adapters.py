@@ -310,7 +310,7 @@ def _new_record(spec, options, info, network, label_map, *, layers, quantize, he
         "quantize": quantize,
         "head_init": head_init,
         "total_steps": total_steps,
-        "clip_projection": info.clip_projection if info.architecture.name == "clip" else None,
+        "clip_projection": info.clip_projection,
         "input_spec": info.input_spec.to_dict(),
     }
 
@@ -402,12 +402,6 @@ def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) ->
 
 
 def _load_full(path: Path, info: backbones.Backbone) -> nn.Module:
-    from transformers import AutoModelForImageClassification
-
-    cls = (
-        backbones.EmoSetCLIPForImageClassification
-        if info.architecture.name == "clip"
-        else AutoModelForImageClassification
-    )
+    cls = info.architecture.loader.classifier_class()
     with backbones.quiet_transformers():
         return cls.from_pretrained(str(path), trust_remote_code=False, use_safetensors=True)

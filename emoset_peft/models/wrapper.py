@@ -25,7 +25,7 @@ from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from emoset_peft.errors import EmoSetError
-from emoset_peft.models.backbones import InputSpec
+from emoset_peft.models.families import InputSpec, family_for
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def plain_peft_snippet(record: dict) -> str:
         "num_labels": record["num_labels"],
         "id2label": {int(k): v for k, v in record["id2label"].items()},
     }
-    if record["model_type"] not in ("clip", "clip_vision_model"):
+    if not family_for(record["model_type"]).loader.reads_image_embedding:
         return _VIT_LIKE_SNIPPET.format(**fields)
     if record.get("clip_projection"):
         return _CLIP_SNIPPET.format(**fields, projection="", width="base.config.projection_dim")
