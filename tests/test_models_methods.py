@@ -84,7 +84,7 @@ def test_train_step_changes_only_method_parameters(method, backbone, tiny_backbo
     assert changed and changed <= trainable, sorted(changed - trainable)[:5]
     assert any(".classifier." in name for name in changed), "the head must train"
     if spec.freezes_backbone:
-        assert not any(n.endswith("q_proj.weight") or n.endswith("q_proj.base_layer.weight") for n in changed)
+        assert not any(n.endswith(("q_proj.weight", "q_proj.base_layer.weight")) for n in changed)
     assert count_parameters(model)[0] == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -180,7 +180,8 @@ def test_peft_folders_load_with_plain_peft_in_a_fresh_process(
             {"pixel_values": images[0], "logits": logits_of(model, images)}, str(out / "check.safetensors")
         )
     result = subprocess.run(
-        [sys.executable, "-c", PLAIN_PEFT_CHECK, str(tmp_path)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", PLAIN_PEFT_CHECK, str(tmp_path)], capture_output=True, text=True, timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(" ok ") == len(cases)

@@ -89,7 +89,7 @@ def _check_method_fit(spec, info, *, targets, layers, quantize, head_init, total
     if head_init not in (None, "text"):
         raise EmoSetError(f"head_init={head_init!r}: use 'text' (CLIP text-embedding head) or leave it out")
     wants_text = spec.text_head or head_init == "text"
-    if wants_text and not info.clip_text_tower and info.source is not None:
+    if wants_text and not info.clip_text_tower:
         what = f"method {spec.name!r}" if spec.text_head else "head_init='text'"
         raise EmoSetError(
             f"{what} needs a full CLIP checkpoint (text tower + tokenizer); backbone {info.source!r} "
