@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emoset_peft.config import RunConfig, _apply_override, _deep_merge, from_dict, read_yaml, validate
+from emoset_peft.config import (
+    RunConfig,
+    _apply_override,
+    _deep_merge,
+    from_dict,
+    read_yaml,
+    validate,
+)
 from emoset_peft.errors import EmoSetError
 from emoset_peft.models import methods
 

@@ -42,10 +42,10 @@ RESULT_COLUMNS = (
 
 
 def read_results(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    """Whole rows of results.csv (see study/results.py); EmoSetError when it is not a table."""
+    from emoset_peft.study.results import read_result_rows
+
+    return read_result_rows(path)
 
 
 def append_result(path: Path, row: dict) -> None:

@@ -12,6 +12,7 @@ Rows are dicts as read from ``results.csv`` by ``csv.DictReader``: every value m
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -341,7 +342,7 @@ def data_efficiency(
         return None
     if points[0][1] >= target:
         return float(points[0][0])
-    for (k0, acc0), (k1, acc1) in zip(points, points[1:]):
+    for (k0, acc0), (k1, acc1) in itertools.pairwise(points):
         if acc0 < target <= acc1:
             position = (target - acc0) / (acc1 - acc0)
             return float(2 ** (math.log2(k0) + position * (math.log2(k1) - math.log2(k0))))
