@@ -115,3 +115,17 @@ def test_no_method_name_or_kind_compared_outside_the_registry():
             if compared.search(line):
                 found.append(f"{file.relative_to(root)}:{number}: {line.strip()}")
     assert not found, found
+
+
+@pytest.mark.parametrize("method,options", [("adaptformer", ["model.options.bottleneck=8"]), ("bitfit", [])])
+def test_new_entries_train_through_the_cli(method, options, tiny_run, tmp_path):
+    """A run of the new methods end to end: config validation, training, selection, saved adapter."""
+    import json
+
+    from emoset_peft.cli import main
+
+    assert main(["train", *tiny_run("run", **{"model.method": method}), *options]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    model = load_adapter(tmp_path / "run" / "adapter", trainable=True)
+    assert model.method == method and metrics["steps"] == 12
+    assert metrics["trainable_params"] == count_parameters(model)[0] > 0
