@@ -94,9 +94,12 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
     normalizer = Normalizer(spec.mean, spec.std, accelerator.device)
     trainable, total = count_parameters(model)
 
-    if data.train is None or config.model.method == "zeroshot":
-        if config.model.method != "zeroshot":
-            raise EmoSetError("data.per_class=0 trains on no images: only model.method=zeroshot fits")
+    from emoset_peft.models import methods
+
+    if data.train is None or not methods.trains(config.model.method):
+        if methods.trains(config.model.method):
+            raise EmoSetError("data.per_class=0 trains on no images: only a method that does not "
+                              f"train fits: model.method={'|'.join(methods.named(lambda s: not s.trains))}")
         validation = None if data.selection is None else evaluate(
             model, data.selection, data.class_names, accelerator, normalizer, spec.image_size,
             config.train.eval_batch_size)[0]

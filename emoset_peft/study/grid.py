@@ -41,8 +41,7 @@ from emoset_peft.config import (
     validate,
 )
 from emoset_peft.errors import EmoSetError
-
-ZERO_SHOT_METHODS = ("zeroshot",)
+from emoset_peft.models import methods
 
 
 @dataclass
@@ -130,7 +129,7 @@ def expand(study: StudyConfig) -> list[Cell]:
         overrides = overrides or {}
         if not isinstance(overrides, dict):
             raise EmoSetError(f"study.methods.{method} must be a mapping of overrides, got {overrides!r}")
-        zero_shot = overrides.get("model", {}).get("method", method) in ZERO_SHOT_METHODS
+        zero_shot = not methods.trains(overrides.get("model", {}).get("method", method))
         ks = [0] if zero_shot else [k for k in study.per_class if k != 0]
         for k in ks:
             for seed, data_seed, train_seed in pairs[:1] if zero_shot else pairs:
