@@ -54,12 +54,12 @@ def decide_on_main(accelerator, decide: Callable[[], T]) -> T:
         except Exception as err:  # noqa: BLE001 (re-raised below, once the others know)
             error = err
             outcome = ("user" if isinstance(err, EmoSetError) else "failed", str(err))
-    kind, value = broadcast_from_main(accelerator, outcome)
+    status, value = broadcast_from_main(accelerator, outcome)
     if error is not None:
         raise error
-    if kind == "user":
+    if status == "user":
         raise EmoSetError(value)
-    if kind == "failed":
+    if status == "failed":
         raise RuntimeError(f"rank 0 failed: {value}")
     return value
 
