@@ -41,9 +41,8 @@ CHILD = r"""
 import json, resource, sys, time
 started = time.perf_counter()
 import emoset_peft.data.emoset as emoset
-if sys.argv[3] != "default":
-    emoset.READ_THREADS = int(sys.argv[3])
-dataset = emoset.load_emoset(sys.argv[1], cache_dir=sys.argv[2])
+threads = {} if sys.argv[3] == "default" else {"read_threads": int(sys.argv[3])}
+dataset = emoset.load_emoset(sys.argv[1], cache_dir=sys.argv[2], **threads)
 rows = {split: len(part) for split, part in dataset.items()}
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows,
                   "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -120,7 +119,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where to build the tree (default: a temporary folder, removed)")
     parser.add_argument("--threads", default="default",
-                        help="comma-separated READ_THREADS settings to compare on cold loads "
+                        help="comma-separated load_emoset(read_threads=) settings to compare on cold loads "
                              "(0 = plain loop; default: the library's setting)")
     args = parser.parse_args()
 
@@ -152,7 +151,7 @@ def main() -> int:
 def _report(results, peak_mib: float) -> None:
     print(f"\nload_emoset, {os.cpu_count()} CPUs, {sum(results[0][1]['rows'].values()):,} records "
           "(times include interpreter start and imports)")
-    print(f"{'READ_THREADS':>12}  {'measure':<16}{'value':>10}  {'target':>10}  ok")
+    print(f"{'read_threads':>12}  {'measure':<16}{'value':>10}  {'target':>10}  ok")
     for threads, cold, warm in results:
         rows = [("cold load", f"{cold['seconds']:.1f} s", f"<= {TARGETS['cold']:.0f} s",
                  cold["seconds"] <= TARGETS["cold"]),

@@ -11,7 +11,7 @@ toolkit's ``resolve_mixed_precision``); the plain path as a user writes it (``bf
 measured as well unless ``--no-bf16``. Each measurement runs in its own process (peak RSS is its
 ``ru_maxrss``); each side runs ``--rounds`` times, alternating, plus retries while a co-tenant
 used the cores, and its fastest run counts. Training images/s: median step time after
-``--warmup`` steps; the toolkit's step times come from ``FitResult.step_seconds``, the plain
+``--warmup`` steps; the toolkit's step times come from ``fit(on_step=...)``, the plain
 path's from a ``TrainerCallback``; both include the data. The toolkit also trains with
 ``train.fast_kernels=false`` (SDPA attention and ``nn.Dropout``), and a kernel table times
 those two pieces alone. Evaluation: a 256-image test split after a 32-image warm-up; the
@@ -91,9 +91,10 @@ def child_toolkit_train(o: dict) -> dict:
 
         profiler = profile(activities=[ProfilerActivity.CPU])
         profiler.__enter__()
-    result = fit(model, data, config.train, accelerator, normalizer, spec.image_size,
-                 show_progress=False)
-    out = {"step_seconds": result.step_seconds, "batch_size": 16}
+    step_seconds = []
+    fit(model, data, config.train, accelerator, normalizer, spec.image_size,
+        show_progress=False, on_step=lambda _step, seconds: step_seconds.append(seconds))
+    out = {"step_seconds": step_seconds, "batch_size": 16}
     if profiler is not None:
         profiler.__exit__(None, None, None)
         ops = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)

@@ -17,8 +17,8 @@ import sys
 
 from emoset_peft.errors import EmoSetError
 
-# Order here is the order in ``--help``. A module that does not exist yet is simply skipped,
-# so the CLI grows with the package.
+# Order here is the order in ``--help``. Every module must import: a missing or broken one is a
+# packaging error and raises, rather than a command silently missing from ``--help``.
 COMMAND_MODULES = ("demo", "data", "train", "eval", "study", "report", "cache")
 
 
@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"emoset_peft.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"emoset_peft.commands.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"emoset_peft.commands.{name}").register(subparsers)
     return parser
 
 

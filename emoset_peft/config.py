@@ -24,6 +24,7 @@ import yaml
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import selection_choices
+from emoset_peft.utils.io import atomic_write_text
 
 
 @dataclass
@@ -123,9 +124,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML recipe (optional), apply dotted overrides, and validate into a RunConfig."""
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
-        raw = _deep_merge(raw, read_yaml(path))
+        raw = deep_merge(raw, read_yaml(path))
     for item in overrides or []:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return from_dict(RunConfig, raw, where="config")
 
 
@@ -147,7 +148,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    Path(path).write_text(f"# resolved config, fingerprint {config.fingerprint()}\n{text}")
+    atomic_write_text(path, f"# resolved config, fingerprint {config.fingerprint()}\n{text}")
 
 
 def parse_value(text: str) -> Any:
@@ -158,7 +159,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set one dotted ``key=value`` override (``train.lr=3e-4``) in a raw config tree, in place;
+    the value is parsed as YAML (:func:`parse_value`). Used by recipes and study grids."""
     if "=" not in item:
         raise EmoSetError(f"override {item!r} is not key=value (for example train.lr=3e-4)")
     dotted, text = item.split("=", 1)
@@ -171,11 +174,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[keys[-1]] = parse_value(text)
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` laid over ``a`` section by section (a new dict; ``model.options`` is replaced
+    whole, since one method's options mean nothing to another)."""
     out = dict(a)
     for key, value in b.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

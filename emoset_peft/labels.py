@@ -23,7 +23,3 @@ def valence_of(emotion: str) -> int:
     """0 for a positive emotion, 1 for a negative one (the 2-class task)."""
     return 0 if emotion in POSITIVE_EMOTIONS else 1
 
-
-def valence_index_map(emotions: tuple[str, ...] | list[str] = EMOTIONS) -> list[int]:
-    """For each emotion index, its valence index: maps 8-class predictions to 2 classes."""
-    return [valence_of(name) for name in emotions]

@@ -164,9 +164,11 @@ def test_fit_reports_every_step_time(tiny_run):
     model = build_run_model(config, data.class_names, 12)
     spec = input_spec(model)
     accelerator = SoloAccelerator(torch.device("cpu"))
+    calls = []
     result = fit(model, data, config.train, accelerator,
                  Normalizer(spec.mean, spec.std, accelerator.device), spec.image_size,
-                 show_progress=False)
-    assert result.steps == len(result.step_seconds) == 12
-    assert all(seconds > 0 for seconds in result.step_seconds)
-    assert sum(result.step_seconds) <= result.train_seconds
+                 show_progress=False, on_step=lambda step, seconds: calls.append((step, seconds)))
+    assert result.steps == len(calls) == 12
+    assert [step for step, _ in calls] == list(range(1, 13))
+    assert all(seconds > 0 for _, seconds in calls)
+    assert sum(seconds for _, seconds in calls) <= result.train_seconds

@@ -85,3 +85,18 @@ def test_clip_vision_checkpoint_without_projection_uses_the_pooled_features(tiny
     model = build_model(tiny_clip_vision_dir, "linear")
     assert isinstance(model.network.visual_projection, torch.nn.Identity)
     assert model.network.classifier.in_features == 32  # the hidden size, no 16-d projection
+
+
+def test_text_embeddings_are_computed_once_per_reuse_block(tiny_clip_dir):
+    from emoset_peft.models.backbones import loaded_cache, reuse_loaded_backbones
+    from emoset_peft.models.zeroshot import class_text_embeddings
+
+    assert loaded_cache() is None
+    with reuse_loaded_backbones() as cache:
+        assert loaded_cache() is cache
+        first, _ = class_text_embeddings(str(tiny_clip_dir), EMOTIONS)
+        (key,) = [k for k in cache if k[0] == "text"]
+        first.zero_()  # the caller's copy; the cached one stays intact
+        again, _ = class_text_embeddings(str(tiny_clip_dir), EMOTIONS)
+        assert torch.equal(again, cache[key][0]) and again.abs().sum() > 0
+    assert loaded_cache() is None

@@ -168,7 +168,7 @@ def _decoded_entry(meta_path: Path) -> Entry:
 def _root(args) -> Path:
     from emoset_peft.data.emoset import default_cache_dir
 
-    return args.cache_dir.expanduser() if args.cache_dir else default_cache_dir()
+    return default_cache_dir(args.cache_dir)
 
 
 def _mb(size: int) -> str:

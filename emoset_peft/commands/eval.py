@@ -4,7 +4,6 @@ processes: ``accelerate launch -m emoset_peft eval RUN_DIR``)."""
 from __future__ import annotations
 
 import json
-import os
 
 
 def register(subparsers) -> None:
@@ -42,7 +41,7 @@ def run(args) -> int:
     model = load_adapter(run_dir / "adapter").to(accelerator.device)
     spec = input_spec(model)
     with accelerator.main_process_first():
-        data = load_run_data(config.data, spec.image_size,
+        data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio,
                              show_progress=accelerator.is_main_process)
     images = data.test if args.split == "test" else data.selection
     if images is None:
@@ -52,7 +51,7 @@ def run(args) -> int:
                           Normalizer(spec.mean, spec.std, accelerator.device), spec.image_size,
                           config.train.eval_batch_size)
     metrics["num_processes"] = accelerator.num_processes
-    if int(os.environ.get("RANK", "0")) == 0:
+    if accelerator.is_main_process:
         if args.out:
             atomic_write_json(args.out, metrics)
         else:

@@ -20,14 +20,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from accelerate import PartialState
-
     from emoset_peft.study.grid import load_study_config
     from emoset_peft.study.runner import run_study
+    from emoset_peft.utils.dist import is_main_process
 
     study = load_study_config(args.config, args.overrides)
     out = run_study(study, show_progress=not args.no_progress)
-    if PartialState().is_main_process:  # the state run_study set up
+    if is_main_process():
         print(f"results: {out / 'results.csv'}")
         if study.report:
             print(f"report:  {out / 'report.md'}")

@@ -6,7 +6,6 @@ Runs the same code under ``accelerate launch -m emoset_peft train ...`` on many 
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def register(subparsers) -> None:
@@ -25,10 +24,11 @@ def run(args) -> int:
     from emoset_peft.config import load_config
     from emoset_peft.engine.recipe import train
     from emoset_peft.metrics import summary_line
+    from emoset_peft.utils.dist import is_main_process
 
     config = load_config(args.config, args.overrides)
     metrics = train(config)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return 0
     test = metrics["test"]
     print(f"test {summary_line(test)}  "

@@ -72,7 +72,7 @@ def load_or_decode(paths: Sequence[str], resolution: int, image_size: int,
     """The split's decoded pixels (a read-only memmap) and meta, decoding on a miss."""
     from emoset_peft.data.emoset import default_cache_dir
 
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = default_cache_dir(cache_dir)
     key = cache_key(paths, resolution, image_size)
     shape = (len(paths), resolution, resolution, 3)
     for folder in dict.fromkeys([root / SUBFOLDER, fallback_cache_dir() / SUBFOLDER]):

@@ -79,11 +79,6 @@ SPLIT_FILES: dict[str, str] = {"train": "train.json", "validation": "val.json", 
 CATEGORICAL_ATTRIBUTES: tuple[str, ...] = ("scene", "facial_expression", "human_action")
 FLOAT_ATTRIBUTES: tuple[str, ...] = ("brightness", "colorfulness")
 COLUMNS: tuple[str, ...] = ("image", "label", "valence", "image_id", *ATTRIBUTES)
-# Annotation files are read by this many threads (<= 1: a plain loop). With the files in the page
-# cache a plain loop is fastest (118,102 files, 2 CPUs: 6.8 s cold load vs 12.0 s with 4
-# threads, since json.loads holds the GIL); threads may pay off on a network file system.
-# Compare with: python benchmarks/bench_load_emoset.py --threads 0,4
-READ_THREADS = 0
 _EXAMPLES = 5  # how many offending records an error message lists
 # "image/awe/awe_06628.jpg": relative, no "." or ".." parts, no doubled or backslash separators.
 _PLAIN_RELATIVE = re.compile(r"^(?![A-Za-z]:)(?:[^/\\.][^/\\]*)(?:/[^/\\.][^/\\]*)*$")
@@ -106,10 +101,11 @@ class _Record(NamedTuple):
     annotation_rel: str
 
 
-def default_cache_dir() -> Path:
-    """``$EMOSET_PEFT_CACHE`` if set, else ``~/.cache/emoset_peft``."""
-    env = os.environ.get("EMOSET_PEFT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "emoset_peft"
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` when given, else ``$EMOSET_PEFT_CACHE`` if set, else ``~/.cache/emoset_peft``
+    (``~`` expanded in each): the one place every cache user resolves its root."""
+    chosen = cache_dir or os.environ.get("EMOSET_PEFT_CACHE")
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "emoset_peft"
 
 
 def load_emoset(
@@ -118,6 +114,7 @@ def load_emoset(
     cache_dir: str | os.PathLike | None = None,
     skip_missing: bool = False,
     follow_symlinks: bool = False,
+    read_threads: int = 0,
 ) -> "datasets.DatasetDict":
     """Load an EmoSet tree as a DatasetDict with ``train``, ``validation`` and ``test`` splits.
 
@@ -129,6 +126,12 @@ def load_emoset(
     raises :class:`EmoSetError` unless ``follow_symlinks`` is true (checked when the index is
     built). Records that repeat an image, and images that two splits share, are logged as one
     warning per kind at every load (:mod:`emoset_peft.data.hygiene`).
+
+    ``read_threads``: threads reading annotation files when the index is built (<= 1: a plain
+    loop). With the files in the page cache a plain loop is fastest (118,102 files, 2 CPUs:
+    6.8 s cold load vs 12.0 s with 4 threads, since json.loads holds the GIL); threads may pay
+    off on a network file system. Compare: ``python benchmarks/bench_load_emoset.py --threads
+    0,4``. It does not change the result, so it is not part of the cache key.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -139,7 +142,7 @@ def load_emoset(
         if not (root / name).is_file():
             raise EmoSetError(f"{root / name} not found: an EmoSet root holds train.json, "
                               "val.json and test.json; check the path or re-extract the download")
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache_root = default_cache_dir(cache_dir)
     key = cache_key(root, ("info.json", *SPLIT_FILES.values()), skip_missing, follow_symlinks)
     entry = cache_root / f"{safe_name(root.name)}-{key[:24]}"
     dataset = open_cached(entry, SPLIT_FILES)
@@ -151,20 +154,20 @@ def load_emoset(
             dataset = open_cached(entry, SPLIT_FILES)
             if dataset is None:
                 shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, if any
-                dataset = _build(root, entry, key, skip_missing, follow_symlinks)
+                dataset = _build(root, entry, key, skip_missing, follow_symlinks, read_threads)
     warn_about_duplicates(root, find_duplicates(dataset, SPLIT_FILES))
     return dataset
 
 
-def _build(root: Path, entry: Path, key: str, skip_missing: bool,
-           follow_symlinks: bool) -> "datasets.DatasetDict":
+def _build(root: Path, entry: Path, key: str, skip_missing: bool, follow_symlinks: bool,
+           read_threads: int = 0) -> "datasets.DatasetDict":
     """The cold path: index every record, write the cache entry, open it."""
     started = time.perf_counter()
     label_map = read_label_map(root)
     tables, folders = {}, set()
     for split, file in SPLIT_FILES.items():
         tables[split], split_folders = _index_split(root, file, label_map, skip_missing,
-                                                    follow_symlinks)
+                                                    follow_symlinks, read_threads)
         folders |= split_folders
     features = emoset_features(label_map)
     log.info("indexed %s (%s records) in %.1f s",
@@ -235,7 +238,7 @@ def read_label_map(root: str | os.PathLike) -> LabelMap:
 
 
 def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool,
-                 follow_symlinks: bool):
+                 follow_symlinks: bool, read_threads: int = 0):
     """One split file and its annotations as an Arrow table (the cached form), and the folders
     its files lie in (relative to ``root``)."""
     split_path = root / file_name
@@ -246,7 +249,7 @@ def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: 
         refuse_links_leaving_root(root, split_path, records, leaving)
     root_str = str(root)
     annotations = _read_annotations([os.path.join(root_str, rec.annotation_rel)
-                                     for rec in records])
+                                     for rec in records], read_threads)
 
     missing = []  # (record index, what, relative path)
     keep = []
@@ -337,11 +340,11 @@ def _checked_relative(path: Any, where: str, what: str) -> str:
     return path
 
 
-def _read_annotations(paths: list[str]) -> list[Any]:
+def _read_annotations(paths: list[str], threads: int = 0) -> list[Any]:
     """Parsed JSON per path; None for a missing file, the exception for an unreadable one."""
-    if READ_THREADS <= 1 or len(paths) < 256:
+    if threads <= 1 or len(paths) < 256:
         return [_read_annotation(path) for path in paths]
-    with ThreadPoolExecutor(READ_THREADS) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(_read_annotation, paths, chunksize=512))
 
 

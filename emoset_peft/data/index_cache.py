@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emoset_peft.data.hygiene import new_link_leaving_root
+from emoset_peft.utils.locks import file_lock
 
 if TYPE_CHECKING:
     import datasets
@@ -90,21 +91,16 @@ def write_cache(entry: Path, tables: dict, features, root: Path, key: str,
 
 @contextlib.contextmanager
 def build_lock(entry: Path):
-    """An exclusive lock file beside ``entry`` (POSIX); without one, proceed unlocked."""
-    try:
-        import fcntl
-
-        (entry.parent / ".locks").mkdir(parents=True, exist_ok=True)
-        handle = open(entry.parent / ".locks" / f"{entry.name}.lock", "a")
-    except (ImportError, OSError):  # Windows, or an unwritable cache: the writer warns about it
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """An exclusive lock file beside ``entry``, held while building it; without a writable
+    cache folder, proceed unlocked (the writer warns about it)."""
+    path = entry.parent / ".locks" / f"{entry.name}.lock"
+    with contextlib.ExitStack() as held:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(file_lock(path))
+        except OSError:
+            pass
+        yield
 
 
 def _prune_stale_entries(entry: Path, root: Path) -> None:

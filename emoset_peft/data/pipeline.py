@@ -2,8 +2,9 @@
 
 Decoding a web JPEG costs more than a small ViT's forward pass on a GPU, and a low-data study
 revisits the same few hundred images for hundreds of steps and dozens of cells. So each image is
-decoded once per cache key into a uint8 square at ``R = image_size / 0.875`` pixels (256 for 224:
-the standard eval resize), stored in a memory-mapped ``.npy`` under the cache folder and shared by
+decoded once per cache key into a uint8 square at ``R = image_size / crop_ratio`` pixels (256 for
+224 and the default 0.875: the standard eval resize; both come from the backbone's family, see
+``models.backbones.input_spec_for``), stored in a memory-mapped ``.npy`` under the cache folder and shared by
 epochs, cells and processes. A JPEG at least twice as large as needed is decoded at 1/2, 1/4 or
 1/8 scale in the DCT domain (PIL ``draft``): for R = 37 (a 32 px model) and 300-640 px photos
 that halves the decode time; smaller images are decoded in full. From there:
@@ -29,16 +30,18 @@ from PIL import Image
 
 from emoset_peft.data.decode_cache import load_or_decode
 from emoset_peft.data.images import CorruptImageError, open_image
+from emoset_peft.models.families import DEFAULT_EVAL_CROP_RATIO
 
 log = logging.getLogger(__name__)
 
-EVAL_CROP_RATIO = 0.875  # image_size / resize size, e.g. 224 / 256
+# image_size / resize size, e.g. 224 / 256; a family may set its own (InputSpec.crop_ratio).
+EVAL_CROP_RATIO = DEFAULT_EVAL_CROP_RATIO
 SLICE_ATTRIBUTES = ("facial_expression", "brightness", "scene", "human_action")
 
 
-def cache_resolution(image_size: int) -> int:
+def cache_resolution(image_size: int, crop_ratio: float = EVAL_CROP_RATIO) -> int:
     """Side of the cached square: the eval resize, which also leaves a margin for train crops."""
-    return int(round(image_size / EVAL_CROP_RATIO))
+    return int(round(image_size / crop_ratio))
 
 
 @dataclass
@@ -56,16 +59,16 @@ class DecodedImages:
         return len(self.labels)
 
 
-def decode_split(split, image_size: int, *, cache_dir: str | Path | None = None,
-                 skip_corrupt: bool = True, workers: int = 2, desc: str = "decoding",
-                 show_progress: bool = True) -> DecodedImages:
+def decode_split(split, image_size: int, *, crop_ratio: float = EVAL_CROP_RATIO,
+                 cache_dir: str | Path | None = None, skip_corrupt: bool = True, workers: int = 2,
+                 desc: str = "decoding", show_progress: bool = True) -> DecodedImages:
     """Decode every image of a ``datasets`` split once (or load the cached result).
 
     The cache key covers the image paths with their sizes and mtimes and the resolution, so an
     image replaced on disk is decoded again. A corrupt image raises ``CorruptImageError`` naming
     its path, or with ``skip_corrupt`` is left out and listed in ``skipped``.
     """
-    resolution = cache_resolution(image_size)
+    resolution = cache_resolution(image_size, crop_ratio)
     paths = [_image_path(row) for row in split.select_columns("image").cast_column(
         "image", _undecoded_image_feature())["image"]]
     pixels, meta = load_or_decode(

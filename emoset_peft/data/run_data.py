@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emoset_peft.config import DataConfig
-from emoset_peft.data.pipeline import DecodedImages, decode_split
+from emoset_peft.data.pipeline import EVAL_CROP_RATIO, DecodedImages, decode_split
 from emoset_peft.errors import EmoSetError
 
 
@@ -98,9 +98,10 @@ def _require_records(emoset, root: str, needs_validation: bool = True) -> None:
                               f"needs it ({split} {why}); restore it from the EmoSet download")
 
 
-def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
-                  show_progress: bool = True) -> RunData:
-    """Load EmoSet (unless given), pick the subsets and decode them (cached across runs)."""
+def load_run_data(data: DataConfig, image_size: int, *, crop_ratio: float = EVAL_CROP_RATIO,
+                  emoset=None, show_progress: bool = True) -> RunData:
+    """Load EmoSet (unless given), pick the subsets and decode them (cached across runs).
+    ``image_size`` and ``crop_ratio``: the backbone's ``input_spec_for``."""
     if emoset is None:
         from emoset_peft.data.emoset import load_emoset
 
@@ -109,7 +110,7 @@ def load_run_data(data: DataConfig, image_size: int, *, emoset=None,
     train, selection, test, manifest = select_splits(data, emoset)
 
     def decode(split, desc):
-        return decode_split(split, image_size, cache_dir=data.cache_dir,
+        return decode_split(split, image_size, crop_ratio=crop_ratio, cache_dir=data.cache_dir,
                             skip_corrupt=data.skip_corrupt, workers=data.decode_workers,
                             desc=desc, show_progress=show_progress)
 

@@ -21,13 +21,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emoset_peft.errors import EmoSetError
+from emoset_peft.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     import datasets
@@ -106,17 +106,7 @@ def write_manifest(path: str | os.PathLike, subset: "datasets.Dataset", **info: 
     killed process never leaves half a manifest. Returns the manifest.
     """
     manifest = subset_manifest(subset, **info)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(manifest, out, indent=1)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

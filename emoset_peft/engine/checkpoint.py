@@ -14,7 +14,7 @@ the folder is never opened): tensors in safetensors, numbers in JSON.
     rng_rank<R>.safetensors      process R's torch CPU/CUDA generator states (uint8 tensors);
                                  python/numpy ``random`` states as JSON in its metadata
     best_trainable.safetensors   weights of the best evaluation so far, if any
-    trainer_state.json           the loop's own state (step, best score, history)
+    trainer_state.json           the loop's own state: engine/loop_state.LoopState as JSON
     checkpoint.json              written last: format, step, processes, size + sha256 per file
 
 Under DDP every rank writes and reads its own RNG file; rank 0 writes the shared files. Loading
@@ -35,6 +35,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from emoset_peft.engine.loop_state import (
+    LoopState,
+    load_trainable_state,
+    trainable_state,
+)
 from emoset_peft.errors import EmoSetError
 from emoset_peft.utils.io import atomic_write_text
 from emoset_peft.utils.storage import is_disk_full
@@ -69,7 +74,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return folder / name if STEP_NAME.match(name) else pointer
 
 
-def save_checkpoint(accelerator, folder: Path, step: int, trainer_state: dict,
+def save_checkpoint(accelerator, folder: Path, step: int, trainer_state: LoopState,
                     best_state: dict[str, torch.Tensor] | None, *, model, optimizer, scheduler,
                     keep: int = 2) -> Path:
     """Save weights/optimizer/scheduler/RNG (every rank's) plus the loop's own state.
@@ -115,10 +120,8 @@ def save_checkpoint(accelerator, folder: Path, step: int, trainer_state: dict,
 
 
 def load_checkpoint(accelerator, path: Path, *, model, optimizer,
-                    scheduler) -> tuple[dict, dict[str, torch.Tensor] | None]:
+                    scheduler) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
     """Restore everything ``save_checkpoint`` wrote; returns (loop state, best weights or None)."""
-    from emoset_peft.engine.trainer import load_trainable_state
-
     files = _verified_files(path, accelerator)
     with _reading(path, WEIGHTS):
         weights = load_file(str(path / WEIGHTS))
@@ -137,7 +140,7 @@ def load_checkpoint(accelerator, path: Path, *, model, optimizer,
     with _reading(path, rng_file(accelerator.process_index)):
         _load_rng(path / rng_file(accelerator.process_index))
     with _reading(path, TRAINER_STATE):
-        state = json.loads((path / TRAINER_STATE).read_text())
+        state = LoopState.from_json((path / TRAINER_STATE).read_text())
     best = None
     if BEST_WEIGHTS in files:
         with _reading(path, BEST_WEIGHTS):
@@ -150,8 +153,6 @@ def load_checkpoint(accelerator, path: Path, *, model, optimizer,
 
 def _save_shared(tmp: Path, trainer_state, best_state, model, optimizer, scheduler,
                  accelerator) -> None:
-    from emoset_peft.engine.trainer import trainable_state
-
     save_file(trainable_state(model), str(tmp / WEIGHTS))
     tensors, meta = _split_optimizer_state(optimizer.state_dict())
     save_file(tensors, str(tmp / OPTIMIZER_TENSORS))
@@ -161,7 +162,7 @@ def _save_shared(tmp: Path, trainer_state, best_state, model, optimizer, schedul
         (tmp / SCALER).write_text(json.dumps(accelerator.scaler.state_dict()))
     if best_state is not None:
         save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / BEST_WEIGHTS))
-    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state))
+    (tmp / TRAINER_STATE).write_text(trainer_state.to_json())
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -22,16 +22,17 @@ def predict_probs(model, images: DecodedImages, accelerator, normalizer: Normali
     Each process scores a contiguous shard; shards are padded to equal length (index -1),
     gathered, and put back in split order, so N processes give the 1-process result.
     ``merge_adapters``: fold PEFT adapters into the base weights while scoring (models/merging.py;
-    the weights are restored exactly afterwards). Not done for a compiled model, whose graphs
-    were traced unmerged, nor where accelerate shards the weights (FSDP, DeepSpeed).
+    the weights are restored exactly afterwards; the scores agree with unmerged ones to float
+    rounding). Pass False for a model compiled with ``torch.compile`` (its graphs were traced
+    unmerged: the training loop does so under ``train.compile=true``). Never done where
+    accelerate shards the weights (FSDP, DeepSpeed).
     """
     model = accelerator.unwrap_model(model)
     was_training = model.training
     model.eval()
     if accelerator.device.type == "cpu":
         batch_size = cpu_forward_batch(model, batch_size)
-    merge = (merge_adapters and getattr(model, "_compiled_call_impl", None) is None
-             and accelerator.distributed_type not in SHARDED)
+    merge = merge_adapters and accelerator.distributed_type not in SHARDED
     indices, logits = [], []
     with merged_for_inference(model, enabled=merge):
         for index, pixels in eval_batches(images, batch_size, normalizer, image_size,
@@ -105,11 +106,12 @@ def _num_classes(model) -> int:
 
 
 def evaluate(model, images: DecodedImages, class_names, accelerator, normalizer, image_size,
-             batch_size) -> tuple[dict, np.ndarray]:
-    """(metrics dict, probabilities) for one split."""
+             batch_size, *, merge_adapters: bool = True) -> tuple[dict, np.ndarray]:
+    """(metrics dict, probabilities) for one split; ``merge_adapters`` as in predict_probs."""
     from emoset_peft.engine.metrics import classification_metrics
 
-    probs = predict_probs(model, images, accelerator, normalizer, image_size, batch_size)
+    probs = predict_probs(model, images, accelerator, normalizer, image_size, batch_size,
+                          merge_adapters=merge_adapters)
     metrics = classification_metrics(probs, images.labels, class_names,
                                      attributes=images.attributes or None,
                                      attribute_labels=images.attribute_labels or None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -214,20 +213,15 @@ def write_predictions(
     path = Path(path)
     rows = predictions_table(image_ids, probs, class_names, labels=labels)
     fieldnames = ["image_id", "label", "predicted"] + [f"prob_{name}" for name in class_names]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=fieldnames)
-            writer.writeheader()
-            for row in rows:
-                # 6 significant digits: enough to rank classes, small files for 17k test images.
-                writer.writerow({
-                    key: f"{value:.6g}" if isinstance(value, float) else value
-                    for key, value in row.items()
-                })
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    from emoset_peft.utils.io import atomic_open
+
+    with atomic_open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in rows:
+            # 6 significant digits: enough to rank classes, small files for 17k test images.
+            writer.writerow({
+                key: f"{value:.6g}" if isinstance(value, float) else value
+                for key, value in row.items()
+            })
     return path

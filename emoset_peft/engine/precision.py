@@ -20,6 +20,11 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _WARNED: set[tuple[str, str]] = set()
 
 
+def precision_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a mixed-precision setting ("bf16", "fp16"); None for "no"."""
+    return _DTYPES.get(str(precision))
+
+
 def native_low_precision(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether ``dtype`` matrix multiplies run at hardware speed on ``device``.
 
@@ -38,7 +43,7 @@ def native_low_precision(device: torch.device, dtype: torch.dtype = torch.bfloat
 
 def resolve_mixed_precision(requested: str, device: torch.device) -> str:
     """The precision to actually train in: ``requested``, unless it is emulated on ``device``."""
-    dtype = _DTYPES.get(requested)
+    dtype = precision_dtype(requested)
     if dtype is None or native_low_precision(device, dtype):
         return requested
     if (requested, device.type) in _WARNED:  # once per process, not once per study cell
@@ -54,7 +59,7 @@ def frozen_dtype(setting: str, precision: str) -> torch.dtype | None:
     """The dtype for frozen base weights: ``setting`` ("auto" follows the resolved precision:
     autocast would cast them to it on every step anyway), or None to leave them as loaded."""
     if setting == "auto":
-        return _DTYPES.get(precision)
+        return precision_dtype(precision)
     return None if setting == "float32" else getattr(torch, setting)
 
 

@@ -16,7 +16,6 @@ import torch
 from emoset_peft.config import RunConfig, save_config, validate
 from emoset_peft.data.pipeline import Normalizer
 from emoset_peft.data.run_data import RunData, load_run_data, selection_record
-from emoset_peft.engine.checkpoint import latest_checkpoint
 from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.engine.precision import (
     cast_frozen_weights,
@@ -32,6 +31,7 @@ from emoset_peft.engine.run_dir import (
 from emoset_peft.engine.trainer import FitResult, fit, step_budget
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import summary_line
+from emoset_peft.utils.dist import decide_on_main, fresh_accelerator_state
 from emoset_peft.utils.io import atomic_write_json
 from emoset_peft.utils.provenance import provenance
 
@@ -40,13 +40,8 @@ log = logging.getLogger(__name__)
 
 def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
-    from accelerate.state import AcceleratorState, GradientState
 
-    # Accelerate keeps one global state per process and refuses a second Accelerator with other
-    # settings (say bf16 after fp32). Runs in one process (tests, notebooks, research code) each
-    # get their own; the process group itself (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    fresh_accelerator_state()  # each run in one process gets its own settings
     trackers = [t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")]
     device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
@@ -100,9 +95,12 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
     normalizer = Normalizer(spec.mean, spec.std, accelerator.device)
     trainable, total = count_parameters(model)
 
-    if data.train is None or config.model.method == "zeroshot":
-        if config.model.method != "zeroshot":
-            raise EmoSetError("data.per_class=0 trains on no images: only model.method=zeroshot fits")
+    from emoset_peft.models import methods
+
+    if data.train is None or not methods.trains(config.model.method):
+        if methods.trains(config.model.method):
+            raise EmoSetError("data.per_class=0 trains on no images: only a method that does not "
+                              f"train fits: model.method={'|'.join(methods.named(lambda s: not s.trains))}")
         validation = None if data.selection is None else evaluate(
             model, data.selection, data.class_names, accelerator, normalizer, spec.image_size,
             config.train.eval_batch_size)[0]
@@ -114,7 +112,8 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
 
     started = time.perf_counter()
     test, test_probs = evaluate(model, data.test, data.class_names, accelerator, normalizer,
-                                spec.image_size, config.train.eval_batch_size)
+                                spec.image_size, config.train.eval_batch_size,
+                                merge_adapters=not config.train.compile)
     eval_seconds = time.perf_counter() - started
     metrics = {
         "test": test,
@@ -159,25 +158,24 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     before the first checkpoint removes what this run wrote.
     """
     validate(config)
-    image_size = preflight(config)
+    spec = preflight(config)
     accelerator = make_accelerator(config, Path(config.output_dir))
     main = accelerator.is_main_process
-    if main:
-        check_run_dir(config)  # read-only: refuse now rather than after decoding
+    # Under accelerate launch / torchrun the N processes are one run: rank 0 checks, locks and
+    # prepares the folder and picks the checkpoint; the others receive its decision.
+    decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
     with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
-        data = load_run_data(config.data, image_size, show_progress=show_progress and main)
+        data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio,
+                             show_progress=show_progress and main)
     _check_same_subset(accelerator, data)
 
-    out_dir = Path(config.output_dir)
-    created = not out_dir.exists()
+    created = not Path(config.output_dir).exists()
     with contextlib.ExitStack() as hold:
-        resume_from = None
-        if main:  # under accelerate launch / torchrun the N processes are one run: one lock
-            hold.enter_context(locked_run_dir(config))
-            out_dir, resume_from = prepare_run_dir(config)
-        accelerator.wait_for_everyone()
-        if not main and config.resume:
-            resume_from = latest_checkpoint(out_dir / "checkpoints")
+        def prepare() -> tuple[Path, Path | None]:
+            hold.enter_context(locked_run_dir(config))  # held by rank 0 until the run ends
+            return prepare_run_dir(config)
+
+        out_dir, resume_from = decide_on_main(accelerator, prepare)
         try:
             metrics = _train_in(out_dir, config, data, accelerator, resume_from, show_progress)
         except EmoSetError:
@@ -214,23 +212,14 @@ def _train_in(out_dir: Path, config: RunConfig, data: RunData, accelerator,
     return metrics
 
 
-def preflight(config: RunConfig) -> int:
+def preflight(config: RunConfig):
     """The checks that need no output folder: method and options (the registry), backbone.
-    Returns the backbone's input resolution."""
-    from emoset_peft.models import methods
+    Returns the backbone's ``InputSpec``: the data is decoded with it before the model is built
+    (AdaLoRA's schedule needs the subset size), and the model records the same spec."""
+    from emoset_peft.models import input_spec_for, methods
 
     methods.make_options(methods.get_method(config.model.method), dict(config.model.options))
-    return backbone_image_size(config.model.backbone)
-
-
-def backbone_image_size(backbone: str) -> int:
-    """The input resolution from the backbone's config alone (the data is decoded before the
-    model is built, since AdaLoRA's schedule needs the subset size)."""
-    from emoset_peft.models.backbones import load_config, resolve_source
-
-    config = load_config(resolve_source(backbone))
-    vision = getattr(config, "vision_config", None) or config
-    return int(vision.image_size)
+    return input_spec_for(config.model.backbone)
 
 
 def _check_same_subset(accelerator, data: RunData) -> None:

@@ -33,8 +33,6 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
-
 from emoset_peft.config import RunConfig
 from emoset_peft.engine.checkpoint import latest_checkpoint
 from emoset_peft.errors import EmoSetError
@@ -154,7 +152,7 @@ def _written_by_us(name: str) -> bool:
     # utils.storage's ".adapter.<host>.<pid>.tmp"
     if not (name.startswith(".") and name.endswith(".tmp")):
         return False
-    return any(name.startswith(f".{written}.") or name.startswith(f"{written}.")
+    return any(name.startswith((f".{written}.", f"{written}."))
                for written in WRITTEN)
 
 
@@ -167,7 +165,3 @@ def _remove_written(out: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
-
-
-def read_saved_config(out: Path) -> dict:
-    return yaml.safe_load((out / "config.yaml").read_text())

@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from emoset_peft.engine.precision import precision_dtype
 from emoset_peft.errors import EmoSetError
 
 
@@ -25,7 +26,7 @@ class SoloAccelerator:
     def __init__(self, device: torch.device, mixed_precision: str = "no"):
         self.device = device
         self.mixed_precision = mixed_precision
-        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+        self._dtype = precision_dtype(mixed_precision)
         self._scaler = (torch.amp.GradScaler(device.type)
                         if mixed_precision == "fp16" else None)
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +29,20 @@ from emoset_peft.data.pipeline import Normalizer, TrainStream
 from emoset_peft.data.run_data import RunData
 from emoset_peft.engine.checkpoint import load_checkpoint, save_checkpoint
 from emoset_peft.engine.evaluate import evaluate
-from emoset_peft.errors import EmoSetError
+from emoset_peft.engine.loop_state import (
+    LoopState,
+    load_trainable_state,
+    trainable_state,
+)
+from emoset_peft.engine.loss_window import (
+    LossWindow,
+    TrainingDiverged,
+    diverged_message,
+)
 from emoset_peft.metrics.registry import log_entry, selection_score
+from emoset_peft.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(EmoSetError):
-    """A non-finite loss or gradient: the run stops and saves no adapter and no metrics."""
 
 
 @dataclass
@@ -46,9 +53,9 @@ class FitResult:
     train_seconds: float
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
-    # Wall seconds of each optimizer step of this call (data + forward + backward + update; no
-    # evaluation or checkpointing): steady-state throughput for benchmarks and logs.
-    step_seconds: list[float] = field(default_factory=list)
+
+
+LOG_EVERY = 5  # optimizer steps between reads of the loss (a host sync) for the log and the bar
 
 
 def step_budget(num_images: int, per_process_batch: int, world_size: int, cfg: TrainConfig) -> int:
@@ -68,151 +75,202 @@ def step_budget(num_images: int, per_process_batch: int, world_size: int, cfg: T
     return steps
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()
-            if p.requires_grad}
-
-
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
-
-
-def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normalizer,
-        image_size: int, *, out_dir: Path | None = None, resume_from: Path | None = None,
-        show_progress: bool = True) -> FitResult:
-    """Train ``model`` (already built, not yet prepared) on ``data.train``; returns the result.
-
-    The model comes back unwrapped-compatible: its trainable weights are the selected ones.
-    """
-    from emoset_peft.models import after_optimizer_step, extra_loss
-
-    stream = TrainStream(data.train, cfg.batch_size, seed=cfg.seed,
-                         rank=accelerator.process_index, world_size=accelerator.num_processes)
-    total_steps = step_budget(len(data.train), stream.per_process, accelerator.num_processes, cfg)
-    eval_every = cfg.eval_every or max(1, total_steps // 10)
-
+def build_optimizer(model, cfg: TrainConfig, device: torch.device):
+    """AdamW over the trainable parameters; returns (optimizer, those parameters)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases, norms, scalars
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, fused=accelerator.device.type == "cuda",
+        lr=cfg.lr, fused=device.type == "cuda",
     )
-    # Not passed to prepare(): accelerate would step it once per process per step.
-    scheduler = get_cosine_schedule_with_warmup(
+    return optimizer, params
+
+
+def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    """Cosine decay after a linear warmup. Not passed to ``accelerator.prepare``: accelerate
+    would step it once per process per step."""
+    return get_cosine_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    if cfg.compile:
-        # Measured with ViT-S/16 + LoRA on 2 CPU cores: 0.95x eager in fp32 on an AVX2 EPYC
-        # (75 s compile), 0.80x of the fast-kernel eager step in bf16 on an AMX Xeon (29 s).
-        # There inductor's in-graph dropout RNG is the cost: without dropout it runs 1.13x eager.
-        log.info("train.compile=true: compiling the model with torch.compile; the first step "
-                 "and the first evaluation are slow while it compiles (about a minute on a "
-                 "2-core CPU)")
-        model.compile()  # in place: parameter names, state_dict and save_pretrained unchanged
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
 
-    state = {"step": 0, "best_step": -1, "best_score": -math.inf, "best_validation": {},
-             "evals_since_best": 0, "history": [], "train_seconds": 0.0}
-    best_weights = None
+
+def compile_model(model) -> None:
+    """torch.compile in place: parameter names, state_dict and save_pretrained unchanged."""
+    # Measured with ViT-S/16 + LoRA on 2 CPU cores: 0.95x eager in fp32 on an AVX2 EPYC
+    # (75 s compile), 0.80x of the fast-kernel eager step in bf16 on an AMX Xeon (29 s).
+    # There inductor's in-graph dropout RNG is the cost: without dropout it runs 1.13x eager.
+    log.info("train.compile=true: compiling the model with torch.compile; the first step "
+             "and the first evaluation are slow while it compiles (about a minute on a "
+             "2-core CPU)")
+    model.compile()
+
+
+def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normalizer,
+        image_size: int, *, out_dir: Path | None = None, resume_from: Path | None = None,
+        show_progress: bool = True,
+        on_step: Callable[[int, float], None] | None = None) -> FitResult:
+    """Train ``model`` (already built, not yet prepared) on ``data.train``; returns the result.
+
+    The model comes back unwrapped-compatible: its trainable weights are the selected ones.
+    ``on_step(step, seconds)``, if given, is called after every optimizer step with the steps
+    done so far and that step's wall seconds (data, forward, backward, update; no evaluation or
+    checkpointing), e.g. to measure throughput. On a GPU the step's kernels may still be
+    running then: call ``torch.cuda.synchronize()`` in it to time them.
+    """
+    loop = TrainingLoop(model, data, cfg, accelerator, normalizer, image_size, out_dir=out_dir)
     if resume_from is not None:
-        state, best_weights = load_checkpoint(accelerator, resume_from, model=unwrapped,
-                                              optimizer=optimizer, scheduler=scheduler)
-        log.info("resumed from %s at step %d", resume_from, state["step"])
-        if out_dir is not None and accelerator.is_main_process:  # drop evals after the checkpoint
-            (out_dir / "log.jsonl").write_text(
-                "".join(json.dumps(entry) + "\n" for entry in state["history"]))
+        loop.resume(resume_from)
+    return loop.run(show_progress=show_progress, on_step=on_step)
 
-    def select(step: int) -> bool:
-        """Evaluate on the selection set; True when patience has run out."""
-        nonlocal best_weights
-        metrics, probs = evaluate(model, data.selection, data.class_names, accelerator,
-                                  normalizer, image_size, cfg.eval_batch_size)
-        if not math.isfinite(metrics["loss"]):  # weights blew up after the last checked step
-            raise TrainingDiverged(_diverged(step, f"validation loss {metrics['loss']}", cfg))
-        score = selection_score(metrics, cfg.select_metric)
-        entry = {"step": step, **log_entry(metrics, "val")}
-        state["history"].append(entry)
-        accelerator.log(entry, step=step)
-        if score > state["best_score"]:
-            state.update(best_score=score, best_step=step, best_validation=metrics,
-                         evals_since_best=0)
-            best_weights = trainable_state(unwrapped)
-        else:
-            state["evals_since_best"] += 1
-        if out_dir is not None and accelerator.is_main_process:
-            with open(out_dir / "log.jsonl", "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
-            save_selection_predictions(out_dir, step, data, probs)
-        return cfg.patience is not None and state["evals_since_best"] >= cfg.patience
 
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step",
-               disable=not (show_progress and accelerator.is_main_process), leave=False)
-    model.train()
-    stopped_early = False
-    started = time.perf_counter() - state["train_seconds"]
-    images_seen, window_start = 0, time.perf_counter()
-    step_seconds = []
-    while state["step"] < total_steps:
-        step = state["step"]
-        step_started = time.perf_counter()
+class TrainingLoop:
+    """One ``fit`` call in parts: setup (here), ``train_step``, ``select``, ``checkpoint``."""
+
+    def __init__(self, model, data: RunData, cfg: TrainConfig, accelerator,
+                 normalizer: Normalizer, image_size: int, *, out_dir: Path | None = None):
+        self.data, self.cfg, self.accelerator = data, cfg, accelerator
+        self.normalizer, self.image_size, self.out_dir = normalizer, image_size, out_dir
+        self.writes = out_dir is not None and accelerator.is_main_process
+        self.stream = TrainStream(data.train, cfg.batch_size, seed=cfg.seed,
+                                  rank=accelerator.process_index,
+                                  world_size=accelerator.num_processes)
+        self.total_steps = step_budget(len(data.train), self.stream.per_process,
+                                       accelerator.num_processes, cfg)
+        self.eval_every = cfg.eval_every or max(1, self.total_steps // 10)
+        optimizer, self.params = build_optimizer(model, cfg, accelerator.device)
+        self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        if cfg.compile:
+            compile_model(model)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.state = LoopState()
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.losses = LossWindow(accelerator, cfg)
+        self.images_seen = 0  # since the last progress line, all processes
+
+    def resume(self, checkpoint: Path) -> None:
+        self.state, self.best_weights = load_checkpoint(
+            self.accelerator, checkpoint, model=self.unwrapped, optimizer=self.optimizer,
+            scheduler=self.scheduler)
+        log.info("resumed from %s at step %d", checkpoint, self.state.step)
+        if self.writes:  # drop evaluations logged after the checkpoint
+            atomic_write_text(self.out_dir / "log.jsonl", "".join(
+                json.dumps(entry) + "\n" for entry in self.state.history))
+
+    def train_step(self) -> None:
+        """One optimizer step: ``grad_accum`` micro-batches, clipping, update, method hooks."""
+        from emoset_peft.models import after_optimizer_step, extra_loss
+
+        cfg, accelerator, step = self.cfg, self.accelerator, self.state.step
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.grad_accum):
-            pixels, labels = stream.batch(step * cfg.grad_accum + micro, normalizer, image_size)
+            pixels, labels = self.stream.batch(step * cfg.grad_accum + micro, self.normalizer,
+                                               self.image_size)
             sync = micro == cfg.grad_accum - 1
-            with _maybe_no_sync(accelerator, model, sync), accelerator.autocast():
-                logits = model(pixel_values=pixels).logits
+            with _maybe_no_sync(accelerator, self.model, sync), accelerator.autocast():
+                logits = self.model(pixel_values=pixels).logits
                 loss = F.cross_entropy(logits.float(), labels,
                                        label_smoothing=cfg.label_smoothing)
-                loss = loss + extra_loss(model)
+                loss = loss + extra_loss(self.model)
                 accelerator.backward(loss / cfg.grad_accum)
-            loss_sum += loss.detach() / cfg.grad_accum
-            images_seen += len(labels) * accelerator.num_processes
+            loss_sum += loss.detach() / cfg.grad_accum  # stays on the device
+            self.images_seen += len(labels) * accelerator.num_processes
         grad_norm = None
         if cfg.max_grad_norm:
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        loss_value = _checked_loss(loss_sum, grad_norm, accelerator, cfg, step + 1)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        after_optimizer_step(model, step)
-        state["step"] = step = step + 1
-        step_seconds.append(time.perf_counter() - step_started)
+            grad_norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.losses.add(step + 1, loss_sum, grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        after_optimizer_step(self.model, step)
+        self.state.step = step + 1
 
-        bar.update(1)
-        if step % 5 == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            img_s=f"{images_seen / max(elapsed, 1e-9):.0f}")
-            accelerator.log({"train_loss": loss_value, "lr": scheduler.get_last_lr()[0]},
-                            step=step)
-            images_seen, window_start = 0, time.perf_counter()
-        if data.selection is not None and (step % eval_every == 0 or step == total_steps):
-            stopped_early = select(step)
-        state["train_seconds"] = time.perf_counter() - started
-        if cfg.checkpoint_every and out_dir is not None and (
-                step % cfg.checkpoint_every == 0 and step < total_steps):
-            save_checkpoint(accelerator, out_dir / "checkpoints", step, state, best_weights,
-                            model=unwrapped, optimizer=optimizer, scheduler=scheduler,
-                            keep=cfg.keep_checkpoints)
-        if stopped_early:
-            log.info("early stop at step %d: no improvement in %d evaluations", step,
-                     cfg.patience)
-            break
-    bar.close()
+    def read_losses(self) -> float | None:
+        """Read the losses since the last read (TrainingDiverged if any was non-finite) and log
+        their mean; None when there were none."""
+        mean = self.losses.read()
+        if mean is not None:
+            self.accelerator.log({"train_loss": mean, "lr": self.scheduler.get_last_lr()[0]},
+                                 step=self.state.step)
+        return mean
 
-    if data.selection is None:  # nothing to select on: the last step is the result
-        state.update(best_step=state["step"], best_validation=None)
-    if best_weights is not None:
-        load_trainable_state(unwrapped, best_weights)
-    return FitResult(steps=state["step"], best_step=state["best_step"],
-                     best_validation=state["best_validation"],
-                     train_seconds=state["train_seconds"], stopped_early=stopped_early,
-                     history=state["history"], step_seconds=step_seconds)
+    def select(self) -> bool:
+        """Evaluate on the selection set, keep the best weights; True when patience ran out."""
+        cfg, data, state, step = self.cfg, self.data, self.state, self.state.step
+        metrics, probs = evaluate(self.model, data.selection, data.class_names, self.accelerator,
+                                  self.normalizer, self.image_size, cfg.eval_batch_size,
+                                  merge_adapters=not cfg.compile)
+        if not math.isfinite(metrics["loss"]):  # weights blew up after the last checked step
+            raise TrainingDiverged(diverged_message(step, f"validation loss {metrics['loss']}",
+                                                    cfg))
+        score = selection_score(metrics, cfg.select_metric)
+        entry = {"step": step, **log_entry(metrics, "val")}
+        state.history.append(entry)
+        self.accelerator.log(entry, step=step)
+        if state.improved(step, score, metrics):
+            self.best_weights = trainable_state(self.unwrapped)
+        if self.writes:
+            with open(self.out_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+            save_selection_predictions(self.out_dir, step, data, probs)
+        return cfg.patience is not None and state.evals_since_best >= cfg.patience
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.accelerator, self.out_dir / "checkpoints", self.state.step,
+                        self.state, self.best_weights, model=self.unwrapped,
+                        optimizer=self.optimizer, scheduler=self.scheduler,
+                        keep=self.cfg.keep_checkpoints)
+
+    def run(self, *, show_progress: bool = True,
+            on_step: Callable[[int, float], None] | None = None) -> FitResult:
+        cfg, state, total = self.cfg, self.state, self.total_steps
+        bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
+                   disable=not (show_progress and self.accelerator.is_main_process), leave=False)
+        self.model.train()
+        stopped_early = False
+        started = time.perf_counter() - state.train_seconds
+        window_start = time.perf_counter()
+        while state.step < total:
+            step_started = time.perf_counter()
+            self.train_step()
+            step = state.step
+            if on_step is not None:
+                on_step(step, time.perf_counter() - step_started)
+            bar.update(1)
+            if step % LOG_EVERY == 0 or step == total:
+                loss = self.read_losses()
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                img_s=f"{self.images_seen / elapsed:.0f}")
+                self.images_seen, window_start = 0, time.perf_counter()
+            if self.data.selection is not None and (step % self.eval_every == 0 or step == total):
+                self.read_losses()  # never evaluate (or keep) weights from a non-finite step
+                stopped_early = self.select()
+            state.train_seconds = time.perf_counter() - started
+            if cfg.checkpoint_every and self.out_dir is not None and (
+                    step % cfg.checkpoint_every == 0 and step < total):
+                self.read_losses()
+                self.checkpoint()
+            if stopped_early:
+                log.info("early stop at step %d: no improvement in %d evaluations", step,
+                         cfg.patience)
+                break
+        bar.close()
+        self.read_losses()
+        return self.result(stopped_early)
+
+    def result(self, stopped_early: bool) -> FitResult:
+        """Restore the selected weights; the last step's when there is no selection set."""
+        state = self.state
+        if self.best_weights is not None:
+            load_trainable_state(self.unwrapped, self.best_weights)
+        selected = self.data.selection is not None
+        return FitResult(steps=state.step,
+                         best_step=state.best_step if selected else state.step,
+                         best_validation=state.best_validation if selected else None,
+                         train_seconds=state.train_seconds, stopped_early=stopped_early,
+                         history=state.history)
 
 
 def selection_predictions_path(out_dir: Path, step: int) -> Path:
@@ -225,34 +283,6 @@ def save_selection_predictions(out_dir: Path, step: int, data: RunData, probs) -
 
     write_predictions(selection_predictions_path(out_dir, step), data.selection.image_ids,
                       data.selection.labels, probs, data.class_names)
-
-
-def _checked_loss(loss_sum: torch.Tensor, grad_norm, accelerator, cfg: TrainConfig,
-                  step: int) -> float:
-    """The step's mean loss over processes, or TrainingDiverged before the optimizer applies a
-    non-finite update. One host sync per step (the loss was read every micro-batch before)."""
-    check = loss_sum.float()
-    # fp16's loss scaler skips steps whose gradients overflowed and lowers its scale: an
-    # infinite gradient norm is routine there, so only the loss is checked.
-    if grad_norm is not None and str(accelerator.mixed_precision) != "fp16":
-        check = check + 0 * torch.as_tensor(grad_norm, device=check.device).float()  # NaN/inf stay
-    if accelerator.num_processes > 1:  # every rank must stop together, not only the one with NaN
-        check = accelerator.reduce(check, reduction="mean")
-    value = check.item()
-    if math.isfinite(value):
-        return value
-    loss = loss_sum.item()
-    what = f"loss {loss}" if not math.isfinite(loss) or grad_norm is None else \
-        f"loss {loss:.4g}, gradient norm {float(grad_norm)}"
-    raise TrainingDiverged(_diverged(step, what, cfg))
-
-
-def _diverged(step: int, what: str, cfg: TrainConfig) -> str:
-    clip = ("a smaller train.max_grad_norm" if cfg.max_grad_norm else
-            "gradient clipping (train.max_grad_norm=1.0)")
-    precision = ", or train.mixed_precision=no" if cfg.mixed_precision != "no" else ""
-    return (f"training diverged at step {step}: {what}; nothing was saved. Try a lower train.lr "
-            f"(now {cfg.lr:g}), {clip}{precision}")
 
 
 def _maybe_no_sync(accelerator, model, sync: bool):

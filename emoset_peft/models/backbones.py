@@ -3,17 +3,11 @@
 Both go through ``from_pretrained`` (``trust_remote_code=False``, safetensors only), so the tiny
 models the tests save to a temporary folder take the same path as ``google/vit-base-patch16-224-in21k``.
 
-The classifier is a plain transformers model with a linear head named ``classifier``:
-
-- ViT, DINOv2, SigLIP: ``AutoModelForImageClassification`` (ViT pools the [CLS] token, DINOv2
-  [CLS] + mean patch token, SigLIP the mean token).
-- CLIP (``CLIPModel``, ``CLIPVisionModelWithProjection`` or ``CLIPVisionModel`` checkpoints):
-  ``EmoSetCLIPForImageClassification`` below: vision tower -> pooled [CLS] -> ``visual_projection``
-  (when the checkpoint has one) -> L2-normalised and scaled to unit RMS -> linear head. The head
-  therefore lives in CLIP's image-text space, which is what makes the zero-shot head (and
-  ``head_init="text"``) an exact fold of CLIP's text embeddings into the head weights. Its module
-  names equal those of ``CLIPVisionModelWithProjection``, so a saved adapter loads onto that plain
-  transformers class (see ``wrapper.plain_peft_snippet``).
+The classifier is a transformers model with a linear head named ``classifier``; which class, what
+the head reads and the input geometry come from the checkpoint's family (``families.FAMILIES``):
+``AutoModelForImageClassification`` for ViT, DINOv2, SigLIP, and
+``clip_classifier.EmoSetCLIPForImageClassification`` for CLIP. ``input_spec_for(backbone)`` is
+the input geometry both the data pipeline and the model use.
 """
 
 from __future__ import annotations
@@ -21,58 +15,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForImageClassification,
-    CLIPConfig,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    CLIPVisionModelWithProjection,
-    PretrainedConfig,
-)
+from transformers import AutoConfig, PretrainedConfig
 from transformers import logging as hf_logging
-from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 
 from emoset_peft.errors import EmoSetError
-from emoset_peft.models.roles import Architecture, architecture_for
+from emoset_peft.models.families import Family, InputSpec, family_for
 
 logger = logging.getLogger(__name__)
 
 # A Hub id: "name" or "owner/name" (letters, digits, - _ .), never a path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-# Normalisation statistics when a checkpoint has no preprocessor_config.json.
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # google ViT and SigLIP
-_OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-_FALLBACK_STATS = {"vit": _HALF, "dinov2": _IMAGENET, "clip": _OPENAI_CLIP, "siglip": _HALF}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the data pipeline must feed: square images of ``image_size`` px, normalised by mean/std."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> InputSpec:
-        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))
-
 
 @dataclass(frozen=True)
 class Backbone:
@@ -80,9 +39,9 @@ class Backbone:
 
     source: str | None  # Hub id, or absolute path of a local folder (None: built from a config)
     model_type: str  # transformers model_type of the checkpoint ("vit", "clip", ...)
-    architecture: Architecture
-    clip_projection: bool  # CLIP only: the head sits on the projected image embedding
-    clip_text_tower: bool  # CLIP only: the checkpoint has a text tower (zero-shot possible)
+    architecture: Family  # its family (families.FAMILIES): geometry, loader, role map
+    clip_projection: bool | None  # the head sits on CLIP's projected embedding (None: not CLIP)
+    clip_text_tower: bool  # the checkpoint has a text tower the zero-shot head can use
     input_spec: InputSpec
 
     def to_dict(self) -> dict:
@@ -164,8 +123,9 @@ def _refuse_custom_code(source: str, raw: dict) -> None:
     )
 
 
-def read_input_spec(source: str | None, config: PretrainedConfig, architecture: Architecture) -> InputSpec:
-    """Image size and normalisation from preprocessor_config.json, else from the config and the family."""
+def read_input_spec(source: str | None, config: PretrainedConfig, family: Family) -> InputSpec:
+    """The checkpoint's input geometry: its family's rule applied to config.json and
+    preprocessor_config.json (absent or unreadable: the family's fallbacks)."""
     from transformers.image_processing_base import ImageProcessingMixin
 
     processor = {}
@@ -174,35 +134,19 @@ def read_input_spec(source: str | None, config: PretrainedConfig, architecture: 
             processor, _ = ImageProcessingMixin.get_image_processor_dict(source)
         except (OSError, ValueError):
             processor = {}
-    vision = getattr(config, "vision_config", None) or config
-    size = None
-    crop = processor.get("crop_size") if processor.get("do_center_crop", False) else None
-    for entry in (crop, processor.get("size")):
-        if isinstance(entry, dict):
-            size = entry.get("height") or entry.get("shortest_edge")
-        elif isinstance(entry, int):
-            size = entry
-        if size:
-            break
-    size = int(size or vision.image_size)
-    default_mean, default_std = _FALLBACK_STATS[architecture.name]
-    mean = tuple(float(x) for x in processor.get("image_mean") or default_mean)
-    std = tuple(float(x) for x in processor.get("image_std") or default_std)
-    return InputSpec(size, mean, std)
+    return family.input_spec(config, processor)
 
 
 def describe_config(config: PretrainedConfig, source: str) -> Backbone:
     """What kind of encoder ``config`` describes (EmoSetError for an unsupported model_type)."""
-    architecture = architecture_for(config.model_type)
-    architectures = set(getattr(config, "architectures", None) or [])
-    is_full_clip = config.model_type == "clip"
+    family = family_for(config.model_type)
     return Backbone(
         source=source,
         model_type=config.model_type,
-        architecture=architecture,
-        clip_projection=is_full_clip or "CLIPVisionModelWithProjection" in architectures,
-        clip_text_tower=is_full_clip,
-        input_spec=read_input_spec(source, config, architecture),
+        architecture=family,
+        clip_projection=family.loader.projection(config),
+        clip_text_tower=family.has_text_tower(config.model_type),
+        input_spec=read_input_spec(source, config, family),
     )
 
 
@@ -211,6 +155,13 @@ def describe_backbone(backbone: str | os.PathLike) -> tuple[Backbone, Pretrained
     source = resolve_source(backbone)
     config = load_config(source)
     return describe_config(config, source), config
+
+
+def input_spec_for(backbone: str | os.PathLike) -> InputSpec:
+    """The input geometry (size, crop ratio, mean, std) of a backbone, from its config and
+    preprocessor alone: the data is decoded with it before the model is built, and the model
+    records the same spec (``input_spec(model)``), so training and ``eval`` see the same pixels."""
+    return describe_backbone(backbone)[0].input_spec
 
 
 def label_maps(num_labels: int, id2label) -> tuple[dict[int, str], dict[str, int]]:
@@ -231,65 +182,6 @@ def label_maps(num_labels: int, id2label) -> tuple[dict[int, str], dict[str, int
     return mapping, {name: index for index, name in mapping.items()}
 
 
-class EmoSetCLIPForImageClassification(CLIPVisionModelWithProjection):
-    """CLIP vision tower + ``visual_projection`` + a linear head on the unit-RMS image embedding.
-
-    ``features = normalize(visual_projection(pooled CLS)) * sqrt(dim)``: the image embedding scaled
-    to unit root-mean-square, so a randomly initialised head trains at the same pace as on ViT's
-    layer-normed [CLS], and the zero-shot head is the text embeddings times
-    ``logit_scale / sqrt(dim)``. ``config.emoset_use_projection=False`` (vision-only checkpoints
-    without a projection) makes ``visual_projection`` the identity.
-    """
-
-    def __init__(self, config: CLIPVisionConfig):
-        CLIPPreTrainedModel.__init__(self, config)
-        self.vision_model = CLIPVisionModel._from_config(config)
-        if getattr(config, "emoset_use_projection", True):
-            self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
-            feature_dim = config.projection_dim
-        else:
-            self.visual_projection = nn.Identity()
-            feature_dim = config.hidden_size
-        self.classifier = nn.Linear(feature_dim, config.num_labels)
-        self.post_init()
-
-    def image_features(self, pixel_values, interpolate_pos_encoding=False, **kwargs):
-        """The unit-RMS image embedding the head reads, and the vision tower's outputs."""
-        outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
-        embeds = self.visual_projection(outputs.pooler_output)
-        return F.normalize(embeds, dim=-1) * math.sqrt(embeds.shape[-1]), outputs
-
-    def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs):
-        features, outputs = self.image_features(pixel_values, interpolate_pos_encoding, **kwargs)
-        logits = self.classifier(features)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-
-
-def _clip_vision_config(config: PretrainedConfig, info: Backbone) -> CLIPVisionConfig:
-    if isinstance(config, CLIPConfig):
-        vision = CLIPVisionConfig(**config.vision_config.to_dict())
-        # The projection width lives on the top-level config of a full CLIP checkpoint.
-        vision.projection_dim = config.projection_dim
-    else:
-        vision = CLIPVisionConfig(**config.to_dict())
-    vision.emoset_use_projection = info.clip_projection
-    vision.architectures = [EmoSetCLIPForImageClassification.__name__]
-    return vision
-
-
-def _labels(id2label: dict[int, str]) -> dict:
-    return {
-        "num_labels": len(id2label),
-        "id2label": id2label,
-        "label2id": {v: k for k, v in id2label.items()},
-    }
-
-
 # Set by ``reuse_loaded_backbones()``: (source, labels) -> a loaded classifier that is never
 # handed out itself, only copied. None = every build reads the checkpoint again.
 _LOADED: dict | None = None
@@ -306,6 +198,12 @@ def reuse_loaded_backbones():
         yield _LOADED
     finally:
         _LOADED = outer
+
+
+def loaded_cache() -> dict | None:
+    """The cache of the enclosing ``reuse_loaded_backbones()`` block, None outside one. Keys are
+    tuples; other per-process loads (the zero-shot text embeddings) keep their results there too."""
+    return _LOADED
 
 
 def load_classifier(
@@ -341,24 +239,13 @@ def _read_classifier(info: Backbone, config: PretrainedConfig, id2label: dict[in
         kwargs["device_map"] = kbit_device_map()
     try:
         with quiet_transformers():
-            if info.architecture.name == "clip":
-                vision = _clip_vision_config(config, info)
-                vision.update(_labels(id2label))
-                return EmoSetCLIPForImageClassification.from_pretrained(info.source, config=vision, **kwargs)
-            # A checkpoint that already has a head (e.g. 1000 ImageNet classes) gets a new one.
-            return AutoModelForImageClassification.from_pretrained(
-                info.source, ignore_mismatched_sizes=True, **_labels(id2label), **kwargs
-            )
+            return info.architecture.loader.load(info.source, config, id2label, info.clip_projection,
+                                                 **kwargs)
     except (OSError, ValueError) as err:
         raise _load_failure(info.source, "the weights", err) from err
 
 
 def classifier_from_config(info: Backbone, config: PretrainedConfig, id2label: dict[int, str]) -> nn.Module:
     """The same classifier with random weights, from a config alone (no download)."""
-    if info.architecture.name == "clip":
-        vision = _clip_vision_config(config, info)
-        vision.update(_labels(id2label))
-        return EmoSetCLIPForImageClassification(vision)
-    config = copy.deepcopy(config)
-    config.update(_labels(id2label))
-    return AutoModelForImageClassification.from_config(config)
+    return info.architecture.loader.build(config, id2label, info.clip_projection)
+

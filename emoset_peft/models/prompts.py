@@ -34,11 +34,11 @@ PREFIX_ATTENTION = "emoset_prefix"
 
 def _inner_attention(module: nn.Module):
     """The attention function the model used before prefix tuning took over."""
-    name = getattr(module, "emoset_inner_attention", "sdpa")
-    if name == "eager":
+    implementation = getattr(module, "emoset_inner_attention", "sdpa")
+    if implementation == "eager":
         # Each model file defines its own eager_attention_forward; use the module's.
         return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[name]
+    return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 def prefix_attention(module, query, key, value, attention_mask, emoset_prefix=None, **kwargs):

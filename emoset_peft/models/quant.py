@@ -15,12 +15,12 @@ import os
 import torch
 
 from emoset_peft.errors import EmoSetError
+from emoset_peft.models import methods
 
 QUANTIZE_MODES = ("8bit", "4bit")
-# PEFT tuners with bitsandbytes layers (peft/tuners/<name>/bnb.py) -> the modes checked to train
-# on the CPU. DoRA on 8-bit layers fails inside bitsandbytes 0.50's CPU int8 matmul.
-QUANTIZABLE = {"lora": QUANTIZE_MODES, "dora": ("4bit",), "ia3": QUANTIZE_MODES, "adalora": QUANTIZE_MODES}
-QUANTIZABLE_METHODS = tuple(QUANTIZABLE)
+# PEFT tuners with bitsandbytes layers (peft/tuners/<name>/bnb.py): each registry entry lists the
+# modes checked to train on the CPU (``MethodSpec.quantize``).
+QUANTIZABLE_METHODS = tuple(methods.QUANTIZABLE)
 _KEEP_FULL_PRECISION = ["classifier", "patch_embedding", "patch_embeddings"]
 
 
@@ -70,19 +70,19 @@ def kbit_device_map() -> dict | None:
     """
     if not torch.cuda.is_available():
         return None
-    return {"": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"}
+    return {"": f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"}
 
 
-def check_quantizable(method: str, mode: str | None) -> None:
-    """EmoSetError unless ``method`` can train on a ``mode``-quantized backbone."""
+def check_quantizable(spec: methods.MethodSpec, mode: str | None) -> None:
+    """EmoSetError unless method ``spec`` can train on a ``mode``-quantized backbone."""
     if mode is None:
         return
     if mode not in QUANTIZE_MODES:
         raise EmoSetError(f"quantize={mode!r}: choose one of {', '.join(QUANTIZE_MODES)} (or leave it out)")
-    if mode not in QUANTIZABLE.get(method, ()):
-        fits = ", ".join(f"{name} ({'/'.join(modes)})" for name, modes in QUANTIZABLE.items())
+    if mode not in spec.quantize:
+        fits = ", ".join(f"{name} ({'/'.join(modes)})" for name, modes in methods.QUANTIZABLE.items())
         raise EmoSetError(
-            f"quantize={mode!r} does not fit method {method!r}: adapters on quantized layers work for "
+            f"quantize={mode!r} does not fit method {spec.name!r}: adapters on quantized layers work for "
             f"{fits}; drop quantize= for this method"
         )
 

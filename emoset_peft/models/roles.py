@@ -1,91 +1,36 @@
-"""Where the adapters go: module names by ROLE, per architecture and transformers version.
+"""Where the adapters go: module names by ROLE, per backbone family and transformers version.
 
 PEFT has no defaults for ViT/CLIP, and the module names moved between transformers 4.x and 5.x
 (ViT 4.x ``encoder.layer.N.attention.attention.query``, 5.x ``layers.N.attention.q_proj``). So
 methods ask for roles (``q``, ``k``, ``v``, ``out``, ``mlp_in``, ``mlp_out``) and this module turns
-them into the explicit full module names of one model, which are handed to PEFT as
-``target_modules``. The layer pattern also scopes targets to the vision tower: in a full
-``CLIPModel`` the same ``self_attn.q_proj`` names also exist under ``text_model``.
+them into the explicit full module names of one model (from the family's ``layer_pattern`` and
+``role_suffixes``, see families.py), which are handed to PEFT as ``target_modules``. The layer
+pattern also scopes targets to the vision tower: in a full ``CLIPModel`` the same
+``self_attn.q_proj`` names also exist under ``text_model``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from emoset_peft.errors import EmoSetError
+from emoset_peft.models.families import (
+    FAMILIES,
+    SUPPORTED_MODEL_TYPES,
+    Family,
+    family_for,
+)
+
+__all__ = ["ARCHITECTURES", "ROLES", "SUPPORTED_MODEL_TYPES", "Architecture", "architecture_for",
+           "layer_names", "normalize_layers", "resolve_targets", "roles_of", "split_layer_name"]
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "out", "mlp_in", "mlp_out")
 
-# Suffixes inside one encoder layer, transformers 5.x first, then 4.x.
-_VIT_LIKE = {
-    "q": ("attention.q_proj", "attention.attention.query"),
-    "k": ("attention.k_proj", "attention.attention.key"),
-    "v": ("attention.v_proj", "attention.attention.value"),
-    "out": ("attention.o_proj", "attention.output.dense"),
-    "mlp_in": ("mlp.fc1", "intermediate.dense"),
-    "mlp_out": ("mlp.fc2", "output.dense"),
-}
-_CLIP_LIKE = {
-    "q": ("self_attn.q_proj",),
-    "k": ("self_attn.k_proj",),
-    "v": ("self_attn.v_proj",),
-    "out": ("self_attn.out_proj",),
-    "mlp_in": ("mlp.fc1",),
-    "mlp_out": ("mlp.fc2",),
-}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """How one family of vision encoders names its layers and where its classifier sits."""
-
-    name: str
-    model_types: tuple[str, ...]
-    # Full-matches the module name of encoder layer N (group 1 = N), and nothing outside the
-    # vision tower. Optional prefixes cover the classifier wrapper and the 4.x nesting.
-    layer_pattern: str
-    role_suffixes: dict[str, tuple[str, ...]] = field(hash=False)
-    has_cls_token: bool = True
-    head: str = "classifier"
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        Architecture("vit", ("vit",), r"(?:vit\.)?(?:layers|encoder\.layer)\.(\d+)", _VIT_LIKE),
-        Architecture(
-            "dinov2",
-            ("dinov2",),
-            r"(?:dinov2\.)?encoder\.layer\.(\d+)",
-            {**_VIT_LIKE, "mlp_in": ("mlp.fc1", "mlp.weights_in"), "mlp_out": ("mlp.fc2", "mlp.weights_out")},
-        ),
-        # 5.x CLIPVisionModel has no ``vision_model.`` level; CLIPModel and 4.x do.
-        Architecture(
-            "clip", ("clip", "clip_vision_model"), r"(?:vision_model\.)?encoder\.layers\.(\d+)", _CLIP_LIKE
-        ),
-        Architecture(
-            "siglip",
-            ("siglip",),
-            r"(?:vision_model\.)?encoder\.layers\.(\d+)",
-            _CLIP_LIKE,
-            has_cls_token=False,
-        ),
-    )
-}
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ARCHITECTURES.values() for t in a.model_types)
-
-
-def architecture_for(model_type: str) -> Architecture:
-    """The architecture of a transformers ``model_type``; EmoSetError naming the supported ones."""
-    for arch in ARCHITECTURES.values():
-        if model_type in arch.model_types:
-            return arch
-    raise EmoSetError(
-        f"unsupported backbone architecture: model_type {model_type!r}; "
-        f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-    )
+# The role map of each family lives in its entry (families.FAMILIES); the old names stay.
+Architecture = Family
+ARCHITECTURES = FAMILIES
+architecture_for = family_for
 
 
 def _as_architecture(architecture: str | Architecture) -> Architecture:

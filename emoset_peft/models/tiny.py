@@ -46,6 +46,7 @@ def save_tiny_backbone(
     layers: int = 2,
     heads: int = 2,
     seed: int = 0,
+    processor_size: int | None = None,
 ) -> Path:
     """Write a tiny random ``kind`` checkpoint to ``path``; returns the folder.
 
@@ -53,6 +54,11 @@ def save_tiny_backbone(
     ``CLIPModel`` + tokenizer (like openai/clip-vit-base-patch16); clip_vision: a ``CLIPVisionModel``
     (no projection, no text tower); dinov2: a ``Dinov2Model``; siglip: a full ``SiglipModel``
     (no tokenizer, no preprocessor_config.json: exercises the fallbacks).
+
+    ``processor_size`` (dinov2 only) also writes a preprocessor_config.json as facebook/dinov2-*
+    have: resize the short side to ``processor_size / 0.875``, centre-crop ``processor_size``,
+    while config.json keeps ``image_size`` (518 against 224 on the Hub: the input size must come
+    from the preprocessor, the model interpolates its position embeddings).
     """
     from transformers import (
         CLIPConfig,
@@ -71,6 +77,8 @@ def save_tiny_backbone(
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if processor_size is not None and kind != "dinov2":
+        raise ValueError("processor_size= is for kind='dinov2' (the other kinds write their own)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -92,6 +100,8 @@ def save_tiny_backbone(
             else:
                 model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
             model.save_pretrained(path)
+        if processor_size is not None:
+            _save_dinov2_processor(path, processor_size)
         return path
     if kind == "vit":
         model = ViTModel(ViTConfig(**vision))
@@ -123,3 +133,15 @@ def save_tiny_backbone(
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def _save_dinov2_processor(path: Path, crop: int) -> None:
+    from transformers import BitImageProcessor
+
+    BitImageProcessor(
+        size={"shortest_edge": round(crop / 0.875)},
+        crop_size={"height": crop, "width": crop},
+        do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(path)

@@ -3,7 +3,7 @@
 For each class, every template is filled with the class name, encoded by CLIP's text tower and
 projected, L2-normalised, averaged over templates and normalised again (the CLIP paper's prompt
 ensembling). Zero-shot logits are ``logit_scale * cos(image_embed, text_embed)``. The classifier in
-``backbones.EmoSetCLIPForImageClassification`` reads the image embedding scaled to unit RMS
+``clip_classifier.EmoSetCLIPForImageClassification`` reads the image embedding scaled to unit RMS
 (``normalize(e) * sqrt(dim)``), so the same logits come from a linear head with weights
 ``text_embeds * logit_scale / sqrt(dim)`` and zero bias. That head is the k=0 point of a learning
 curve (``method="zeroshot"``) and the starting point of any CLIP method with ``head_init="text"``.
@@ -40,7 +40,7 @@ def class_text_embeddings(
     """
     from emoset_peft.models import backbones
 
-    cache = backbones._LOADED
+    cache = backbones.loaded_cache()
     key = ("text", source, tuple(class_names), tuple(templates))
     if cache is not None and key in cache:
         embeds, scale = cache[key]

@@ -105,10 +105,11 @@ def _guard(ks: list[int], counts: np.ndarray) -> str | None:
 
 
 def _params(fit: dict, draws: dict, n: int, names: tuple[str, ...]) -> dict:
-    entry = {name: float(fit[name]) for name in names}
-    for name in names[1:]:  # b, c: the shape of the curve; a only scales it
-        entry[f"{name}_ci_low"], entry[f"{name}_ci_high"] = interval(
-            draws[name], n, entry[name], (0.0, B_MAX if name == "b" else np.inf))
+    entry = {param: float(fit[param]) for param in names}
+    upper = {"b": B_MAX}  # the exponent is capped where the fit is; c is unbounded above
+    for param in names[1:]:  # b, c: the shape of the curve; a only scales it
+        entry[f"{param}_ci_low"], entry[f"{param}_ci_high"] = interval(
+            draws[param], n, entry[param], (0.0, upper.get(param, np.inf)))
     entry["sse"] = float(fit["sse"])
     notes = []
     if fit["a"] <= 1e-12:

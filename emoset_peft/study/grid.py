@@ -34,15 +34,14 @@ from typing import Any
 
 from emoset_peft.config import (
     RunConfig,
-    _apply_override,
-    _deep_merge,
+    apply_override,
+    deep_merge,
     from_dict,
     read_yaml,
     validate,
 )
 from emoset_peft.errors import EmoSetError
-
-ZERO_SHOT_METHODS = ("zeroshot",)
+from emoset_peft.models import methods
 
 
 @dataclass
@@ -95,10 +94,10 @@ def load_study_config(path: str | Path | None, overrides: list[str] | None = Non
     for item in overrides or []:
         key = item.split("=", 1)[0].split(".")[0]
         if key in study_keys:
-            _apply_override(raw, item)
+            apply_override(raw, item)
         else:
             raw.setdefault("base", {})
-            _apply_override(raw["base"], item)
+            apply_override(raw["base"], item)
     study = from_dict(StudyConfig, raw, where="study")
     if not study.methods:
         raise EmoSetError("study.methods is empty: name at least one method")
@@ -130,11 +129,11 @@ def expand(study: StudyConfig) -> list[Cell]:
         overrides = overrides or {}
         if not isinstance(overrides, dict):
             raise EmoSetError(f"study.methods.{method} must be a mapping of overrides, got {overrides!r}")
-        zero_shot = overrides.get("model", {}).get("method", method) in ZERO_SHOT_METHODS
+        zero_shot = not methods.trains(overrides.get("model", {}).get("method", method))
         ks = [0] if zero_shot else [k for k in study.per_class if k != 0]
         for k in ks:
             for seed, data_seed, train_seed in pairs[:1] if zero_shot else pairs:
-                raw = _deep_merge(copy.deepcopy(study.base), copy.deepcopy(overrides))
+                raw = deep_merge(copy.deepcopy(study.base), copy.deepcopy(overrides))
                 raw.setdefault("model", {}).setdefault("method", method)
                 raw.setdefault("data", {}).update(per_class=k, data_seed=data_seed)
                 raw.setdefault("train", {})["seed"] = train_seed

@@ -89,8 +89,9 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
     reason, and the grid goes on; a rerun skips it like a finished cell unless its config changed.
     """
     from emoset_peft.data.run_data import load_run_data
-    from emoset_peft.engine.recipe import backbone_image_size, run_training, write_run_record
+    from emoset_peft.engine.recipe import run_training, write_run_record
     from emoset_peft.engine.trainer import TrainingDiverged
+    from emoset_peft.models import input_spec_for
 
     started = time.perf_counter()
     config = cell.config
@@ -101,7 +102,8 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
         write_run_record(out, config)  # config.yaml, provenance.json: as a single run has
     accelerator.wait_for_everyone()
     emoset = context.emoset(config.data)
-    data = load_run_data(config.data, backbone_image_size(config.model.backbone), emoset=emoset,
+    spec = input_spec_for(config.model.backbone)
+    data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio, emoset=emoset,
                          show_progress=False)
     if accelerator.is_main_process:
         write_run_record(out, data=data)  # train_manifest.json
