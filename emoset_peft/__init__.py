@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from emoset_peft.labels import EMOTIONS, VALENCES
 from emoset_peft.errors import EmoSetError
+from emoset_peft.labels import EMOTIONS, VALENCES
 
 __version__ = "0.1.0"
 

@@ -23,13 +23,26 @@ from emoset_peft.study.grid import StudyConfig
 
 log = logging.getLogger(__name__)
 
-TINY_VIT = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=3,
-                num_attention_heads=4, intermediate_size=128)  # ~0.12 M parameters
+TINY_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=128,
+)  # ~0.12 M parameters
 PRETRAIN_STEPS = 500  # batch 64 over 6,400 in-memory images (64 combinations x 100)
 PRETRAIN_IMAGES = 6400
-DEMO_DATA = dict(task="factors", label_noise=0.1, train_per_class=256, val_per_class=16,
-                 test_per_class=250, size_range=(36, 48), grayscale_fraction=0.03,
-                 cmyk_fraction=0.03)
+DEMO_DATA = dict(
+    task="factors",
+    label_noise=0.1,
+    train_per_class=256,
+    val_per_class=16,
+    test_per_class=250,
+    size_range=(36, 48),
+    grayscale_fraction=0.03,
+    cmyk_fraction=0.03,
+)
 
 
 def demo_study(root: Path, backbone: Path, out: Path, cache: Path) -> StudyConfig:
@@ -39,8 +52,15 @@ def demo_study(root: Path, backbone: Path, out: Path, cache: Path) -> StudyConfi
         base={
             "data": {"root": str(root), "selection": "k_tied", "cache_dir": str(cache)},
             "model": {"backbone": str(backbone)},
-            "train": {"batch_size": 32, "epochs": 12, "min_steps": 40, "max_steps": 150,
-                      "warmup_ratio": 0.1, "label_smoothing": 0.0, "eval_batch_size": 500},
+            "train": {
+                "batch_size": 32,
+                "epochs": 12,
+                "min_steps": 40,
+                "max_steps": 150,
+                "warmup_ratio": 0.1,
+                "label_smoothing": 0.0,
+                "eval_batch_size": 500,
+            },
         },
         methods={
             "lora": {"model": {"options": {"r": 8, "alpha": 16}}, "train": {"lr": 5e-3}},
@@ -52,8 +72,14 @@ def demo_study(root: Path, backbone: Path, out: Path, cache: Path) -> StudyConfi
     )
 
 
-def pretrain_tiny_vit(folder: Path, steps: int = PRETRAIN_STEPS, seed: int = 0,
-                      images: int = PRETRAIN_IMAGES, *, show_progress: bool = True) -> Path:
+def pretrain_tiny_vit(
+    folder: Path,
+    steps: int = PRETRAIN_STEPS,
+    seed: int = 0,
+    images: int = PRETRAIN_IMAGES,
+    *,
+    show_progress: bool = True,
+) -> Path:
     """Train a tiny ViT from scratch to tell the 64 factor combinations apart (in-memory
     images, not the demo's data); save the encoder only."""
     import numpy as np
@@ -72,14 +98,22 @@ def pretrain_tiny_vit(folder: Path, steps: int = PRETRAIN_STEPS, seed: int = 0,
     size = TINY_VIT["image_size"]
     # Squares at the decode cache's resolution, so training sees the crops a study cell sees.
     pixels, labels = factor_images(images, cache_resolution(size), seed=seed + 1234)
-    stream = TrainStream(DecodedImages(pixels, labels, [str(i) for i in range(len(labels))]),
-                         batch_size=64, seed=seed)
+    stream = TrainStream(
+        DecodedImages(pixels, labels, [str(i) for i in range(len(labels))]),
+        batch_size=64,
+        seed=seed,
+    )
     normalizer = Normalizer(mean, std, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
     model.train()
-    for step in tqdm(range(steps), desc="pretraining the tiny backbone", unit="step", leave=False,
-                     disable=not show_progress):
+    for step in tqdm(
+        range(steps),
+        desc="pretraining the tiny backbone",
+        unit="step",
+        leave=False,
+        disable=not show_progress,
+    ):
         batch, targets = stream.batch(step, normalizer, size)
         loss = F.cross_entropy(model(pixel_values=batch).logits, targets)
         loss.backward()
@@ -88,8 +122,9 @@ def pretrain_tiny_vit(folder: Path, steps: int = PRETRAIN_STEPS, seed: int = 0,
         optimizer.zero_grad(set_to_none=True)
     log.info("pretraining: last loss %.3f (chance %.2f)", loss.item(), np.log(NUM_COMBINATIONS))
     model.vit.save_pretrained(folder)  # encoder only: heads are trained per cell
-    ViTImageProcessor(size={"height": size, "width": size}, image_mean=list(mean),
-                      image_std=list(std)).save_pretrained(folder)
+    ViTImageProcessor(
+        size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std)
+    ).save_pretrained(folder)
     return folder
 
 
@@ -101,10 +136,14 @@ def accuracy_by_k(rows: list[dict]) -> dict[str, dict]:
             continue
         k = int(row["per_class"]) if str(row["per_class"]).isdigit() else row["per_class"]
         sums.setdefault(row["method"], {}).setdefault(k, []).append(float(row["test_accuracy"]))
+
     def order(k):  # numbers first, in order, then "all"
         return (not isinstance(k, int), k if isinstance(k, int) else 0, str(k))
-    return {method: {k: sum(v) / len(v) for k, v in sorted(ks.items(), key=lambda kv: order(kv[0]))}
-            for method, ks in sums.items()}
+
+    return {
+        method: {k: sum(v) / len(v) for k, v in sorted(ks.items(), key=lambda kv: order(kv[0]))}
+        for method, ks in sums.items()
+    }
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
@@ -115,8 +154,10 @@ def summary_lines(rows: list[dict]) -> list[str]:
         if not ks:
             continue
         low, high = min(ks), max(ks)
-        lines.append(f"{method:>8}: k={low} {100 * by_k[low]:5.1f}%  ->  k={high} "
-                     f"{100 * by_k[high]:5.1f}%  ({100 * (by_k[high] - by_k[low]):+.1f} pp)")
+        lines.append(
+            f"{method:>8}: k={low} {100 * by_k[low]:5.1f}%  ->  k={high} "
+            f"{100 * by_k[high]:5.1f}%  ({100 * (by_k[high] - by_k[low]):+.1f} pp)"
+        )
     return lines
 
 
@@ -134,18 +175,25 @@ def aulc_lines(study_dir: Path) -> list[str]:
 
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.1f}"
-    lines = [f"area under the learning curve (test accuracy over log2 k, k = "
-             f"{', '.join(map(str, result['ks_used']))}; 95% interval over seeds and test images):"]
+
+    lines = [
+        f"area under the learning curve (test accuracy over log2 k, k = "
+        f"{', '.join(map(str, result['ks_used']))}; 95% interval over seeds and test images):"
+    ]
     for method, entry in result["methods"].items():
         note = f"  ({entry['reason']})" if entry.get("reason") else ""
-        lines.append(f"{method:>8}: {pct(entry['aulc'])}%  [{pct(entry['ci_low'])}, "
-                     f"{pct(entry['ci_high'])}]  over {entry['n_replicates']} seeds{note}")
+        lines.append(
+            f"{method:>8}: {pct(entry['aulc'])}%  [{pct(entry['ci_low'])}, "
+            f"{pct(entry['ci_high'])}]  over {entry['n_replicates']} seeds{note}"
+        )
     for pair in result["pairs"]:
         if pair["difference"] is None:
             continue
         p_value = "n/a" if pair["p_value"] is None else f"{pair['p_value']:.3g}"
-        lines.append(f"{pair['a']:>8} - {pair['b']}: {100 * pair['difference']:+.1f} pp  "
-                     f"[{100 * pair['ci_low']:+.1f}, {100 * pair['ci_high']:+.1f}], p = {p_value}")
+        lines.append(
+            f"{pair['a']:>8} - {pair['b']}: {100 * pair['difference']:+.1f} pp  "
+            f"[{100 * pair['ci_low']:+.1f}, {100 * pair['ci_high']:+.1f}], p = {p_value}"
+        )
     return lines
 
 

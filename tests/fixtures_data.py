@@ -27,9 +27,14 @@ def synthetic_root(tmp_path_factory) -> Path:
     images of 28-40 px. Do not modify it; use ``synthetic_copy`` for that."""
     from emoset_peft.data.synthetic import make_synthetic_emoset
 
-    return make_synthetic_emoset(tmp_path_factory.mktemp("synthetic") / "EmoSet", seed=0,
-                                 train_per_class=8, val_per_class=4, test_per_class=4,
-                                 size_range=(28, 40))
+    return make_synthetic_emoset(
+        tmp_path_factory.mktemp("synthetic") / "EmoSet",
+        seed=0,
+        train_per_class=8,
+        val_per_class=4,
+        test_per_class=4,
+        size_range=(28, 40),
+    )
 
 
 @pytest.fixture

@@ -50,8 +50,9 @@ def test_make_draws_shapes_counts_and_determinism():
     again = make_draws(50, keys, n_boot=40, seed=7)
     assert np.array_equal(again.image_weights, draws.image_weights)
     assert np.array_equal(again.replicate_index, draws.replicate_index)
-    assert not np.array_equal(make_draws(50, keys, n_boot=40, seed=8).image_weights,
-                              draws.image_weights)
+    assert not np.array_equal(
+        make_draws(50, keys, n_boot=40, seed=8).image_weights, draws.image_weights
+    )
     # A study that gains a seed keeps its image draws.
     more = make_draws(50, keys + [(4, 4)], n_boot=40, seed=7)
     assert np.array_equal(more.image_weights, draws.image_weights)
@@ -71,8 +72,9 @@ def test_unweighted_metrics_match_classification_metrics():
         expected = classification_metrics(probs, labels, EMOTIONS)
         assert accuracy[r] == pytest.approx(expected["accuracy"], abs=1e-12)
         assert macro_f1[r] == pytest.approx(expected["macro_f1"], abs=1e-12)
-        assert macro_f1[r] == pytest.approx(f1_score(labels, predictions[r], average="macro"),
-                                            abs=1e-12)
+        assert macro_f1[r] == pytest.approx(
+            f1_score(labels, predictions[r], average="macro"), abs=1e-12
+        )
 
 
 def test_weighted_metrics_equal_metrics_of_the_listed_out_resample():
@@ -103,8 +105,11 @@ def test_resampled_cell_metric_follows_the_key_draw():
         result = resampled_cell_metric(cell, labels, draws, "accuracy")
         per_rep = replicate_metric(cell, labels, "accuracy", draws.image_weights)
         for b in range(30):
-            drawn = [cell.replicates.index(keys[i]) for i in draws.replicate_index[b]
-                     if keys[i] in cell.replicates]
+            drawn = [
+                cell.replicates.index(keys[i])
+                for i in draws.replicate_index[b]
+                if keys[i] in cell.replicates
+            ]
             if drawn:
                 assert result[b] == pytest.approx(per_rep[b, drawn].mean(), abs=1e-12)
             else:
@@ -131,8 +136,9 @@ def test_p_value_is_where_the_interval_touches_zero():
 
     def half(alpha):
         t, z = stats.t.isf(alpha / 2, 3), stats.norm.isf(alpha / 2)
-        return np.sqrt(max(t**2 * parts["seed"] + z**2 * parts["image"],
-                           z**2 * parts["image_total"]))
+        return np.sqrt(
+            max(t**2 * parts["seed"] + z**2 * parts["image"], z**2 * parts["image_total"])
+        )
 
     expected = optimize.brentq(lambda a: half(a) - values.mean(), 1e-12, 1 - 1e-12)
     assert p == pytest.approx(expected, rel=1e-6)

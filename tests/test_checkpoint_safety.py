@@ -20,10 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def overrides(root, backbone, out, **extra):
     """12 deterministic steps with checkpoints at 4 and 8 (the ones kept)."""
-    items = {"data.root": root, "data.per_class": 4, "data.selection_per_class": 4,
-             "model.backbone": backbone, "train.batch_size": 8, "train.min_steps": 12,
-             "train.max_steps": 12, "train.eval_every": 6, "train.lr": 1e-2,
-             "train.checkpoint_every": 4, "train.deterministic": "true", "output_dir": out}
+    items = {
+        "data.root": root,
+        "data.per_class": 4,
+        "data.selection_per_class": 4,
+        "model.backbone": backbone,
+        "train.batch_size": 8,
+        "train.min_steps": 12,
+        "train.max_steps": 12,
+        "train.eval_every": 6,
+        "train.lr": 1e-2,
+        "train.checkpoint_every": 4,
+        "train.deterministic": "true",
+        "output_dir": out,
+    }
     items.update(extra)
     return [f"{key}={value}" for key, value in items.items()]
 
@@ -58,14 +68,21 @@ class _Planted:
         return (open, (self.marker, "w"))
 
 
-def test_planted_pickles_are_never_unpickled_and_resume_stays_exact(finished, interrupted,
-                                                                     tmp_path):
+def test_planted_pickles_are_never_unpickled_and_resume_stays_exact(
+    finished, interrupted, tmp_path
+):
     out, args = interrupted
     step = out / "checkpoints" / "step_00000008"
     marker = tmp_path / "code-ran"
     payload = pickle.dumps(_Planted(marker))
-    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin",
-                 "scheduler.bin", "pytorch_model.bin", "model.safetensors"):
+    for name in (
+        "custom_checkpoint_0.pkl",
+        "random_states_0.pkl",
+        "optimizer.bin",
+        "scheduler.bin",
+        "pytorch_model.bin",
+        "model.safetensors",
+    ):
         (step / name).write_bytes(payload)
 
     assert main(["train", *args, "resume=true"]) == 0
@@ -89,13 +106,16 @@ def _garble_json(path):
     path.write_text(path.read_text().replace("0", "7", 3))
 
 
-@pytest.mark.parametrize("name, damage", [
-    ("rng_rank0.safetensors", _truncate),
-    ("rng_rank0.safetensors", Path.unlink),
-    ("optimizer.safetensors", _truncate),
-    ("scheduler.json", _garble_json),
-    ("checkpoint.json", _truncate),
-])
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("rng_rank0.safetensors", _truncate),
+        ("rng_rank0.safetensors", Path.unlink),
+        ("optimizer.safetensors", _truncate),
+        ("scheduler.json", _garble_json),
+        ("checkpoint.json", _truncate),
+    ],
+)
 def test_a_damaged_checkpoint_file_stops_resume_with_one_line(interrupted, capsys, name, damage):
     out, args = interrupted
     damage(out / "checkpoints" / "step_00000008" / name)
@@ -139,13 +159,19 @@ LIMITED_RUN = textwrap.dedent("""
 
 def _run_limited(after, args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-c", LIMITED_RUN, after, *args], check=False,
-                          env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED_RUN, after, *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(training_root,
-                                                                    tiny_vit_dir, tmp_path):
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
+    training_root, tiny_vit_dir, tmp_path
+):
     out = tmp_path / "run"
     args = overrides(training_root, tiny_vit_dir, out, **{"train.eval_every": 100})
     result = _run_limited("save_checkpoint", args)  # step 4 is written, step 8 hits the limit
@@ -160,8 +186,9 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(training_ro
     assert json.loads((out / "metrics.json").read_text())["steps"] == 12
 
 
-def test_full_disk_while_saving_the_adapter_leaves_no_half_adapter(training_root, tiny_vit_dir,
-                                                                   tmp_path):
+def test_full_disk_while_saving_the_adapter_leaves_no_half_adapter(
+    training_root, tiny_vit_dir, tmp_path
+):
     out = tmp_path / "run"
     result = _run_limited("fit", overrides(training_root, tiny_vit_dir, out))
     assert result.returncode == 2, result.stderr[-3000:]
@@ -172,12 +199,12 @@ def test_full_disk_while_saving_the_adapter_leaves_no_half_adapter(training_root
 
 
 def test_two_process_resume_reads_each_ranks_rng_and_ends_where_the_straight_run_ends(
-        training_root, tiny_vit_dir, tmp_path):
+    training_root, tiny_vit_dir, tmp_path
+):
     from test_distributed import launch_two_cpu_processes
 
     straight = tmp_path / "straight"
-    launch_two_cpu_processes("train", *overrides(training_root, tiny_vit_dir, straight,
-                                                 cpu="true"))
+    launch_two_cpu_processes("train", *overrides(training_root, tiny_vit_dir, straight, cpu="true"))
     step = straight / "checkpoints" / "step_00000008"
     assert (step / "rng_rank0.safetensors").exists() and (step / "rng_rank1.safetensors").exists()
 
@@ -186,8 +213,9 @@ def test_two_process_resume_reads_each_ranks_rng_and_ends_where_the_straight_run
     for name in ("metrics.json", "predictions_test.csv"):
         (resumed / name).unlink()
     shutil.rmtree(resumed / "adapter")
-    launch_two_cpu_processes("train", *overrides(training_root, tiny_vit_dir, resumed,
-                                                 cpu="true"), "resume=true")
+    launch_two_cpu_processes(
+        "train", *overrides(training_root, tiny_vit_dir, resumed, cpu="true"), "resume=true"
+    )
     a = json.loads((straight / "metrics.json").read_text())
     b = json.loads((resumed / "metrics.json").read_text())
     assert a["num_processes"] == b["num_processes"] == 2 and a["steps"] == b["steps"] == 12

@@ -16,8 +16,11 @@ def test_inspect_prints_counts_and_coverage(synthetic_root, capsys):
     for emotion in EMOTIONS:
         line = next(line for line in out.splitlines() if line.startswith(emotion + " "))
         assert line.split()[-3:] == ["8", "4", "4"]  # train, validation, test
-    assert next(line for line in out.splitlines() if line.startswith("total")).split()[-3:] == \
-        ["64", "32", "32"]
+    assert next(line for line in out.splitlines() if line.startswith("total")).split()[-3:] == [
+        "64",
+        "32",
+        "32",
+    ]
     for attribute in ("brightness", "scene", "object", "facial_expression"):
         line = next(line for line in out.splitlines() if line.startswith(attribute))
         assert line.count("%") == 3
@@ -38,15 +41,41 @@ def test_subset_writes_a_manifest(synthetic_root, tmp_path, capsys):
 
 def test_subset_by_fraction_from_validation(synthetic_root, tmp_path):
     out = tmp_path / "m.json"
-    assert main(["data", "subset", str(synthetic_root), "--fraction", "0.5", "--split", "val",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "subset",
+                str(synthetic_root),
+                "--fraction",
+                "0.5",
+                "--split",
+                "val",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     manifest = read_manifest(out)
     assert manifest["split"] == "validation" and manifest["num_images"] == 16
 
 
 def test_user_errors_are_one_line_with_status_2(synthetic_root, tmp_path, capsys):
-    assert main(["data", "subset", str(synthetic_root), "--per-class", "50",
-                 "--out", str(tmp_path / "m.json")]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "subset",
+                str(synthetic_root),
+                "--per-class",
+                "50",
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--allow-fewer" in err and "amusement has 8" in err
     assert not (tmp_path / "m.json").exists()
@@ -57,8 +86,27 @@ def test_user_errors_are_one_line_with_status_2(synthetic_root, tmp_path, capsys
 
 def test_synth_writes_a_tree_and_refuses_a_foreign_folder(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["data", "synth", str(out), "--seed", "3", "--train-per-class", "2",
-                 "--val-per-class", "1", "--test-per-class", "1", "--size", "24", "32"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                str(out),
+                "--seed",
+                "3",
+                "--train-per-class",
+                "2",
+                "--val-per-class",
+                "1",
+                "--test-per-class",
+                "1",
+                "--size",
+                "24",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "32 images" in capsys.readouterr().out
     assert len(json.loads((out / "train.json").read_text())) == 16
     foreign = tmp_path / "foreign"

@@ -8,9 +8,20 @@ from emoset_peft.errors import EmoSetError
 
 def test_overrides_are_typed_and_nested(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("# emoset-peft train --config r.yaml\nmodel:\n  method: ia3\ntrain:\n  lr: 0.001\n")
-    config = load_config(recipe, ["train.lr=3e-4", "model.options.r=16", "model.targets=[q, v]",
-                                  "data.per_class=all", "train.patience=null", "data.root=/x"])
+    recipe.write_text(
+        "# emoset-peft train --config r.yaml\nmodel:\n  method: ia3\ntrain:\n  lr: 0.001\n"
+    )
+    config = load_config(
+        recipe,
+        [
+            "train.lr=3e-4",
+            "model.options.r=16",
+            "model.targets=[q, v]",
+            "data.per_class=all",
+            "train.patience=null",
+            "data.root=/x",
+        ],
+    )
     assert config.model.method == "ia3"
     assert config.train.lr == pytest.approx(3e-4)
     assert config.model.options == {"r": 16}
@@ -27,12 +38,15 @@ def test_unknown_key_names_closest(tmp_path):
         load_config(None, ["modle.method=lora"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lr=fast", "train.lr must be a number"),
-    ("train.batch_size=2.5", "train.batch_size must be an integer"),
-    ("overwrite=maybe", "overwrite must be true or false"),
-    ("train", "is not key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=fast", "train.lr must be a number"),
+        ("train.batch_size=2.5", "train.batch_size must be an integer"),
+        ("overwrite=maybe", "overwrite must be true or false"),
+        ("train", "is not key=value"),
+    ],
+)
 def test_bad_values(override, message):
     with pytest.raises(EmoSetError, match=message):
         load_config(None, [override])

@@ -7,19 +7,34 @@ from emoset_peft.engine.trainer import step_budget
 from emoset_peft.errors import EmoSetError
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.lr=0", "train.lr"), ("train.lr=-1e-3", "train.lr"), ("train.lr=nan", "train.lr"),
-    ("train.lr=inf", "train.lr"), ("train.lr=.nan", "train.lr"), ("train.lr=1e999", "train.lr"),
-    ("train.head_lr=0", "train.head_lr"), ("train.warmup_ratio=1.5", "train.warmup_ratio"),
-    ("train.warmup_ratio=-0.1", "train.warmup_ratio"), ("train.weight_decay=-0.01", "train.weight_decay"),
-    ("train.label_smoothing=1", "train.label_smoothing"), ("train.label_smoothing=2", "train.label_smoothing"),
-    ("train.max_grad_norm=-1", "train.max_grad_norm"), ("train.max_grad_norm=0", "train.max_grad_norm"),
-    ("train.patience=0", "train.patience"), ("train.max_steps=0", "train.max_steps"),
-    ("train.max_steps=-5", "train.max_steps"), ("train.epochs=-1", "train.epochs"),
-    ("train.min_steps=-1", "train.min_steps"), ("data.fraction=0", "data.fraction"),
-    ("data.fraction=inf", "data.fraction"), ("train.report_to=bogus", "train.report_to"),
-    ("train.report_to=tensorboard,bogus", "bogus"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=0", "train.lr"),
+        ("train.lr=-1e-3", "train.lr"),
+        ("train.lr=nan", "train.lr"),
+        ("train.lr=inf", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("train.lr=1e999", "train.lr"),
+        ("train.head_lr=0", "train.head_lr"),
+        ("train.warmup_ratio=1.5", "train.warmup_ratio"),
+        ("train.warmup_ratio=-0.1", "train.warmup_ratio"),
+        ("train.weight_decay=-0.01", "train.weight_decay"),
+        ("train.label_smoothing=1", "train.label_smoothing"),
+        ("train.label_smoothing=2", "train.label_smoothing"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm"),
+        ("train.max_grad_norm=0", "train.max_grad_norm"),
+        ("train.patience=0", "train.patience"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.max_steps=-5", "train.max_steps"),
+        ("train.epochs=-1", "train.epochs"),
+        ("train.min_steps=-1", "train.min_steps"),
+        ("data.fraction=0", "data.fraction"),
+        ("data.fraction=inf", "data.fraction"),
+        ("train.report_to=bogus", "train.report_to"),
+        ("train.report_to=tensorboard,bogus", "bogus"),
+    ],
+)
 def test_out_of_range_numbers_are_named(override, key):
     with pytest.raises(EmoSetError, match=key.replace(".", r"\.")):
         validate(load_config(None, ["data.root=/x", override]))
@@ -42,8 +57,16 @@ def test_a_budget_of_zero_steps_is_refused_and_epochs_zero_means_exactly_max_ste
     assert step_budget(32, 8, 1, exact.train) == 7
 
 
-@pytest.mark.parametrize("override", ["train.max_grad_norm=null", "train.report_to=none",
-                                      "train.report_to=tensorboard,wandb", "train.patience=1",
-                                      "train.label_smoothing=0", "train.warmup_ratio=1"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.max_grad_norm=null",
+        "train.report_to=none",
+        "train.report_to=tensorboard,wandb",
+        "train.patience=1",
+        "train.label_smoothing=0",
+        "train.warmup_ratio=1",
+    ],
+)
 def test_valid_edges_pass(override):
     validate(load_config(None, ["data.root=/x", override]))

@@ -21,8 +21,9 @@ from emoset_peft.study.curves import (
 from emoset_peft.study.inference import summarize_replicates
 
 
-def synthetic_curves(levels: dict[str, dict[int, float]], n_keys=3, n_images=200, n_boot=300,
-                     seed=0, missing=()):
+def synthetic_curves(
+    levels: dict[str, dict[int, float]], n_keys=3, n_images=200, n_boot=300, seed=0, missing=()
+):
     """Curves whose replicate metrics come from 0/1 correctness per image, plus the raw parts.
 
     ``levels[m][k]`` is the chance of a correct answer; ``missing`` lists (method, k, key index)
@@ -36,16 +37,28 @@ def synthetic_curves(levels: dict[str, dict[int, float]], n_keys=3, n_images=200
     for method, curve in levels.items():
         ks[method] = sorted(curve)
         shift = rng.normal(0, 0.03, n_keys)  # a seed effect shared by the whole curve
-        c = np.stack([rng.random((n_keys, n_images)) < np.clip(curve[k] + shift, 0, 1)[:, None]
-                      for k in ks[method]]).astype(float)  # [len(ks), K, n]
+        c = np.stack(
+            [
+                rng.random((n_keys, n_images)) < np.clip(curve[k] + shift, 0, 1)[:, None]
+                for k in ks[method]
+            ]
+        ).astype(float)  # [len(ks), K, n]
         for m, k, key in missing:
             if m == method:
                 c[ks[method].index(k), key] = np.nan
         correct[method] = c
         point[method] = c.mean(axis=2)
         boot[method] = np.einsum("krn,bn->bkr", c, weights) / n_images
-    curves = Curves(metric="accuracy", keys=keys, ks=ks, point=point, boot=boot,
-                    replicate_index=index, n_boot=n_boot, seed=seed)
+    curves = Curves(
+        metric="accuracy",
+        keys=keys,
+        ks=ks,
+        point=point,
+        boot=boot,
+        replicate_index=index,
+        n_boot=n_boot,
+        seed=seed,
+    )
     return curves, correct, weights
 
 
@@ -69,8 +82,10 @@ def test_aulc_matches_trapezoid_on_common_k_and_bootstrap_by_loop():
     assert result["ks_used"] == [2, 4, 8] == common_ks(curves)
     for method in LEVELS:
         rows = [curves.ks[method].index(k) for k in (2, 4, 8)]
-        per_key = [_aulc_by_loop(dict(zip((2, 4, 8), correct[method][rows, r].mean(axis=1))))
-                   for r in range(3)]
+        per_key = [
+            _aulc_by_loop(dict(zip((2, 4, 8), correct[method][rows, r].mean(axis=1))))
+            for r in range(3)
+        ]
         entry = result["methods"][method]
         assert entry["aulc"] == pytest.approx(np.mean(per_key))
         assert sorted(entry["replicates"].values()) == pytest.approx(sorted(per_key))
@@ -78,15 +93,28 @@ def test_aulc_matches_trapezoid_on_common_k_and_bootstrap_by_loop():
     # Each replicate's AULC under each draw's image weights, by hand (a curve is one unit),
     # fed to the two-level summary that per-cell intervals use.
     rows = [curves.ks["lora"].index(k) for k in (2, 4, 8)]
-    boot = np.array([[_aulc_by_loop({k: np.average(correct["lora"][row, r], weights=weights[b])
-                                     for k, row in zip((2, 4, 8), rows)}) for r in range(3)]
-                     for b in range(curves.n_boot)])
-    values = [_aulc_by_loop(dict(zip((2, 4, 8), correct["lora"][rows, r].mean(axis=1))))
-              for r in range(3)]
+    boot = np.array(
+        [
+            [
+                _aulc_by_loop(
+                    {
+                        k: np.average(correct["lora"][row, r], weights=weights[b])
+                        for k, row in zip((2, 4, 8), rows)
+                    }
+                )
+                for r in range(3)
+            ]
+            for b in range(curves.n_boot)
+        ]
+    )
+    values = [
+        _aulc_by_loop(dict(zip((2, 4, 8), correct["lora"][rows, r].mean(axis=1)))) for r in range(3)
+    ]
     expected = summarize_replicates(values, boot, bounds=(0.0, 1.0))
     lora = result["methods"]["lora"]
-    assert (lora["ci_low"], lora["ci_high"]) == pytest.approx((expected["ci_low"],
-                                                               expected["ci_high"]))
+    assert (lora["ci_low"], lora["ci_high"]) == pytest.approx(
+        (expected["ci_low"], expected["ci_high"])
+    )
     assert lora["seed_sd"] == pytest.approx(np.std(values, ddof=1)) and lora["reliable"]
 
 
@@ -106,8 +134,9 @@ def test_aulc_pairs_are_paired_on_replicates():
 
 
 def test_probability_of_improvement_matches_mann_whitney():
-    curves, _, _ = synthetic_curves({"a": {1: 0.4, 4: 0.6}, "b": {1: 0.38, 4: 0.58}},
-                                    n_keys=6, seed=3)
+    curves, _, _ = synthetic_curves(
+        {"a": {1: 0.4, 4: 0.6}, "b": {1: 0.38, 4: 0.58}}, n_keys=6, seed=3
+    )
     pair = aulc(curves)["pairs"][0]
     per_a = list(aulc(curves)["methods"]["a"]["replicates"].values())
     per_b = list(aulc(curves)["methods"]["b"]["replicates"].values())
@@ -121,8 +150,9 @@ def test_aulc_withholds_what_the_data_cannot_support():
     result = aulc(one_k)
     assert result["methods"] == {} and "common k: [8]" in result["reason"]
     # A method run at one k only is left out (named) instead of shrinking everyone's k to one.
-    single = synthetic_curves({"a": {1: 0.4, 2: 0.5, 4: 0.6}, "b": {1: 0.3, 4: 0.5},
-                               "probe": {4: 0.45}})[0]
+    single = synthetic_curves(
+        {"a": {1: 0.4, 2: 0.5, 4: 0.6}, "b": {1: 0.3, 4: 0.5}, "probe": {4: 0.45}}
+    )[0]
     result = aulc(single)
     assert result["ks_used"] == [1, 4] and set(result["methods"]) == {"a", "b"}
     assert result["left_out"] == {"probe": "measured at k = 4 only: no curve"}
@@ -166,7 +196,7 @@ def test_data_efficiency_common_target_and_markers():
         if means[method][-1] < result["target"]:
             assert entry["k_needed"] == {"k": None, "bound": ">", "text": "> 8"}
         else:
-            assert entry["k_needed"]["k"] == pytest.approx(2 ** expected)
+            assert entry["k_needed"]["k"] == pytest.approx(2**expected)
     assert result["methods"]["linear"]["k_needed"]["text"] == "> 8"
     assert result["methods"]["linear"]["ci_high"]["text"] == "> 8"
     low = data_efficiency(curves, target=0.1)["methods"]["lora"]
@@ -181,7 +211,8 @@ def test_interval_widens_percentiles_for_few_replicates():
     assert interval(values, 3) == pytest.approx((low, high))  # no estimate: plain percentiles
     assert interval(values, 1, 0.5) == pytest.approx((low, high))  # 1 replicate: nothing to fix
     factor = np.sqrt(3 / 2)
-    assert interval(values, 3, 0.5) == pytest.approx((0.5 - factor * (0.5 - low),
-                                                      0.5 + factor * (high - 0.5)))
+    assert interval(values, 3, 0.5) == pytest.approx(
+        (0.5 - factor * (0.5 - low), 0.5 + factor * (high - 0.5))
+    )
     assert interval(values, 3, 0.5, (0.4, 0.6)) == (0.4, 0.6)
     assert interval(np.array([np.nan]), 3) == (None, None)

@@ -34,11 +34,19 @@ def _study(n=400, classes=8, n_rep=3, seed=0, attributes=None):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, n)
     probs = _probabilities(rng, n_rep, n, classes, labels)
-    cell = SimpleNamespace(method="lora", per_class=4,
-                           replicates=[(i, i) for i in range(n_rep)],
-                           predictions=probs.argmax(-1).astype(np.int16), probabilities=probs)
-    return SimpleNamespace(labels=labels, cells={("lora", 4): cell}, attributes=attributes,
-                           image_ids=[f"img_{i:04d}" for i in range(n)])
+    cell = SimpleNamespace(
+        method="lora",
+        per_class=4,
+        replicates=[(i, i) for i in range(n_rep)],
+        predictions=probs.argmax(-1).astype(np.int16),
+        probabilities=probs,
+    )
+    return SimpleNamespace(
+        labels=labels,
+        cells={("lora", 4): cell},
+        attributes=attributes,
+        image_ids=[f"img_{i:04d}" for i in range(n)],
+    )
 
 
 def _ece_reference(probs, labels, bins=15):
@@ -65,14 +73,17 @@ def test_nll_matches_sklearn_and_ece_matches_a_loop():
     ece = [_ece_reference(p, study.labels) for p in probs]
     assert negative_log_likelihood(probs, study.labels) == pytest.approx(nll)
     assert expected_calibration_error(probs, study.labels) == pytest.approx(ece)
-    assert entry["nll"] == pytest.approx(np.mean(nll)) and entry["ece"] == pytest.approx(np.mean(ece))
+    assert entry["nll"] == pytest.approx(np.mean(nll)) and entry["ece"] == pytest.approx(
+        np.mean(ece)
+    )
     assert entry["ece_sd"] == pytest.approx(np.std(ece, ddof=1))
     assert entry["replicates"]["1/1"]["nll"] == pytest.approx(nll[1])
     assert entry["bins"] == 15 and entry["n_replicates"] == 3
     # Edges: a confidence of exactly 1 and of exactly a bin edge land where the loop puts them.
     edge = np.array([[1.0, 0.0], [0.6, 0.4], [2 / 3, 1 / 3]])
-    assert expected_calibration_error(edge, np.array([0, 1, 0]), bins=3) == \
-        pytest.approx(_ece_reference(edge, np.array([0, 1, 0]), bins=3))
+    assert expected_calibration_error(edge, np.array([0, 1, 0]), bins=3) == pytest.approx(
+        _ece_reference(edge, np.array([0, 1, 0]), bins=3)
+    )
 
 
 def test_calibration_without_probabilities_says_why():
@@ -95,9 +106,11 @@ def test_slices_have_wilson_intervals_and_small_flags():
     n = 400
     rng = np.random.default_rng(1)
     faces = [None if rng.random() < 0.93 else "happy" for _ in range(n)]  # ~28 with a face
-    attributes = {"facial_expression": faces,
-                  "brightness": list(np.round(rng.random(n), 1)),
-                  "scene": [f"scene_{i}" for i in rng.integers(0, 8, n)]}
+    attributes = {
+        "facial_expression": faces,
+        "brightness": list(np.round(rng.random(n), 1)),
+        "scene": [f"scene_{i}" for i in rng.integers(0, 8, n)],
+    }
     study = _study(n=n, attributes=attributes)
     result = cell_slices(study, "lora", 4)
     json.dumps(result, allow_nan=False)
@@ -128,9 +141,11 @@ def test_slices_without_attributes_say_why():
 
 
 def test_slice_table_from_metrics_json_entries():
-    runs = [{"scene": {"beach": {"n": 40, "accuracy": 0.5}, "forest": {"n": 12, "accuracy": 0.25}}},
-            {"scene": {"beach": {"n": 40, "accuracy": 0.6}}},
-            None]  # a run without metrics.json slices
+    runs = [
+        {"scene": {"beach": {"n": 40, "accuracy": 0.5}, "forest": {"n": 12, "accuracy": 0.25}}},
+        {"scene": {"beach": {"n": 40, "accuracy": 0.6}}},
+        None,
+    ]  # a run without metrics.json slices
     table = slice_table(runs)
     beach, forest = table["scene"]["beach"], table["scene"]["forest"]
     assert beach["accuracy"] == pytest.approx(0.55) and beach["n_replicates"] == 2

@@ -24,8 +24,16 @@ def power_curves(a=0.6, b=0.7, c=0.15, ks=KS, n_keys=4, n_boot=200, seed=0, nois
     boot = point[None] + rng.normal(0, noise, (n_boot, len(ks), n_keys))
     index = rng.integers(0, n_keys, (n_boot, n_keys))
     keys = [(i, i) for i in range(n_keys)]
-    return Curves(metric="accuracy", keys=keys, ks={"m": list(ks)}, point={"m": point},
-                  boot={"m": boot}, replicate_index=index, n_boot=n_boot, seed=seed)
+    return Curves(
+        metric="accuracy",
+        keys=keys,
+        ks={"m": list(ks)},
+        point={"m": point},
+        boot={"m": boot},
+        replicate_index=index,
+        n_boot=n_boot,
+        seed=seed,
+    )
 
 
 def _curve_fit(ks, error, free_c):
@@ -33,12 +41,17 @@ def _curve_fit(ks, error, free_c):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if free_c:
-            params, _ = optimize.curve_fit(lambda k, a, b, c: a * k ** -b + c, k, error,
-                                           p0=[0.5, 0.5, 0.1],
-                                           bounds=([0, 0, 0], [np.inf, B_MAX, np.inf]))
+            params, _ = optimize.curve_fit(
+                lambda k, a, b, c: a * k**-b + c,
+                k,
+                error,
+                p0=[0.5, 0.5, 0.1],
+                bounds=([0, 0, 0], [np.inf, B_MAX, np.inf]),
+            )
         else:
-            params, _ = optimize.curve_fit(lambda k, a, b: a * k ** -b, k, error, p0=[0.5, 0.5],
-                                           bounds=([0, 0], [np.inf, B_MAX]))
+            params, _ = optimize.curve_fit(
+                lambda k, a, b: a * k**-b, k, error, p0=[0.5, 0.5], bounds=([0, 0], [np.inf, B_MAX])
+            )
     residual = error - (params[0] * k ** -params[1] + (params[2] if free_c else 0))
     return params, float(residual @ residual)
 
@@ -57,10 +70,13 @@ def test_fit_matches_curve_fit_on_the_mean_curve_and_per_draw():
     params0, sse0 = _curve_fit(KS, mean_error, False)
     assert [entry["c_zero"]["a"], entry["c_zero"]["b"]] == pytest.approx(params0, rel=1e-4)
     assert entry["c_zero"]["sse"] == pytest.approx(sse0, rel=1e-4)
-    assert free["b_ci_low"] < 0.7 < free["b_ci_high"] and free["c_ci_low"] < 0.15 < free["c_ci_high"]
+    assert (
+        free["b_ci_low"] < 0.7 < free["b_ci_high"] and free["c_ci_low"] < 0.15 < free["c_ci_high"]
+    )
     # The vectorised draws refit exactly like curve_fit on each draw's mean curve.
-    draws = 1 - np.stack([curves.boot["m"][b][:, curves.replicate_index[b]].mean(axis=1)
-                          for b in range(3)])
+    draws = 1 - np.stack(
+        [curves.boot["m"][b][:, curves.replicate_index[b]].mean(axis=1) for b in range(3)]
+    )
     vectorised = fit_curves(KS, draws, True)
     for b in range(3):
         expected, _ = _curve_fit(KS, draws[b], True)
@@ -89,11 +105,14 @@ def test_extrapolation_predicts_the_held_out_k():
     curves = power_curves(noise=1e-5)
     extrapolation = scaling_fits(curves)["methods"]["m"]["extrapolation"]
     assert extrapolation["k_held_out"] == 32 and extrapolation["ks_fitted"] == KS[:-1]
-    assert extrapolation["observed"] == pytest.approx(1 - (0.6 * 32 ** -0.7 + 0.15), abs=1e-4)
+    assert extrapolation["observed"] == pytest.approx(1 - (0.6 * 32**-0.7 + 0.15), abs=1e-4)
     assert abs(extrapolation["free_c"]["error_pp"]) < 0.05
     # Without the offset the decay is misread: the prediction misses by points, not hundredths.
     assert abs(extrapolation["c_zero"]["error_pp"]) > 1
-    low, high = extrapolation["free_c"]["error_pp_ci_low"], extrapolation["free_c"]["error_pp_ci_high"]
+    low, high = (
+        extrapolation["free_c"]["error_pp_ci_low"],
+        extrapolation["free_c"]["error_pp_ci_high"],
+    )
     assert low <= extrapolation["free_c"]["error_pp"] + 0.05 and high >= -0.05
 
 

@@ -36,17 +36,32 @@ def _write_study(root, seeds):
     rows = []
     for method, strength in (("lora", 1.0), ("ia3", 0.7)):
         for k in KS:
-            level = 0.2 if k == 0 else 0.9 if k == "all" else 0.25 + 0.12 * strength * np.log2(2 * k)
+            level = (
+                0.2 if k == 0 else 0.9 if k == "all" else 0.25 + 0.12 * strength * np.log2(2 * k)
+            )
             for data_seed, train_seed in seeds:
                 probs = rng.random((N_IMAGES, 8))
                 right = rng.random(N_IMAGES) < level + 0.02 * data_seed
                 probs[right, labels[right]] += 3.0
                 run_dir = f"{method}/k{k}/d{data_seed}_t{train_seed}"
-                write_predictions(root / run_dir / "predictions_test.csv", image_ids, labels,
-                                  probs / probs.sum(1, keepdims=True), EMOTIONS)
-                rows.append({"method": method, "per_class": str(k), "seed": str(train_seed),
-                             "data_seed": str(data_seed), "train_seed": str(train_seed),
-                             "run_dir": run_dir, "test_accuracy": ""})
+                write_predictions(
+                    root / run_dir / "predictions_test.csv",
+                    image_ids,
+                    labels,
+                    probs / probs.sum(1, keepdims=True),
+                    EMOTIONS,
+                )
+                rows.append(
+                    {
+                        "method": method,
+                        "per_class": str(k),
+                        "seed": str(train_seed),
+                        "data_seed": str(data_seed),
+                        "train_seed": str(train_seed),
+                        "run_dir": run_dir,
+                        "test_accuracy": "",
+                    }
+                )
     return rows
 
 
@@ -63,14 +78,20 @@ def test_curve_summaries_on_loaded_predictions(tmp_path):
             got = resampled_mean(curves.boot[method][:, row], curves.replicate_index)
             assert got == pytest.approx(expected)
             assert np.nanmean(curves.point[method][row]) == pytest.approx(
-                cell.correct(study.labels).mean())
+                cell.correct(study.labels).mean()
+            )
 
-    summary = {"aulc": aulc(curves), "efficiency": data_efficiency(curves),
-               "fits": scaling_fits(curves), "calibration": calibration_table(study),
-               "variance": cell_variance_splits(study)}
+    summary = {
+        "aulc": aulc(curves),
+        "efficiency": data_efficiency(curves),
+        "fits": scaling_fits(curves),
+        "calibration": calibration_table(study),
+        "variance": cell_variance_splits(study),
+    }
     everything = study_curves(study, draws)
-    assert json.loads(json.dumps(everything, allow_nan=False))["metrics"]["accuracy"]["aulc"] == \
-        json.loads(json.dumps(summary["aulc"]))
+    assert json.loads(json.dumps(everything, allow_nan=False))["metrics"]["accuracy"][
+        "aulc"
+    ] == json.loads(json.dumps(summary["aulc"]))
     assert everything["metrics"]["macro_f1"]["aulc"]["metric"] == "macro_f1"
     assert summary["aulc"]["ks_used"] == [1, 2, 4, 8]
     assert summary["aulc"]["methods"]["lora"]["aulc"] > summary["aulc"]["methods"]["ia3"]["aulc"]
@@ -79,6 +100,10 @@ def test_curve_summaries_on_loaded_predictions(tmp_path):
     assert variance[("lora", 4)]["crossed"] and variance[("lora", 4)]["note"]
     calibration = {(e["method"], e["per_class"]): e for e in summary["calibration"]}
     cell = study.cells[("ia3", "all")]
-    expected = np.mean([log_loss(study.labels, p / p.sum(1, keepdims=True), labels=range(8))
-                        for p in cell.probabilities.astype(np.float64)])
+    expected = np.mean(
+        [
+            log_loss(study.labels, p / p.sum(1, keepdims=True), labels=range(8))
+            for p in cell.probabilities.astype(np.float64)
+        ]
+    )
     assert calibration[("ia3", "all")]["nll"] == pytest.approx(expected)

@@ -20,8 +20,12 @@ def _sse(design, y):
 def test_mean_squares_match_dummy_variable_regression():
     rng = np.random.default_rng(0)
     n_d, n_t = 3, 4
-    table = 0.6 + rng.normal(0, 0.03, (n_d, 1)) + rng.normal(0, 0.01, (1, n_t)) \
+    table = (
+        0.6
+        + rng.normal(0, 0.03, (n_d, 1))
+        + rng.normal(0, 0.01, (1, n_t))
         + rng.normal(0, 0.005, (n_d, n_t))
+    )
     values = {(10 + d, 20 + t): table[d, t] for d in range(n_d) for t in range(n_t)}
     result = variance_split(values)
     json.dumps(result, allow_nan=False)
@@ -33,8 +37,9 @@ def test_mean_squares_match_dummy_variable_regression():
     ms_train = (_sse(rows, y) - full) / (n_t - 1)
     ms_residual = full / ((n_d - 1) * (n_t - 1))
     squares = result["mean_squares"]
-    assert [squares["data"], squares["train"], squares["residual"]] == \
-        pytest.approx([ms_data, ms_train, ms_residual])
+    assert [squares["data"], squares["train"], squares["residual"]] == pytest.approx(
+        [ms_data, ms_train, ms_residual]
+    )
     assert result["components"]["data"] == pytest.approx(max((ms_data - ms_residual) / n_t, 0))
     assert result["components"]["train"] == pytest.approx(max((ms_train - ms_residual) / n_d, 0))
     assert sum(result["shares"].values()) == pytest.approx(1)
@@ -47,9 +52,12 @@ def test_components_recover_known_variances_on_average():
     truth = {"data": 4e-4, "train": 1e-4, "residual": 2.5e-5}
     estimates = {name: [] for name in truth}
     for _ in range(400):
-        table = (0.5 + rng.normal(0, truth["data"] ** 0.5, (6, 1))
-                 + rng.normal(0, truth["train"] ** 0.5, (1, 6))
-                 + rng.normal(0, truth["residual"] ** 0.5, (6, 6)))
+        table = (
+            0.5
+            + rng.normal(0, truth["data"] ** 0.5, (6, 1))
+            + rng.normal(0, truth["train"] ** 0.5, (1, 6))
+            + rng.normal(0, truth["residual"] ** 0.5, (6, 6))
+        )
         result = variance_split({(d, 100 + t): table[d, t] for d in range(6) for t in range(6)})
         for name in truth:
             estimates[name].append(result["components"][name])

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emoset_peft.data import emoset as emoset_module
 from emoset_peft.data import CorruptImageError, is_readable_image, load_emoset, open_image
+from emoset_peft.data import emoset as emoset_module
 from emoset_peft.data.emoset import COLUMNS, default_cache_dir
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS, valence_of
@@ -66,8 +66,10 @@ def test_splits_columns_and_values_match_the_files(synthetic_root, tmp_path):
 
 def test_decoded_images_are_rgb(synthetic_root, tmp_path):
     ds = load_emoset(synthetic_root, cache_dir=tmp_path)
-    modes = {Image.open(row["image"]["path"]).mode
-             for row in ds["train"].cast_column("image", datasets.Image(decode=False))}
+    modes = {
+        Image.open(row["image"]["path"]).mode
+        for row in ds["train"].cast_column("image", datasets.Image(decode=False))
+    }
     assert {ds["train"][i]["image"].mode for i in range(8)} == {"RGB"}
     assert "RGB" in modes
 
@@ -86,8 +88,10 @@ def test_four_element_records_give_the_same_dataset(synthetic_copy, tmp_path):
 def test_label_order_follows_info_json(synthetic_copy, tmp_path):
     info = json.loads((synthetic_copy / "info.json").read_text())
     alphabetical = sorted(EMOTIONS)
-    info["emotion"] = {"label2idx": {name: i for i, name in enumerate(alphabetical)},
-                       "idx2label": {str(i): name for i, name in enumerate(alphabetical)}}
+    info["emotion"] = {
+        "label2idx": {name: i for i, name in enumerate(alphabetical)},
+        "idx2label": {str(i): name for i, name in enumerate(alphabetical)},
+    }
     (synthetic_copy / "info.json").write_text(json.dumps(info))
     train = load_emoset(synthetic_copy, cache_dir=tmp_path)["train"]
     assert train.features["label"].names == alphabetical
@@ -107,8 +111,9 @@ def test_without_info_json_official_order_and_string_attributes(synthetic_copy, 
     assert train["scene"] == [None if s == -1 else scenes[s] for s in with_info["scene"]]
 
 
-def test_official_info_json_gives_amusement_0_to_sadness_7(synthetic_copy, official_info_json,
-                                                           tmp_path):
+def test_official_info_json_gives_amusement_0_to_sadness_7(
+    synthetic_copy, official_info_json, tmp_path
+):
     shutil.copy(official_info_json, synthetic_copy / "info.json")
     train = load_emoset(synthetic_copy, cache_dir=tmp_path)["train"]
     names = train.features["label"].names
@@ -116,8 +121,10 @@ def test_official_info_json_gives_amusement_0_to_sadness_7(synthetic_copy, offic
     assert len(train.features["scene"].names) == 254
     assert len(train.features["human_action"].names) == 264
     # The synthetic vocabulary uses real names: every annotated scene maps to a real index.
-    annotated = [json.loads((synthetic_copy / r[2]).read_text()).get("scene")
-                 for r in _records(synthetic_copy)]
+    annotated = [
+        json.loads((synthetic_copy / r[2]).read_text()).get("scene")
+        for r in _records(synthetic_copy)
+    ]
     present = {image_id: s for image_id, s in zip(train["image_id"], train["scene"])}
     for record, scene in zip(_records(synthetic_copy), annotated):
         assert (present[Path(record[1]).stem] >= 0) == (scene is not None)
@@ -132,12 +139,14 @@ def _break_record(index, value):
         records = _records(root)
         records[index] = value(records[index]) if callable(value) else value
         _write_records(root, records)
+
     return edit
 
 
 def _rewrite_annotation(index, text):
     def edit(root):
         (root / _records(root)[index][2]).write_text(text(root, index) if callable(text) else text)
+
     return edit
 
 
@@ -150,24 +159,42 @@ def _other_emotion(root, index):
 
 BAD_INPUTS = {
     "split file missing": (lambda root: (root / "val.json").unlink(), ["val.json", "not found"]),
-    "split file not a list": (lambda root: (root / "train.json").write_text('{"a": 1}'),
-                              ["train.json", "JSON list"]),
-    "split file not JSON": (lambda root: (root / "test.json").write_text("[[oops"),
-                            ["test.json", "not valid JSON"]),
-    "record of wrong length": (_break_record(3, ["awe", "image/awe/x.jpg"]),
-                               ["train.json", "record 3", "[emotion, image_path"]),
-    "emotion not in label map": (_break_record(2, lambda r: ["joy", *r[1:]]),
-                                 ["train.json", "record 2", "'joy'", "label map"]),
-    "path escapes root": (_break_record(1, lambda r: [r[0], "../outside.jpg", r[2]]),
-                          ["train.json", "record 1", "outside the EmoSet root"]),
-    "absolute path": (_break_record(0, lambda r: [r[0], r[1], "/etc/passwd"]),
-                      ["train.json", "record 0", "absolute"]),
-    "annotation disagrees": (_rewrite_annotation(5, _other_emotion),
-                             ["train.json", "record 5", ".json says emotion"]),
-    "annotation not JSON": (_rewrite_annotation(4, "{not json"),
-                            ["train.json", "record 4", "not valid JSON", "annotation/"]),
-    "info.json damaged": (lambda root: (root / "info.json").write_text('{"emotion": 3}'),
-                          ["info.json", "label2idx"]),
+    "split file not a list": (
+        lambda root: (root / "train.json").write_text('{"a": 1}'),
+        ["train.json", "JSON list"],
+    ),
+    "split file not JSON": (
+        lambda root: (root / "test.json").write_text("[[oops"),
+        ["test.json", "not valid JSON"],
+    ),
+    "record of wrong length": (
+        _break_record(3, ["awe", "image/awe/x.jpg"]),
+        ["train.json", "record 3", "[emotion, image_path"],
+    ),
+    "emotion not in label map": (
+        _break_record(2, lambda r: ["joy", *r[1:]]),
+        ["train.json", "record 2", "'joy'", "label map"],
+    ),
+    "path escapes root": (
+        _break_record(1, lambda r: [r[0], "../outside.jpg", r[2]]),
+        ["train.json", "record 1", "outside the EmoSet root"],
+    ),
+    "absolute path": (
+        _break_record(0, lambda r: [r[0], r[1], "/etc/passwd"]),
+        ["train.json", "record 0", "absolute"],
+    ),
+    "annotation disagrees": (
+        _rewrite_annotation(5, _other_emotion),
+        ["train.json", "record 5", ".json says emotion"],
+    ),
+    "annotation not JSON": (
+        _rewrite_annotation(4, "{not json"),
+        ["train.json", "record 4", "not valid JSON", "annotation/"],
+    ),
+    "info.json damaged": (
+        lambda root: (root / "info.json").write_text('{"emotion": 3}'),
+        ["info.json", "label2idx"],
+    ),
 }
 
 
@@ -205,8 +232,10 @@ def test_missing_files_are_counted_and_can_be_skipped(kind, synthetic_copy, tmp_
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def test_read_only_dataset_folder_loads_and_is_not_touched(synthetic_copy, tmp_path):
@@ -230,8 +259,9 @@ def test_warm_load_comes_from_the_cache(synthetic_copy, tmp_path, monkeypatch):
     cold = load_emoset(synthetic_copy, cache_dir=cache)
     # The warm load must not read annotations: delete one, and make any read fail loudly.
     (synthetic_copy / _records(synthetic_copy)[0][2]).unlink()
-    monkeypatch.setattr(emoset_module, "_read_annotation",
-                        lambda path: pytest.fail(f"warm load read {path}"))
+    monkeypatch.setattr(
+        emoset_module, "_read_annotation", lambda path: pytest.fail(f"warm load read {path}")
+    )
     warm = load_emoset(synthetic_copy, cache_dir=cache)
     assert warm["train"]["image_id"] == cold["train"]["image_id"]
     assert warm["train"].cache_files[0]["filename"].startswith(str(cache))
@@ -252,6 +282,7 @@ def test_cache_is_rebuilt_when_a_split_file_changes(synthetic_copy, tmp_path):
 def test_a_killed_cache_write_leaves_no_entry(synthetic_copy, tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(emoset_module.os, "rename", killed)
     cache = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
@@ -300,13 +331,23 @@ def test_root_that_is_not_a_folder(tmp_path):
 def _jpeg_bytes(mode: str = "RGB", size=(32, 24)) -> bytes:
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(
-        mode).save(buffer, "JPEG")
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(
+        buffer, "JPEG"
+    )
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("P", "PNG"),
-                                      ("RGBA", "PNG"), ("LA", "PNG"), ("I;16", "PNG")])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("I;16", "PNG"),
+    ],
+)
 def test_open_image_converts_to_rgb(mode, fmt, tmp_path):
     path = tmp_path / f"image.{fmt.lower()}"
     source = Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 32, 3), np.uint8))
@@ -328,8 +369,14 @@ def test_transparent_pixels_become_white(tmp_path):
 def test_synthetic_grayscale_and_cmyk_files_open_as_rgb(tmp_path):
     from emoset_peft.data import make_synthetic_emoset
 
-    root = make_synthetic_emoset(tmp_path / "gray", train_per_class=2, val_per_class=0,
-                                 test_per_class=0, grayscale_fraction=0.5, cmyk_fraction=0.5)
+    root = make_synthetic_emoset(
+        tmp_path / "gray",
+        train_per_class=2,
+        val_per_class=0,
+        test_per_class=0,
+        grayscale_fraction=0.5,
+        cmyk_fraction=0.5,
+    )
     files = sorted((root / "image").rglob("*.jpg"))
     assert {Image.open(f).mode for f in files} == {"L", "CMYK"}
     assert {open_image(f).mode for f in files} == {"RGB"}
@@ -381,9 +428,15 @@ def test_processes_started_together_index_once(synthetic_root, tmp_path):
     import subprocess
     import sys
 
-    children = [subprocess.Popen([sys.executable, "-c", _LOAD_CHILD, str(synthetic_root),
-                                  str(tmp_path / "cache")], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOAD_CHILD, str(synthetic_root), str(tmp_path / "cache")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [child.communicate(timeout=120) for child in children]
     assert [child.returncode for child in children] == [0, 0]
     assert [out.strip() for out, _ in outputs] == ["64", "64"]

@@ -45,9 +45,12 @@ def _plant_duplicates(root: Path) -> dict[str, str]:
 
 
 def _duplicate_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and ("more than once" in r.getMessage()
-                                                 or " share " in r.getMessage())]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and ("more than once" in r.getMessage() or " share " in r.getMessage())
+    ]
 
 
 def test_duplicates_are_warned_at_every_load_one_line_per_kind(synthetic_copy, tmp_path, caplog):
@@ -83,8 +86,10 @@ def test_inspect_reports_duplicates(synthetic_copy, capsys):
     assert "duplicates: 3" in out
     report = out.split("duplicates: 3", 1)[1]
     assert "train.json and test.json share 1 image(s)" in report and ids["leaked"] in report
-    assert f"train.json lists 1 image(s) more than once (same path or image_id), e.g. " \
-           f"{ids['repeated']}" in report
+    assert (
+        f"train.json lists 1 image(s) more than once (same path or image_id), e.g. "
+        f"{ids['repeated']}" in report
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,8 +120,9 @@ def test_symlink_leaving_the_root_is_refused_unless_allowed(column, synthetic_co
     assert "follow_symlinks=true" in message
 
 
-def test_a_link_made_after_indexing_is_refused_at_the_next_load(synthetic_copy, tmp_path,
-                                                                monkeypatch):
+def test_a_link_made_after_indexing_is_refused_at_the_next_load(
+    synthetic_copy, tmp_path, monkeypatch
+):
     cache = tmp_path / "cache"
     load_emoset(synthetic_copy, cache_dir=cache)  # indexed (and cached) without links
     rel, target = _link_out(synthetic_copy, tmp_path / "elsewhere")
@@ -124,13 +130,15 @@ def test_a_link_made_after_indexing_is_refused_at_the_next_load(synthetic_copy, 
         load_emoset(synthetic_copy, cache_dir=cache)
     # Following links: indexed once more, then served from the cache without re-indexing.
     load_emoset(synthetic_copy, cache_dir=cache, follow_symlinks=True)
-    monkeypatch.setattr(emoset_module, "_read_annotation",
-                        lambda path: pytest.fail(f"indexed again: read {path}"))
+    monkeypatch.setattr(
+        emoset_module, "_read_annotation", lambda path: pytest.fail(f"indexed again: read {path}")
+    )
     assert len(load_emoset(synthetic_copy, cache_dir=cache, follow_symlinks=True)["train"]) == 64
 
 
 def test_symlinked_folder_leaving_the_root_is_refused_and_links_inside_are_fine(
-        synthetic_copy, tmp_path, capsys):
+    synthetic_copy, tmp_path, capsys
+):
     train = _records(synthetic_copy, "train.json")
     # A link that stays inside the root is an ordinary file.
     inside = synthetic_copy / train[5][1]
@@ -146,8 +154,19 @@ def test_symlinked_folder_leaving_the_root_is_refused_and_links_inside_are_fine(
     assert len(err.splitlines()) == 1
     assert "train.json: record 0: image " + train[0][1] in err
     assert str(tmp_path / "moved") in err
-    assert main(["data", "inspect", str(synthetic_copy), "--cache-dir", str(tmp_path / "b"),
-                 "--follow-symlinks"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "inspect",
+                str(synthetic_copy),
+                "--cache-dir",
+                str(tmp_path / "b"),
+                "--follow-symlinks",
+            ]
+        )
+        == 0
+    )
 
 
 def test_follow_symlinks_is_a_data_config_key():

@@ -11,8 +11,15 @@ import sys
 import datasets
 import pytest
 
-from emoset_peft.data import (load_emoset, low_data_subset, read_manifest, selection_subset,
-                              subset_from_manifest, subset_manifest, write_manifest)
+from emoset_peft.data import (
+    load_emoset,
+    low_data_subset,
+    read_manifest,
+    selection_subset,
+    subset_from_manifest,
+    subset_manifest,
+    write_manifest,
+)
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS
 
@@ -26,10 +33,12 @@ def _imbalanced_split(counts: list[int]) -> datasets.Dataset:
     """An in-memory split with ``counts[c]`` rows of class c (ids are not in class order)."""
     labels = [c for c, n in enumerate(counts) for _ in range(n)]
     ids = [f"{EMOTIONS[c]}_{(i * 7919) % 100000:05d}" for i, c in enumerate(labels)]
-    features = datasets.Features({"label": datasets.ClassLabel(names=list(EMOTIONS)),
-                                  "image_id": datasets.Value("string")})
-    return datasets.Dataset.from_dict({"label": labels, "image_id": ids}, features=features,
-                                      split=datasets.Split.TRAIN)
+    features = datasets.Features(
+        {"label": datasets.ClassLabel(names=list(EMOTIONS)), "image_id": datasets.Value("string")}
+    )
+    return datasets.Dataset.from_dict(
+        {"label": labels, "image_id": ids}, features=features, split=datasets.Split.TRAIN
+    )
 
 
 def _per_class(subset) -> list[int]:
@@ -47,9 +56,12 @@ def test_per_class_is_stratified_ordered_and_nested(emoset):
         assert previous <= ids  # nested: k-1 inside k
         previous = ids
         # Within a class, the first j rows of subset k are subset j.
-        assert subset.filter(lambda r: r["label"] == 0)["image_id"][:1] == \
-            low_data_subset(train, per_class=1, seed=3).filter(
-                lambda r: r["label"] == 0)["image_id"]
+        assert (
+            subset.filter(lambda r: r["label"] == 0)["image_id"][:1]
+            == low_data_subset(train, per_class=1, seed=3).filter(lambda r: r["label"] == 0)[
+                "image_id"
+            ]
+        )
 
 
 def test_seed_changes_the_choice_and_input_order_does_not(emoset):
@@ -74,9 +86,13 @@ def test_same_subset_in_processes_with_different_hash_seeds(emoset, synthetic_ro
     expected = low_data_subset(emoset["train"], per_class=5, seed=7)["image_id"]
     for hash_seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(synthetic_root),
-                              str(tmp_path / hash_seed)],
-                             env=env, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(synthetic_root), str(tmp_path / hash_seed)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         assert json.loads(out.strip().splitlines()[-1]) == expected
 
 
@@ -99,8 +115,16 @@ def test_too_few_images_names_the_class(caplog):
     assert "fear has 4" in caplog.text
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"per_class": 2, "fraction": 0.5}, {"per_class": 0},
-                                    {"fraction": 1.5}, {"per_class": True}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"per_class": 2, "fraction": 0.5},
+        {"per_class": 0},
+        {"fraction": 1.5},
+        {"per_class": True},
+    ],
+)
 def test_bad_arguments(kwargs, emoset):
     with pytest.raises(EmoSetError):
         low_data_subset(emoset["train"], **kwargs)
@@ -113,8 +137,9 @@ def test_manifest_round_trip(emoset, tmp_path):
     written = write_manifest(path, subset, split_size=len(train), per_class=4, seed=2)
     assert [p.name for p in path.parent.iterdir()] == ["manifest.json"]  # no temp file left
     manifest = read_manifest(path)
-    assert manifest == written == subset_manifest(subset, split_size=len(train), per_class=4,
-                                                  seed=2)
+    assert (
+        manifest == written == subset_manifest(subset, split_size=len(train), per_class=4, seed=2)
+    )
     assert manifest["image_ids"] == subset["image_id"]
     assert manifest["split"] == "train" and manifest["split_size"] == 64
     assert manifest["args"] == {"per_class": 4, "seed": 2}
@@ -143,7 +168,8 @@ def test_manifest_checks(emoset, tmp_path):
 def test_selection_subset_uses_validation_and_refuses_test(emoset):
     chosen = selection_subset(emoset["validation"], per_class=2, seed=0)
     assert _per_class(chosen) == [2] * 8 and str(chosen.split) == "validation"
-    assert chosen["image_id"] == low_data_subset(emoset["validation"], per_class=2,
-                                                 seed=0)["image_id"]
+    assert (
+        chosen["image_id"] == low_data_subset(emoset["validation"], per_class=2, seed=0)["image_id"]
+    )
     with pytest.raises(EmoSetError, match="test split"):
         selection_subset(emoset["test"], per_class=2, seed=0)

@@ -19,8 +19,9 @@ from emoset_peft.labels import ATTRIBUTES, EMOTIONS
 def test_layout_matches_the_real_download(synthetic_root):
     info = json.loads((synthetic_root / "info.json").read_text())
     assert list(info) == ["emotion", *ATTRIBUTES]
-    assert [name for name, _ in sorted(info["emotion"]["label2idx"].items(),
-                                       key=lambda kv: kv[1])] == list(EMOTIONS)
+    assert [
+        name for name, _ in sorted(info["emotion"]["label2idx"].items(), key=lambda kv: kv[1])
+    ] == list(EMOTIONS)
     expected = {"train.json": 8, "val.json": 4, "test.json": 4}
     ids: dict[str, list[int]] = {emotion: [] for emotion in EMOTIONS}
     missing_attributes = 0
@@ -60,8 +61,10 @@ def test_vocabulary_uses_real_names(official_info_json):
 
 def test_deterministic_from_seed(tmp_path):
     def files(root):
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-                if p.is_file()}
+        return {
+            str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        }
+
     small = dict(train_per_class=2, val_per_class=1, test_per_class=1, size_range=(24, 32))
     first = files(make_synthetic_emoset(tmp_path / "a", seed=5, **small))
     assert first == files(make_synthetic_emoset(tmp_path / "b", seed=5, **small))
@@ -76,17 +79,26 @@ def test_refuses_a_folder_that_is_not_a_synthetic_tree(tmp_path):
 
 
 def test_replaces_an_earlier_synthetic_tree(tmp_path):
-    root = make_synthetic_emoset(tmp_path / "t", train_per_class=3, val_per_class=1,
-                                 test_per_class=1, size_range=(24, 24))
-    make_synthetic_emoset(root, seed=1, train_per_class=1, val_per_class=1, test_per_class=1,
-                          size_range=(24, 24))
+    root = make_synthetic_emoset(
+        tmp_path / "t", train_per_class=3, val_per_class=1, test_per_class=1, size_range=(24, 24)
+    )
+    make_synthetic_emoset(
+        root, seed=1, train_per_class=1, val_per_class=1, test_per_class=1, size_range=(24, 24)
+    )
     assert len(list((root / "image").rglob("*.jpg"))) == 8 * 3  # the old images are gone
     assert json.loads((root / MARKER).read_text())["complete"] is True
 
 
-@pytest.mark.parametrize("kwargs", [{"size_range": (2, 4)}, {"train_per_class": -1},
-                                    {"grayscale_fraction": 0.8, "cmyk_fraction": 0.5},
-                                    {"task": "faces"}, {"label_noise": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"size_range": (2, 4)},
+        {"train_per_class": -1},
+        {"grayscale_fraction": 0.8, "cmyk_fraction": 0.5},
+        {"task": "faces"},
+        {"label_noise": 1.0},
+    ],
+)
 def test_bad_arguments(kwargs, tmp_path):
     with pytest.raises(EmoSetError):
         make_synthetic_emoset(tmp_path / "x", **kwargs)
@@ -96,8 +108,10 @@ def _features(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Colour statistics and the FFT magnitude of a 16 x 16 gray image: hue, stripes, layout."""
     rows, labels = [], []
     for emotion, image_rel, _ in json.loads((root / f"{split}.json").read_text()):
-        image = np.asarray(Image.open(root / image_rel).convert("RGB").resize((16, 16)),
-                           np.float32) / 255
+        image = (
+            np.asarray(Image.open(root / image_rel).convert("RGB").resize((16, 16)), np.float32)
+            / 255
+        )
         gray = image.mean(-1)
         spectrum = np.abs(np.fft.fft2(gray - gray.mean())).ravel()
         colour = np.concatenate([image.reshape(-1, 3).mean(0), image.reshape(-1, 3).std(0)])
@@ -107,8 +121,14 @@ def _features(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_images_are_learnable_and_accuracy_grows_with_images_per_class(tmp_path):
-    root = make_synthetic_emoset(tmp_path / "learn", seed=0, train_per_class=32,
-                                 val_per_class=0, test_per_class=24, size_range=(28, 40))
+    root = make_synthetic_emoset(
+        tmp_path / "learn",
+        seed=0,
+        train_per_class=32,
+        val_per_class=0,
+        test_per_class=24,
+        size_range=(28, 40),
+    )
     x_train, y_train = _features(root, "train")
     x_test, y_test = _features(root, "test")
     mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
@@ -116,8 +136,9 @@ def test_images_are_learnable_and_accuracy_grows_with_images_per_class(tmp_path)
 
     def nearest_centroid_accuracy(k: int, draw: int) -> float:
         rng = np.random.default_rng(draw)
-        centroids = np.stack([x_train[rng.permutation(np.flatnonzero(y_train == c))[:k]].mean(0)
-                              for c in range(8)])
+        centroids = np.stack(
+            [x_train[rng.permutation(np.flatnonzero(y_train == c))[:k]].mean(0) for c in range(8)]
+        )
         distances = ((x_test[:, None, :] - centroids[None]) ** 2).sum(-1)
         return float((distances.argmin(1) == y_test).mean())
 
@@ -131,9 +152,16 @@ def test_factor_task_sizes_label_noise_and_combinations(tmp_path):
     from emoset_peft.data.synthetic import TRUTH_FILE
     from emoset_peft.data.synthetic_factors import combinations_of, emotion_of
 
-    root = make_synthetic_emoset(tmp_path / "factors", seed=2, task="factors", label_noise=0.1,
-                                 train_per_class=60, val_per_class=2, test_per_class=40,
-                                 size_range=(24, 28))
+    root = make_synthetic_emoset(
+        tmp_path / "factors",
+        seed=2,
+        task="factors",
+        label_noise=0.1,
+        train_per_class=60,
+        val_per_class=2,
+        test_per_class=40,
+        size_range=(24, 28),
+    )
     truth = json.loads((root / TRUTH_FILE).read_text())
     wrong = total = 0
     for split, per_class in (("train", 60), ("val", 2), ("test", 40)):

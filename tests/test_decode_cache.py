@@ -60,16 +60,24 @@ def _zeroed_pixels(array, meta, other):
         handle.write(bytes(array.stat().st_size - header))
 
 
-DAMAGE = [_truncate, _garbage_array, _bad_json, _failure_past_the_array, _another_splits_array,
-          _zeroed_pixels]
+DAMAGE = [
+    _truncate,
+    _garbage_array,
+    _bad_json,
+    _failure_past_the_array,
+    _another_splits_array,
+    _zeroed_pixels,
+]
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=[d.__name__.strip("_") for d in DAMAGE])
-def test_a_damaged_entry_warns_once_and_is_rebuilt_to_the_same_pixels(splits, tmp_path, caplog,
-                                                                      damage):
+def test_a_damaged_entry_warns_once_and_is_rebuilt_to_the_same_pixels(
+    splits, tmp_path, caplog, damage
+):
     cache, other_cache = tmp_path / "cache", tmp_path / "other"
-    intact = np.array(decode_split(splits["validation"], SIZE, cache_dir=cache,
-                                   show_progress=False).pixels)
+    intact = np.array(
+        decode_split(splits["validation"], SIZE, cache_dir=cache, show_progress=False).pixels
+    )
     decode_split(splits["test"], SIZE, cache_dir=other_cache, show_progress=False)
     array, meta = only_entry(cache)
     damage(array, meta, only_entry(other_cache)[0])
@@ -116,7 +124,12 @@ def test_full_disk_while_decoding_is_one_line_and_leaves_no_temp_file(tiny_run, 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, "-c", LIMITED_CLI, "train", *tiny_run(**{"data.cache_dir": cache})],
-        env=env, capture_output=True, text=True, timeout=300, check=False)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
     assert "disk is full" in line and str(cache / "decoded") in line, line
@@ -128,10 +141,15 @@ def test_temp_files_of_dead_processes_are_removed_at_the_next_decode(splits, tmp
     decoded = tmp_path / "cache" / "decoded"
     decoded.mkdir(parents=True)
     # A real process creates its temp file the way a decode does, then dies.
-    script = ("import sys, pathlib; from emoset_peft.utils.storage import temp_path; "
-              "temp_path(pathlib.Path(sys.argv[1]) / 'abc.npy', '.npy').write_bytes(b'x' * 4096)")
-    subprocess.run([sys.executable, "-c", script, str(decoded)], check=True,
-                   env=dict(os.environ, PYTHONPATH=str(REPO)))
+    script = (
+        "import sys, pathlib; from emoset_peft.utils.storage import temp_path; "
+        "temp_path(pathlib.Path(sys.argv[1]) / 'abc.npy', '.npy').write_bytes(b'x' * 4096)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(decoded)],
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     (stale,) = decoded.iterdir()
     from emoset_peft.utils.storage import temp_path
 
@@ -142,8 +160,9 @@ def test_temp_files_of_dead_processes_are_removed_at_the_next_decode(splits, tmp
     assert not stale.exists() and live.exists()
 
 
-def test_an_unwritable_cache_folder_falls_back_to_a_temporary_one(splits, tmp_path, caplog,
-                                                                  monkeypatch):
+def test_an_unwritable_cache_folder_falls_back_to_a_temporary_one(
+    splits, tmp_path, caplog, monkeypatch
+):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     if os.geteuid() == 0:  # root writes through chmod 0555: a folder under a file cannot exist
@@ -166,8 +185,11 @@ def test_cache_ls_and_clear(splits, training_root, tmp_path, capsys):
     load_emoset(training_root, cache_dir=cache)
     decode_split(splits["validation"], SIZE, cache_dir=cache, show_progress=False)
     decode_split(splits["test"], SIZE, cache_dir=cache, show_progress=False)
-    (index_entry,) = [p for p in cache.iterdir() if p.is_dir() and p.name != "decoded"
-                      and not p.name.startswith(".")]
+    (index_entry,) = [
+        p
+        for p in cache.iterdir()
+        if p.is_dir() and p.name != "decoded" and not p.name.startswith(".")
+    ]
 
     assert main(["cache", "ls", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out

@@ -17,10 +17,14 @@ def test_demo_grid_meets_the_issue_13_shape(tmp_path):
 
 
 def test_summary_shows_each_method_at_the_smallest_and_largest_k():
-    rows = [{"method": m, "per_class": str(k), "test_accuracy": str(acc)}
-            for m, base in (("lora", 0.2), ("ia3", 0.25))
-            for k, acc in ((1, base), (1, base + 0.02), (4, base + 0.1), (32, base + 0.4))]
+    rows = [
+        {"method": m, "per_class": str(k), "test_accuracy": str(acc)}
+        for m, base in (("lora", 0.2), ("ia3", 0.25))
+        for k, acc in ((1, base), (1, base + 0.02), (4, base + 0.1), (32, base + 0.4))
+    ]
     rows.append({"method": "ia3", "per_class": "32", "test_accuracy": "0.0", "status": "failed"})
     lines = summary_lines(rows)
-    assert lines == ["    lora: k=1  21.0%  ->  k=32  60.0%  (+39.0 pp)",
-                     "     ia3: k=1  26.0%  ->  k=32  65.0%  (+39.0 pp)"]
+    assert lines == [
+        "    lora: k=1  21.0%  ->  k=32  60.0%  (+39.0 pp)",
+        "     ia3: k=1  26.0%  ->  k=32  65.0%  (+39.0 pp)",
+    ]

@@ -16,13 +16,22 @@ pytestmark = pytest.mark.slow
 
 def launch_two_cpu_processes(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``accelerate launch`` with the repository's 2-process CPU config, as the recipe says."""
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "accelerate.commands.launch",
-               "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-               "--main_process_port", "0", "-m", "emoset_peft", *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
-                            cwd=REPO)
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        "0",
+        "-m",
+        "emoset_peft",
+        *args,
+    ]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -38,8 +47,15 @@ def test_two_process_training_counts_every_image_once_and_matches_one_process(ti
     assert main(["eval", str(run), "--out", str(tmp_path / "one.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())
     assert one["num_processes"] == 1
-    for key in ("accuracy", "macro_f1", "balanced_accuracy", "valence_accuracy", "top2_accuracy",
-                "confusion_matrix", "num_images"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "balanced_accuracy",
+        "valence_accuracy",
+        "top2_accuracy",
+        "confusion_matrix",
+        "num_images",
+    ):
         assert one[key] == two["test"][key], key
     predictions = (run / "predictions_test.csv").read_text().splitlines()[1:]
     ids = [line.split(",")[0] for line in predictions]
@@ -48,7 +64,9 @@ def test_two_process_training_counts_every_image_once_and_matches_one_process(ti
 
 def test_two_process_clip_with_unused_text_tower(tiny_run, tiny_clip_dir, tmp_path):
     """CLIP keeps text-tower parameters that a vision loss never reaches; DDP must cope."""
-    launch_two_cpu_processes("train", *tiny_run("clip", backbone=tiny_clip_dir, cpu="true",
-                                                **{"model.head_init": "text"}))
+    launch_two_cpu_processes(
+        "train",
+        *tiny_run("clip", backbone=tiny_clip_dir, cpu="true", **{"model.head_init": "text"}),
+    )
     metrics = json.loads((tmp_path / "clip" / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 12

@@ -9,8 +9,15 @@ import torchvision.transforms as T
 
 from emoset_peft.data.emoset import load_emoset
 from emoset_peft.data.images import open_image
-from emoset_peft.data.pipeline import (Normalizer, TrainStream, cache_resolution, decode_split,
-                                       eval_batches, random_resized_crop_flip, sample_crop_boxes)
+from emoset_peft.data.pipeline import (
+    Normalizer,
+    TrainStream,
+    cache_resolution,
+    decode_split,
+    eval_batches,
+    random_resized_crop_flip,
+    sample_crop_boxes,
+)
 
 IMAGE_SIZE = 32  # cached squares are R = 37 px
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -20,8 +27,15 @@ def _tiny_vit():
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=64, num_labels=8)
+    config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+    )
     return ViTForImageClassification(config).eval()
 
 
@@ -31,10 +45,18 @@ def _both_paths(root, cache):
     images = decode_split(split, IMAGE_SIZE, cache_dir=cache, show_progress=False)
     normalizer = Normalizer(MEAN, STD, torch.device("cpu"))
     fast = torch.cat([x for _, x in eval_batches(images, 16, normalizer, IMAGE_SIZE)])
-    plain = T.Compose([T.Resize(cache_resolution(IMAGE_SIZE)), T.CenterCrop(IMAGE_SIZE),
-                       T.ToTensor(), T.Normalize(MEAN, STD)])
-    paths = [row["path"] for row in split.cast_column(
-        "image", __import__("datasets").Image(decode=False))["image"]]
+    plain = T.Compose(
+        [
+            T.Resize(cache_resolution(IMAGE_SIZE)),
+            T.CenterCrop(IMAGE_SIZE),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
+    paths = [
+        row["path"]
+        for row in split.cast_column("image", __import__("datasets").Image(decode=False))["image"]
+    ]
     reference = torch.stack([plain(open_image(path)) for path in paths])
     return fast, reference
 
@@ -46,16 +68,24 @@ def test_eval_pixels_and_predictions_equal_torchvision(synthetic_root, tmp_path)
     assert (fast - reference).abs().max().item() < 1e-5
     model = _tiny_vit()
     with torch.inference_mode():
-        assert torch.equal(model(pixel_values=fast).logits.argmax(1),
-                           model(pixel_values=reference).logits.argmax(1))
+        assert torch.equal(
+            model(pixel_values=fast).logits.argmax(1),
+            model(pixel_values=reference).logits.argmax(1),
+        )
 
 
 def test_draft_decoding_of_large_jpegs_stays_close(tmp_path):
     from emoset_peft.data.synthetic import make_synthetic_emoset
 
     # 150-220 px for R = 37: JPEG draft decodes at 1/4 scale before the bilinear resize.
-    root = make_synthetic_emoset(tmp_path / "big", seed=5, train_per_class=1, val_per_class=1,
-                                 test_per_class=3, size_range=(150, 220))
+    root = make_synthetic_emoset(
+        tmp_path / "big",
+        seed=5,
+        train_per_class=1,
+        val_per_class=1,
+        test_per_class=3,
+        size_range=(150, 220),
+    )
     fast, reference = _both_paths(root, tmp_path / "cache")
     # In [0, 1] pixel units (x std): under 1 grey level on average, edges a little more.
     diff = (fast - reference).abs() * torch.tensor(STD).view(1, 3, 1, 1)
@@ -86,8 +116,10 @@ def test_crop_boxes_follow_random_resized_crop():
     # Same distribution as torchvision's own sampler (its mean area fraction over n draws).
     torch.manual_seed(0)
     image = torch.zeros(3, side, side)
-    ref = np.array([T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
-                    for _ in range(n)], dtype=np.float64)
+    ref = np.array(
+        [T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+        dtype=np.float64,
+    )
     ref_area = ref[:, 2] * ref[:, 3] / side**2
     assert abs(area.mean() - ref_area.mean()) < 0.02
     assert abs(np.median(aspect) - np.median(ref[:, 3] / ref[:, 2])) < 0.05
@@ -135,8 +167,9 @@ def test_runs_and_study_cells_train_in_the_resolved_precision(monkeypatch, tiny_
     from emoset_peft.engine import precision
     from emoset_peft.engine.recipe import make_accelerator
 
-    config = load_config(overrides=tiny_run("precision", **{"train.mixed_precision": "bf16",
-                                                             "cpu": "true"}))
+    config = load_config(
+        overrides=tiny_run("precision", **{"train.mixed_precision": "bf16", "cpu": "true"})
+    )
     monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: False)
     assert make_accelerator(config).mixed_precision == "no"
     monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: True)
@@ -165,9 +198,16 @@ def test_fit_reports_every_step_time(tiny_run):
     spec = input_spec(model)
     accelerator = SoloAccelerator(torch.device("cpu"))
     calls = []
-    result = fit(model, data, config.train, accelerator,
-                 Normalizer(spec.mean, spec.std, accelerator.device), spec.image_size,
-                 show_progress=False, on_step=lambda step, seconds: calls.append((step, seconds)))
+    result = fit(
+        model,
+        data,
+        config.train,
+        accelerator,
+        Normalizer(spec.mean, spec.std, accelerator.device),
+        spec.image_size,
+        show_progress=False,
+        on_step=lambda step, seconds: calls.append((step, seconds)),
+    )
     assert result.steps == len(calls) == 12
     assert [step for step, _ in calls] == list(range(1, 13))
     assert all(seconds > 0 for _, seconds in calls)

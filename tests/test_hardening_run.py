@@ -71,8 +71,9 @@ def test_a_lone_config_yaml_without_the_marker_is_not_ours(tiny_run, tmp_path, c
     assert (folder / "config.yaml").read_text() == "# my own recipe\n"
 
 
-def test_overwrite_replaces_a_finished_run_but_not_one_with_a_stray_file(tiny_run, tmp_path,
-                                                                         capsys):
+def test_overwrite_replaces_a_finished_run_but_not_one_with_a_stray_file(
+    tiny_run, tmp_path, capsys
+):
     run = tmp_path / "run"
     assert main(["train", *tiny_run("run")]) == 0
     assert json.loads((run / MARKER).read_text())["fingerprint"]
@@ -84,8 +85,10 @@ def test_overwrite_replaces_a_finished_run_but_not_one_with_a_stray_file(tiny_ru
 
     (run / "my_plot.png").unlink()
     assert main(["train", *tiny_run("run"), "overwrite=true", "train.seed=1"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["config_fingerprint"] != \
-        json.loads(before["metrics.json"])["config_fingerprint"]
+    assert (
+        json.loads((run / "metrics.json").read_text())["config_fingerprint"]
+        != json.loads(before["metrics.json"])["config_fingerprint"]
+    )
 
 
 def test_an_earlier_attempt_that_never_reached_a_checkpoint_is_cleaned(tiny_run, tmp_path):
@@ -99,8 +102,10 @@ def test_an_earlier_attempt_that_never_reached_a_checkpoint_is_cleaned(tiny_run,
         (out / "log.jsonl").write_text('{"step": 6}\n')
         (out / ".provenance.json.x1y2.tmp").write_text("{")  # an atomic write cut short
     assert main(["train", *tiny_run("aborted")]) == 0
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == \
-        [".emoset-peft-run", ".emoset-peft.lock"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        ".emoset-peft-run",
+        ".emoset-peft.lock",
+    ]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 12
 
 
@@ -108,9 +113,13 @@ def test_an_earlier_attempt_that_never_reached_a_checkpoint_is_cleaned(tiny_run,
 
 
 def _spawn_train(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "emoset_peft", "train", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.Popen(
+        [sys.executable, "-m", "emoset_peft", "train", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 def _wait_for_holder(folder: Path, process: subprocess.Popen) -> int:
@@ -122,24 +131,35 @@ def _wait_for_holder(folder: Path, process: subprocess.Popen) -> int:
         except (OSError, ValueError):  # not there yet, or the holder is writing it
             pass
         time.sleep(0.05)
-    raise AssertionError(process.stderr.read().decode()[-3000:] if process.poll() is not None
-                         else "the first process never took the lock")
+    raise AssertionError(
+        process.stderr.read().decode()[-3000:]
+        if process.poll() is not None
+        else "the first process never took the lock"
+    )
 
 
 @pytest.mark.slow
 def test_second_train_on_a_busy_folder_is_refused_and_a_killed_holder_blocks_nothing(
-        tiny_run, tmp_path, capsys):
+    tiny_run, tmp_path, capsys
+):
     run = tmp_path / "busy"
-    long_run = tiny_run("busy", **{"train.max_steps": 100000, "train.min_steps": 100000,
-                                   "train.eval_every": 100000})
+    long_run = tiny_run(
+        "busy", **{"train.max_steps": 100000, "train.min_steps": 100000, "train.eval_every": 100000}
+    )
     first = _spawn_train(long_run)
     try:
         holder = _wait_for_holder(run, first)
         assert holder == first.pid
         before = snapshot(run)
-        second = subprocess.run([sys.executable, "-m", "emoset_peft", "train", *long_run],
-                                capture_output=True, text=True, cwd=REPO, timeout=180, check=False,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        second = subprocess.run(
+            [sys.executable, "-m", "emoset_peft", "train", *long_run],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=180,
+            check=False,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
         assert second.returncode == 2, second.stderr[-3000:]
         assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
         after = snapshot(run)  # (the first run may have written more of its own files since)
@@ -154,16 +174,26 @@ def test_second_train_on_a_busy_folder_is_refused_and_a_killed_holder_blocks_not
 
 
 def test_a_live_study_lock_refuses_a_second_study_and_a_killed_one_does_not(
-        study_recipe_min, tmp_path, capsys):
+    study_recipe_min, tmp_path, capsys
+):
     study_dir = tmp_path / "study"
     study_dir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from emoset_peft.utils.locks import folder_lock
         with folder_lock({str(study_dir)!r}, "study"):
             print("locked", flush=True)
             time.sleep(600)
-        """)], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["study", "--config", str(study_recipe_min), "--no-progress"]) == 2
@@ -181,11 +211,15 @@ def study_recipe_min(training_root, tiny_vit_dir, tmp_path):
     """One cell of a few steps."""
     recipe = {
         "output_dir": str(tmp_path / "study"),
-        "base": {"data": {"root": str(training_root), "selection_per_class": 4},
-                 "model": {"backbone": str(tiny_vit_dir)},
-                 "train": {"batch_size": 8, "min_steps": 3, "max_steps": 3, "eval_every": 3}},
+        "base": {
+            "data": {"root": str(training_root), "selection_per_class": 4},
+            "model": {"backbone": str(tiny_vit_dir)},
+            "train": {"batch_size": 8, "min_steps": 3, "max_steps": 3, "eval_every": 3},
+        },
         "methods": {"lora": {"train": {"lr": 1e-2}}},
-        "per_class": [2], "seeds": [0], "report": False,
+        "per_class": [2],
+        "seeds": [0],
+        "report": False,
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -195,27 +229,34 @@ def study_recipe_min(training_root, tiny_vit_dir, tmp_path):
 # -- item 2: a NaN/inf run is stopped, not saved -----------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [{"train.lr": 1e6},
-                                   {"train.lr": 1e30, "train.max_grad_norm": "null"}])
-def test_divergent_training_stops_with_one_line_and_saves_nothing(tiny_run, tmp_path, capsys,
-                                                                  extra):
+@pytest.mark.parametrize(
+    "extra", [{"train.lr": 1e6}, {"train.lr": 1e30, "train.max_grad_norm": "null"}]
+)
+def test_divergent_training_stops_with_one_line_and_saves_nothing(
+    tiny_run, tmp_path, capsys, extra
+):
     assert main(["train", *tiny_run("nan", **extra)]) == 2
     line = one_line_error(capsys, "diverged at step", "train.lr")
     assert "nan" in line or "inf" in line
     assert not (tmp_path / "nan").exists()  # no adapter, no metrics, no NaN in any file
 
 
-def test_a_diverging_cell_is_recorded_as_failed_and_the_grid_goes_on(training_root, tiny_vit_dir,
-                                                                     tmp_path):
+def test_a_diverging_cell_is_recorded_as_failed_and_the_grid_goes_on(
+    training_root, tiny_vit_dir, tmp_path
+):
     from emoset_peft.study.runner import RESULT_COLUMNS, read_results
 
     recipe = {
         "output_dir": str(tmp_path / "grid"),
-        "base": {"data": {"root": str(training_root), "selection_per_class": 4},
-                 "model": {"backbone": str(tiny_vit_dir)},
-                 "train": {"batch_size": 8, "min_steps": 3, "max_steps": 3, "eval_every": 3}},
+        "base": {
+            "data": {"root": str(training_root), "selection_per_class": 4},
+            "model": {"backbone": str(tiny_vit_dir)},
+            "train": {"batch_size": 8, "min_steps": 3, "max_steps": 3, "eval_every": 3},
+        },
         "methods": {"lora": {"train": {"lr": 1e-2}}, "ia3": {"train": {"lr": 1e30}}},
-        "per_class": [2], "seeds": [0], "report": True,
+        "per_class": [2],
+        "seeds": [0],
+        "report": True,
     }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -233,8 +274,19 @@ def test_a_diverging_cell_is_recorded_as_failed_and_the_grid_goes_on(training_ro
     # A rerun treats the failed cell as done; a changed config for it runs it again.
     assert main(["study", "--config", str(path), "--no-progress"]) == 0
     assert read_results(tmp_path / "grid" / "results.csv") == rows
-    assert main(["study", "--config", str(path), "--no-progress", "allow_grid_change=true",
-                 "methods.ia3.train.lr=3e-2"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--config",
+                str(path),
+                "--no-progress",
+                "allow_grid_change=true",
+                "methods.ia3.train.lr=3e-2",
+            ]
+        )
+        == 0
+    )
     rows = read_results(tmp_path / "grid" / "results.csv")
     assert [r["status"] for r in rows if r["method"] == "ia3"] == ["failed", "ok"]
 
@@ -242,13 +294,22 @@ def test_a_diverging_cell_is_recorded_as_failed_and_the_grid_goes_on(training_ro
 @pytest.mark.slow
 def test_divergence_stops_every_rank_of_a_two_process_run(tiny_run, tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "accelerate.commands.launch",
-               "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-               "--main_process_port", "0", "-m", "emoset_peft", "train",
-               *tiny_run("ddp_nan", **{"cpu": "true", "train.lr": 1e30,
-                                       "train.max_grad_norm": "null"})]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False,
-                            cwd=REPO)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        "0",
+        "-m",
+        "emoset_peft",
+        "train",
+        *tiny_run("ddp_nan", **{"cpu": "true", "train.lr": 1e30, "train.max_grad_norm": "null"}),
+    ]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False, cwd=REPO
+    )
     assert result.returncode != 0
     # Both ranks report it themselves (neither hangs in a collective waiting for the other).
     assert result.stderr.count("error: training diverged at step") == 2, result.stderr[-4000:]
@@ -256,8 +317,23 @@ def test_divergence_stops_every_rank_of_a_two_process_run(tiny_run, tmp_path):
 
 
 def test_epochs_zero_with_max_steps_trains_exactly_that_many_steps(tiny_run, tmp_path):
-    assert main(["train", *tiny_run("exact", **{"train.epochs": 0, "train.min_steps": 0,
-                                                "train.max_steps": 5, "train.eval_every": 5})]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *tiny_run(
+                    "exact",
+                    **{
+                        "train.epochs": 0,
+                        "train.min_steps": 0,
+                        "train.max_steps": 5,
+                        "train.eval_every": 5,
+                    },
+                ),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "exact" / "metrics.json").read_text())["steps"] == 5
 
 
@@ -272,13 +348,28 @@ def _empty_split(root: Path, tmp_path: Path, name: str) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("case", [
-    "nan_lr", "inf_lr", "smoothing", "negative_r", "dropout", "bogus_tracker", "missing_backbone",
-    "unknown_method", "per_class_too_large", "missing_root", "empty_val", "empty_test",
-    "zero_steps", "negative_clip",
-])
-def test_bad_input_is_one_line_before_the_output_folder_exists(case, tiny_run, training_root,
-                                                               tmp_path, capsys):
+@pytest.mark.parametrize(
+    "case",
+    [
+        "nan_lr",
+        "inf_lr",
+        "smoothing",
+        "negative_r",
+        "dropout",
+        "bogus_tracker",
+        "missing_backbone",
+        "unknown_method",
+        "per_class_too_large",
+        "missing_root",
+        "empty_val",
+        "empty_test",
+        "zero_steps",
+        "negative_clip",
+    ],
+)
+def test_bad_input_is_one_line_before_the_output_folder_exists(
+    case, tiny_run, training_root, tmp_path, capsys
+):
     cases = {
         "nan_lr": ({"train.lr": ".nan"}, "train.lr"),
         "inf_lr": ({"train.lr": "inf"}, "train.lr"),
@@ -290,12 +381,26 @@ def test_bad_input_is_one_line_before_the_output_folder_exists(case, tiny_run, t
         "unknown_method": ({"model.method": "nope"}, "nope"),
         "per_class_too_large": ({"data.per_class": 500}, "500"),
         "missing_root": ({"data.root": str(tmp_path / "no_data")}, "no_data"),
-        "empty_val": ({"data.root": _empty_split(training_root, tmp_path, "val.json")
-                       if case == "empty_val" else ""}, "val.json"),
-        "empty_test": ({"data.root": _empty_split(training_root, tmp_path, "test.json")
-                        if case == "empty_test" else ""}, "test.json"),
-        "zero_steps": ({"train.epochs": 0, "train.min_steps": 0, "train.max_steps": "null"},
-                       "train.max_steps"),
+        "empty_val": (
+            {
+                "data.root": _empty_split(training_root, tmp_path, "val.json")
+                if case == "empty_val"
+                else ""
+            },
+            "val.json",
+        ),
+        "empty_test": (
+            {
+                "data.root": _empty_split(training_root, tmp_path, "test.json")
+                if case == "empty_test"
+                else ""
+            },
+            "test.json",
+        ),
+        "zero_steps": (
+            {"train.epochs": 0, "train.min_steps": 0, "train.max_steps": "null"},
+            "train.max_steps",
+        ),
         "negative_clip": ({"train.max_grad_norm": -1}, "train.max_grad_norm"),
     }
     extra, needle = cases[case]

@@ -35,10 +35,12 @@ def _study(n_seeds: dict, accuracy: dict, n=N_IMAGES, seed=0, shared=0.8) -> Stu
         own = np.where(rng.random((n_rep, n)) < shared, difficulty, rng.random((n_rep, n)))
         right = own < accuracy[method]
         predictions = np.where(right, labels, wrong).astype(np.int16)
-        cells[(method, k)] = CellPredictions(method, k, [(s, s) for s in range(1, n_rep + 1)],
-                                             predictions, None)
-    return StudyPredictions([f"{i:04d}" for i in range(n)], labels, [str(c) for c in range(8)],
-                            cells, None, [])
+        cells[(method, k)] = CellPredictions(
+            method, k, [(s, s) for s in range(1, n_rep + 1)], predictions, None
+        )
+    return StudyPredictions(
+        [f"{i:04d}" for i in range(n)], labels, [str(c) for c in range(8)], cells, None, []
+    )
 
 
 @pytest.mark.parametrize("b, c", [(0, 0), (5, 0), (0, 7), (30, 45), (120, 118), (3, 11)])
@@ -56,7 +58,8 @@ def test_multiplicity_adjustments():
     assert benjamini_hochberg(p) == pytest.approx(stats.false_discovery_control(p, method="bh"))
     random_p = np.random.default_rng(0).random(40) ** 3
     assert benjamini_hochberg(random_p) == pytest.approx(
-        stats.false_discovery_control(random_p, method="bh"))
+        stats.false_discovery_control(random_p, method="bh")
+    )
     # Holm by its definition: the i-th smallest p times (m - i + 1), made monotone, capped at 1.
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
@@ -68,7 +71,9 @@ def test_multiplicity_adjustments():
 
 def test_t_test_only_when_it_means_something():
     assert guarded_t_test([0.5, 0.6], [0.4, 0.5]) == {
-        "p": None, "reason": "2 pairs: too few for a t-test"}
+        "p": None,
+        "reason": "2 pairs: too few for a t-test",
+    }
     # The case: every seed differs by exactly -2 of 320 images (spread = float noise).
     a = np.array([0.61, 0.64, 0.58])
     result = guarded_t_test(a - 2 / 320, a)
@@ -90,8 +95,13 @@ def test_one_replicate_interval_agrees_with_scipy_bootstrap():
     draws = make_draws(400, cell.replicates, n_boot=4000, seed=1)
     entry = cell_summary(cell, study.labels, "accuracy", weights=draws.image_weights)
     correct = cell.correct(study.labels)[0].astype(float)
-    reference = stats.bootstrap((correct,), np.mean, n_resamples=4000, method="percentile",
-                                random_state=np.random.default_rng(2))
+    reference = stats.bootstrap(
+        (correct,),
+        np.mean,
+        n_resamples=4000,
+        method="percentile",
+        random_state=np.random.default_rng(2),
+    )
     assert np.sqrt(entry["var_image"]) == pytest.approx(reference.standard_error, rel=0.06)
     assert entry["ci_low"] == pytest.approx(reference.confidence_interval.low, abs=0.006)
     assert entry["ci_high"] == pytest.approx(reference.confidence_interval.high, abs=0.006)
@@ -123,30 +133,41 @@ def test_identical_shift_is_not_significant():
 
 
 def test_study_inference_is_json_and_marks_small_seed_counts():
-    study = _study({("lora", 1): 1, ("lora", 4): 2, ("lora", 16): 3, ("ia3", 1): 1,
-                    ("ia3", 4): 2, ("ia3", 16): 3, ("ia3", 32): 3}, {"lora": 0.5, "ia3": 0.6})
+    study = _study(
+        {
+            ("lora", 1): 1,
+            ("lora", 4): 2,
+            ("lora", 16): 3,
+            ("ia3", 1): 1,
+            ("ia3", 4): 2,
+            ("ia3", 16): 3,
+            ("ia3", 32): 3,
+        },
+        {"lora": 0.5, "ia3": 0.6},
+    )
     out = study_inference(study, n_boot=300, seed=3)
     text = json.dumps(out, allow_nan=False)  # no NaN anywhere
     assert json.loads(text) == out
     assert out["baseline"] == "lora" and out["n_boot"] == 300 and out["seed"] == 3
     cells = {(c["method"], c["per_class"], c["metric"]): c for c in out["cells"]}
     assert len(cells) == 14
-    for (method, k, metric), cell in cells.items():
+    for cell in cells.values():
         assert 0 <= cell["ci_low"] <= cell["mean"] <= cell["ci_high"] <= 1
         assert cell["reliable"] is (cell["n_replicates"] >= 3)
         assert (cell["note"] is None) is cell["reliable"]
-        assert (cell["wilson_se"] is None) is (metric == "macro_f1")
+        assert (cell["wilson_se"] is None) is (cell["metric"] == "macro_f1")
         if cell["n_replicates"] >= 2:
             assert cell["share_seed"] + cell["share_image"] == pytest.approx(1)
             values = [r["value"] for r in cell["per_replicate"]]
             assert cell["seed_sd"] == pytest.approx(np.std(values, ddof=1))
     # Accuracy per replicate is the plain fraction of correct images.
     lora16 = study.cells[("lora", 16)]
-    assert [r["value"] for r in cells[("lora", 16, "accuracy")]["per_replicate"]] == \
-        pytest.approx(lora16.correct(study.labels).mean(axis=1))
+    assert [r["value"] for r in cells[("lora", 16, "accuracy")]["per_replicate"]] == pytest.approx(
+        lora16.correct(study.labels).mean(axis=1)
+    )
     comparisons = {(c["per_class"], c["metric"]): c for c in out["comparisons"]}
     assert set(comparisons) == {(k, m) for k in (1, 4, 16) for m in ("accuracy", "macro_f1")}
-    for (k, metric), comparison in comparisons.items():
+    for (_k, metric), comparison in comparisons.items():
         assert comparison["method"] == "ia3" and comparison["baseline"] == "lora"
         if comparison["n_pairs"] < 3:
             assert comparison["p_value"] is None and "too few" in comparison["p_reason"]
@@ -174,11 +195,13 @@ def test_planning_says_when_the_test_set_is_the_limit():
     n = 20000
     labels = rng.integers(0, 8, n)
     shared = rng.random(n)
-    predictions = np.stack([np.where(shared < p, labels, (labels + 1) % 8)
-                            for p in (0.60, 0.63, 0.66, 0.69)]).astype(np.int16)
+    predictions = np.stack(
+        [np.where(shared < p, labels, (labels + 1) % 8) for p in (0.60, 0.63, 0.66, 0.69)]
+    ).astype(np.int16)
     cell = CellPredictions("lora", 16, [(s, s) for s in range(4)], predictions, None)
-    study = StudyPredictions([str(i) for i in range(n)], labels, list("abcdefgh"),
-                             {("lora", 16): cell}, None, [])
+    study = StudyPredictions(
+        [str(i) for i in range(n)], labels, list("abcdefgh"), {("lora", 16): cell}, None, []
+    )
     (plan,) = study_inference(study, metrics=("accuracy",), n_boot=200)["planning"]
     assert plan["dominant"] == "seeds" and plan["seeds_for_target"] > 20
     assert plan["seed_sd"] == pytest.approx(np.std([0.60, 0.63, 0.66, 0.69], ddof=1), rel=0.1)
@@ -187,15 +210,19 @@ def test_planning_says_when_the_test_set_is_the_limit():
 def test_replicate_metric_boot_shapes_follow_draws():
     study = _study({("lora", 4): 3}, {"lora": 0.5})
     draws = make_draws(N_IMAGES, [(1, 1), (2, 2), (3, 3)], n_boot=50)
-    boot = replicate_metric(study.cells[("lora", 4)], study.labels, "macro_f1",
-                            draws.image_weights)
+    boot = replicate_metric(study.cells[("lora", 4)], study.labels, "macro_f1", draws.image_weights)
     assert boot.shape == (50, 3) and np.all((boot >= 0) & (boot <= 1))
 
 
 def test_degenerate_cells_say_so():
     study = _study({("lora", 4): 3}, {"lora": 1.0})  # every image right in every seed
-    study.cells[("ia3", 4)] = CellPredictions("ia3", 4, study.cells[("lora", 4)].replicates,
-                                              study.cells[("lora", 4)].predictions.copy(), None)
+    study.cells[("ia3", 4)] = CellPredictions(
+        "ia3",
+        4,
+        study.cells[("lora", 4)].replicates,
+        study.cells[("lora", 4)].predictions.copy(),
+        None,
+    )
     out = study_inference(study, metrics=("accuracy",), n_boot=200)
     cell = out["cells"][0]
     assert cell["mean"] == cell["ci_low"] == cell["ci_high"] == 1.0
@@ -211,5 +238,6 @@ def test_make_draws_in_blocks_matches_counts():
     draws = make_draws(70_000, [1, 2], n_boot=130, seed=0)  # several blocks of rows
     assert draws.image_weights.shape == (130, 70_000)
     assert np.all(draws.image_weights.sum(axis=1) == 70_000)
-    assert np.array_equal(make_draws(70_000, [1, 2], n_boot=130, seed=0).image_weights,
-                          draws.image_weights)
+    assert np.array_equal(
+        make_draws(70_000, [1, 2], n_boot=130, seed=0).image_weights, draws.image_weights
+    )

@@ -27,8 +27,20 @@ from emoset_peft.study.inference import summarize_replicates
 N_BOOT = 400
 
 
-def simulate(seed, *, studies, seeds, images, truth, sd_seed, shared, methods=1, specific=0.0,
-             sd_common=0.0, difference=0.0):
+def simulate(
+    seed,
+    *,
+    studies,
+    seeds,
+    images,
+    truth,
+    sd_seed,
+    shared,
+    methods=1,
+    specific=0.0,
+    sd_common=0.0,
+    difference=0.0,
+):
     """Correctness [studies, methods, seeds, images] and image resamples [B, studies, methods,
     seeds] of each seed's accuracy. ``sd_common``: the part of the seed effect the methods
     share (same data seed); ``difference``: added to method 0's true accuracy."""
@@ -37,10 +49,12 @@ def simulate(seed, *, studies, seeds, images, truth, sd_seed, shared, methods=1,
     common = rng.random((studies, 1, 1, images))
     own_method = rng.random((studies, methods, 1, images))
     pick = rng.random(shape)
-    difficulty = np.where(pick < shared, common,
-                          np.where(pick < shared + specific, own_method, rng.random(shape)))
-    effect = (rng.normal(0, sd_common, (studies, 1, seeds, 1))
-              + rng.normal(0, sd_seed, (studies, methods, seeds, 1)))
+    difficulty = np.where(
+        pick < shared, common, np.where(pick < shared + specific, own_method, rng.random(shape))
+    )
+    effect = rng.normal(0, sd_common, (studies, 1, seeds, 1)) + rng.normal(
+        0, sd_seed, (studies, methods, seeds, 1)
+    )
     accuracy = truth + effect
     accuracy[:, 0] += difference
     correct = (difficulty < np.clip(accuracy, 0, 1)).astype(np.float32)
@@ -59,8 +73,15 @@ REGIMES = {  # name: (sd_seed, test images, shared difficulty)
 
 def _coverage(n_seeds, truth, regime, studies=300, seed=0):
     sd_seed, images, shared = REGIMES[regime]
-    values, boot = simulate(seed, studies=studies, seeds=n_seeds, images=images, truth=truth,
-                            sd_seed=sd_seed, shared=shared)
+    values, boot = simulate(
+        seed,
+        studies=studies,
+        seeds=n_seeds,
+        images=images,
+        truth=truth,
+        sd_seed=sd_seed,
+        shared=shared,
+    )
     parts = variance_parts(values[:, 0], boot[:, :, 0])
     low, high = two_level_interval(parts)
     return float(np.mean((low <= truth) & (truth <= high))), values[:, 0], boot[:, :, 0], low, high
@@ -110,9 +131,19 @@ PAIRED = {  # name: (sd_common, sd_seed per method, images, shared, method-speci
 def _paired(n_seeds, regime, truth, seed, difference=0.0, studies=400):
     """(two-level p-values, per-seed differences [studies, seeds])."""
     sd_common, sd_seed, images, shared, specific = PAIRED[regime]
-    values, boot = simulate(seed, studies=studies, seeds=n_seeds, images=images, truth=truth,
-                            sd_seed=sd_seed, shared=shared, methods=2, specific=specific,
-                            sd_common=sd_common, difference=difference)
+    values, boot = simulate(
+        seed,
+        studies=studies,
+        seeds=n_seeds,
+        images=images,
+        truth=truth,
+        sd_seed=sd_seed,
+        shared=shared,
+        methods=2,
+        specific=specific,
+        sd_common=sd_common,
+        difference=difference,
+    )
     differences = values[:, 0] - values[:, 1]
     parts = variance_parts(differences, boot[:, :, 0] - boot[:, :, 1])
     return two_level_p_value(parts), differences

@@ -31,8 +31,11 @@ def simulate(seed, *, studies, images, truth, sd_data, sd_train, sd_resid):
     t = rng.normal(0, sd_train, (studies, 1, 3))
     e = rng.normal(0, sd_resid, (studies, 3, 3))
     accuracy = (truth + d + t + e).reshape(studies, 9, 1)
-    difficulty = np.where(rng.random((studies, 9, images)) < 0.5,
-                          rng.random((studies, 1, images)), rng.random((studies, 9, images)))
+    difficulty = np.where(
+        rng.random((studies, 9, images)) < 0.5,
+        rng.random((studies, 1, images)),
+        rng.random((studies, 9, images)),
+    )
     correct = (difficulty < np.clip(accuracy, 0, 1)).astype(np.float32)
     weights = make_draws(images, KEYS, n_boot=N_BOOT, seed=seed + 1).image_weights
     boot = (correct.reshape(-1, images) @ weights.T) / images
@@ -43,8 +46,9 @@ def simulate(seed, *, studies, images, truth, sd_data, sd_train, sd_resid):
 @pytest.mark.parametrize("sd_data,sd_train", [(0.0, 0.04), (0.04, 0.0), (0.03, 0.03)])
 def test_crossed_interval_covers_the_truth_and_naive_one_does_not(sd_data, sd_train):
     truth = 0.6
-    values, boot = simulate(7, studies=300, images=400, truth=truth, sd_data=sd_data,
-                            sd_train=sd_train, sd_resid=0.01)
+    values, boot = simulate(
+        7, studies=300, images=400, truth=truth, sd_data=sd_data, sd_train=sd_train, sd_resid=0.01
+    )
     low, high = two_level_interval(variance_parts(values, boot, KEYS))
     coverage = float(np.mean((low <= truth) & (truth <= high)))
     assert 0.90 <= coverage <= 0.995, f"crossed coverage {coverage:.3f}"
@@ -80,6 +84,9 @@ def test_only_a_full_cross_counts_as_crossed():
 
 def test_two_data_seeds_crossed_are_marked_rough():
     keys = [(d, t) for d in range(2) for t in range(3)]
-    values, boot = np.linspace(0.5, 0.6, 6), np.full((50, 6), 0.55) + np.linspace(0, 0.01, 50)[:, None]
+    values, boot = (
+        np.linspace(0.5, 0.6, 6),
+        np.full((50, 6), 0.55) + np.linspace(0, 0.01, 50)[:, None],
+    )
     entry = summarize_replicates(values, boot, keys=keys)
     assert entry["reliable"] is False and "crossed" in entry["note"]

@@ -21,10 +21,16 @@ def _write_cell(study, method, k, seed, *, image_ids=IMAGE_IDS, labels=LABELS, s
     rng = np.random.default_rng(zlib.crc32(run_dir.encode()))
     probs = rng.random((len(image_ids), 8))
     probs[np.arange(len(image_ids)), (np.asarray(labels) + shift) % 8] += 2.0
-    write_predictions(study / run_dir / "predictions_test.csv", image_ids, labels, probs,
-                      EMOTIONS)
-    row = {"method": method, "per_class": str(k), "seed": str(seed), "data_seed": str(seed),
-           "train_seed": str(seed), "test_accuracy": "0.5", "run_dir": run_dir}
+    write_predictions(study / run_dir / "predictions_test.csv", image_ids, labels, probs, EMOTIONS)
+    row = {
+        "method": method,
+        "per_class": str(k),
+        "seed": str(seed),
+        "data_seed": str(seed),
+        "train_seed": str(seed),
+        "test_accuracy": "0.5",
+        "run_dir": run_dir,
+    }
     return row, probs
 
 
@@ -36,19 +42,36 @@ def test_loads_cells_in_order_and_lists_problems(tmp_path):
                 row, probs = _write_cell(tmp_path, method, k, seed, shift=seed - 1)
                 rows.append(row)
                 expected[(method, k, seed)] = probs
-    rows.append({**rows[0], "seed": "3", "data_seed": "3", "train_seed": "3",
-                 "status": "failed", "error": "CUDA out of memory", "run_dir": "lora/x"})
-    rows.append({**rows[0], "seed": "4", "data_seed": "4", "train_seed": "4",
-                 "run_dir": "lora/gone"})
+    rows.append(
+        {
+            **rows[0],
+            "seed": "3",
+            "data_seed": "3",
+            "train_seed": "3",
+            "status": "failed",
+            "error": "CUDA out of memory",
+            "run_dir": "lora/x",
+        }
+    )
+    rows.append(
+        {**rows[0], "seed": "4", "data_seed": "4", "train_seed": "4", "run_dir": "lora/gone"}
+    )
     broken = tmp_path / "lora/broken/predictions_test.csv"
     broken.parent.mkdir(parents=True)
     broken.write_text("image_id,label,predicted,prob_amusement\nimg_000,amusement,amusement,x\n")
-    rows.append({**rows[0], "seed": "5", "data_seed": "5", "train_seed": "5",
-                 "run_dir": "lora/broken"})
+    rows.append(
+        {**rows[0], "seed": "5", "data_seed": "5", "train_seed": "5", "run_dir": "lora/broken"}
+    )
 
     study = load_predictions(tmp_path, rows)
-    assert list(study.cells) == [("lora", 1), ("lora", 4), ("lora", "all"),
-                                 ("ia3", 1), ("ia3", 4), ("ia3", "all")]
+    assert list(study.cells) == [
+        ("lora", 1),
+        ("lora", 4),
+        ("lora", "all"),
+        ("ia3", 1),
+        ("ia3", 4),
+        ("ia3", "all"),
+    ]
     assert study.image_ids == IMAGE_IDS and study.class_names == list(EMOTIONS)
     assert study.labels.dtype == np.int64 and np.array_equal(study.labels, LABELS)
     cell = study.cells[("ia3", 4)]
@@ -63,14 +86,17 @@ def test_loads_cells_in_order_and_lists_problems(tmp_path):
     assert "failed" in failed and "CUDA out of memory" in failed
     assert "lora/gone/predictions_test.csv is missing" in missing
     assert "lora/broken/predictions_test.csv could not be read" in unreadable
-    assert load_predictions(tmp_path, rows, probabilities=False).cells[("lora", 1)] \
-        .probabilities is None
+    assert (
+        load_predictions(tmp_path, rows, probabilities=False).cells[("lora", 1)].probabilities
+        is None
+    )
 
 
 def test_images_are_sorted_by_id(tmp_path):
     order = np.random.default_rng(0).permutation(12)
-    row, _ = _write_cell(tmp_path, "lora", 1, 1, image_ids=[IMAGE_IDS[i] for i in order],
-                         labels=LABELS[order])
+    row, _ = _write_cell(
+        tmp_path, "lora", 1, 1, image_ids=[IMAGE_IDS[i] for i in order], labels=LABELS[order]
+    )
     study = load_predictions(tmp_path, [row])
     assert study.image_ids == IMAGE_IDS and np.array_equal(study.labels, LABELS)
     assert np.array_equal(study.cells[("lora", 1)].predictions[0], LABELS)
@@ -89,8 +115,9 @@ def test_different_test_images_are_an_error_naming_the_file(tmp_path, change):
 
 
 def test_nothing_readable_gives_an_empty_study(tmp_path):
-    study = load_predictions(tmp_path, [{"method": "lora", "per_class": "1", "seed": "1",
-                                         "run_dir": "missing"}])
+    study = load_predictions(
+        tmp_path, [{"method": "lora", "per_class": "1", "seed": "1", "run_dir": "missing"}]
+    )
     assert study.cells == {} and study.image_ids == [] and len(study.problems) == 1
 
 
@@ -100,8 +127,12 @@ def test_files_to_inference_end_to_end(tmp_path):
 
     from emoset_peft.study.inference import study_inference
 
-    rows = [_write_cell(tmp_path, method, k, seed, shift=int(seed == 3 and method == "ia3"))[0]
-            for method in ("lora", "ia3") for k in (1, 8) for seed in (1, 2, 3)]
+    rows = [
+        _write_cell(tmp_path, method, k, seed, shift=int(seed == 3 and method == "ia3"))[0]
+        for method in ("lora", "ia3")
+        for k in (1, 8)
+        for seed in (1, 2, 3)
+    ]
     rows.append({**rows[0], "seed": "9", "status": "failed", "error": "killed"})
     study = load_predictions(tmp_path, rows)
     out = study_inference(study, baseline="lora", n_boot=200)

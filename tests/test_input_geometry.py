@@ -24,8 +24,9 @@ FAMILIES = {
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_dir(request, tmp_path_factory):
-    return save_tiny_backbone(**FAMILIES[request.param],
-                              path=tmp_path_factory.mktemp(request.param))
+    return save_tiny_backbone(
+        **FAMILIES[request.param], path=tmp_path_factory.mktemp(request.param)
+    )
 
 
 def test_dinov2_input_size_comes_from_its_preprocessor(tmp_path):
@@ -34,19 +35,31 @@ def test_dinov2_input_size_comes_from_its_preprocessor(tmp_path):
     assert input_spec(folder).image_size == 32
 
 
-def test_decoded_size_is_the_input_size_and_eval_reproduces_the_run(family_dir, tiny_run,
-                                                                      tmp_path, capsys):
+def test_decoded_size_is_the_input_size_and_eval_reproduces_the_run(
+    family_dir, tiny_run, tmp_path, capsys
+):
     cache = tmp_path / "cache"
-    args = tiny_run("run", backbone=family_dir, **{
-        "model.method": "lora", "data.cache_dir": cache, "train.min_steps": 4,
-        "train.max_steps": 4, "train.eval_every": 2, "data.test_limit_per_class": 3})
+    args = tiny_run(
+        "run",
+        backbone=family_dir,
+        **{
+            "model.method": "lora",
+            "data.cache_dir": cache,
+            "train.min_steps": 4,
+            "train.max_steps": 4,
+            "train.eval_every": 2,
+            "data.test_limit_per_class": 3,
+        },
+    )
     assert main(["train", *args]) == 0
     run = tmp_path / "run"
     spec = input_spec(load_adapter(run / "adapter"))
     assert spec == input_spec(family_dir)
     side = cache_resolution(spec.image_size, spec.crop_ratio)
-    shapes = {tuple(json.loads(meta.read_text())["shape"][1:])
-              for meta in (cache / "decoded").glob("*.json")}
+    shapes = {
+        tuple(json.loads(meta.read_text())["shape"][1:])
+        for meta in (cache / "decoded").glob("*.json")
+    }
     assert shapes == {(side, side, 3)}, f"decoded {shapes}, the model takes {spec.image_size} px"
 
     assert main(["eval", str(run), "--out", str(tmp_path / "eval.json")]) == 0
@@ -60,8 +73,10 @@ def test_every_family_has_a_tiny_checkpoint_and_one_entry_per_model_type(tmp_pat
     from emoset_peft.models.families import FAMILIES, SUPPORTED_MODEL_TYPES
     from emoset_peft.models.tiny import KINDS
 
-    covered = {describe_backbone(save_tiny_backbone(kind, tmp_path / kind))[0].architecture.name
-               for kind in KINDS}
+    covered = {
+        describe_backbone(save_tiny_backbone(kind, tmp_path / kind))[0].architecture.name
+        for kind in KINDS
+    }
     assert covered == set(FAMILIES), "a new family needs a tiny kind in models/tiny.py"
     assert len(SUPPORTED_MODEL_TYPES) == len(set(SUPPORTED_MODEL_TYPES))
 
@@ -78,11 +93,16 @@ def test_fixed_position_families_take_the_size_their_config_was_built_for(tiny_v
 
     folder = tmp_path / "vit"
     shutil.copytree(tiny_vit_dir, folder)
-    ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.1] * 3).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.1] * 3).save_pretrained(
+        folder
+    )
     spec = input_spec(folder)
     assert spec.image_size == 32 and spec.mean == (0.1, 0.1, 0.1)
     model = build_model(folder, "linear")
-    assert model(pixel_values=torch.zeros(1, 3, spec.image_size, spec.image_size)).logits.shape == (1, 8)
+    assert model(pixel_values=torch.zeros(1, 3, spec.image_size, spec.image_size)).logits.shape == (
+        1,
+        8,
+    )
 
 
 def test_a_record_saved_without_crop_ratio_reads_as_the_default():

@@ -11,7 +11,12 @@ from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from emoset_peft.models import build_model
-from emoset_peft.models.kernels import FAST_ATTENTION, FastDropout, enable_fast_kernels, fast_attention
+from emoset_peft.models.kernels import (
+    FAST_ATTENTION,
+    FastDropout,
+    enable_fast_kernels,
+    fast_attention,
+)
 
 
 class _Layer(nn.Module):
@@ -20,8 +25,10 @@ class _Layer(nn.Module):
 
 def _qkv(dtype=torch.float32, batch=2, heads=3, tokens=17, dim=8, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, heads, tokens, dim, generator=generator).to(dtype).requires_grad_()
-            for _ in range(3)]
+    return [
+        torch.randn(batch, heads, tokens, dim, generator=generator).to(dtype).requires_grad_()
+        for _ in range(3)
+    ]
 
 
 def _run(function, q, k, v, mask=None, autocast=False):
@@ -49,13 +56,15 @@ def test_fast_attention_under_bf16_autocast_is_as_exact_as_eager_attention():
     from transformers.models.vit.modeling_vit import eager_attention_forward
 
     q, k, v = _qkv(torch.bfloat16, tokens=65, dim=16)
-    exact, exact_grads = _run(sdpa_attention_forward, *(t.float().detach().requires_grad_()
-                                                       for t in (q, k, v)))
+    exact, exact_grads = _run(
+        sdpa_attention_forward, *(t.float().detach().requires_grad_() for t in (q, k, v))
+    )
 
     def errors(function):
         out, grads = _run(function, q, k, v, autocast=True)
-        grad_error = max(((g.float() - e).norm() / e.norm()).item()
-                         for g, e in zip(grads, exact_grads))
+        grad_error = max(
+            ((g.float() - e).norm() / e.norm()).item() for g, e in zip(grads, exact_grads)
+        )
         return (out - exact).abs().max().item(), grad_error
 
     fast, eager = errors(fast_attention), errors(eager_attention_forward)
@@ -119,11 +128,11 @@ def _build(folder, method, fast, **options):
     return enable_fast_kernels(model) if fast else model
 
 
-@pytest.mark.parametrize("method,options", [("lora", {"dropout": 0.0}), ("prefix", {}),
-                                            ("vpt", {}), ("full", {})])
+@pytest.mark.parametrize(
+    "method,options", [("lora", {"dropout": 0.0}), ("prefix", {}), ("vpt", {}), ("full", {})]
+)
 @pytest.mark.parametrize("backbone", ["vit", "clip"])
-def test_fast_model_gives_the_plain_logits_and_gradients(backbone, method, options,
-                                                         tiny_backbones):
+def test_fast_model_gives_the_plain_logits_and_gradients(backbone, method, options, tiny_backbones):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     results = []
     for fast in (False, True):
@@ -138,19 +147,25 @@ def test_fast_model_gives_the_plain_logits_and_gradients(backbone, method, optio
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
     modules = list(model.modules())
-    uses_fast = [m for m in modules if getattr(m, "config", None) is not None
-                 and getattr(m.config, "_attn_implementation", None) == FAST_ATTENTION]
+    uses_fast = [
+        m
+        for m in modules
+        if getattr(m, "config", None) is not None
+        and getattr(m.config, "_attn_implementation", None) == FAST_ATTENTION
+    ]
     inner = [m for m in modules if getattr(m, "emoset_inner_attention", None) == FAST_ATTENTION]
-    assert (inner if method == "prefix" else uses_fast), "no layer routes through the fast attention"
+    assert inner if method == "prefix" else uses_fast, "no layer routes through the fast attention"
 
 
 def test_under_autocast_lora_inputs_stay_bf16_and_logits_agree(tiny_vit_dir):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     plain = _build(tiny_vit_dir, "lora", False, dropout=0.0).train()
-    fast = enable_fast_kernels(_build(tiny_vit_dir, "lora", False, dropout=0.0),
-                               autocast=True).train()
-    flags = [m.cast_input_dtype_enabled for m in fast.modules()
-             if hasattr(m, "cast_input_dtype_enabled")]
+    fast = enable_fast_kernels(
+        _build(tiny_vit_dir, "lora", False, dropout=0.0), autocast=True
+    ).train()
+    flags = [
+        m.cast_input_dtype_enabled for m in fast.modules() if hasattr(m, "cast_input_dtype_enabled")
+    ]
     assert flags and not any(flags)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected, got = plain(pixel_values=x).logits, fast(pixel_values=x).logits
@@ -165,19 +180,23 @@ def test_lora_dropout_is_swapped_and_the_saved_folder_is_unchanged(tiny_vit_dir,
     plain.save_pretrained(tmp_path / "plain")
     fast.save_pretrained(tmp_path / "fast")
     for name in ("adapter_config.json", "emoset_peft.json"):
-        assert json.loads((tmp_path / "fast" / name).read_text()) == \
-            json.loads((tmp_path / "plain" / name).read_text())
-    assert FAST_ATTENTION not in "".join(p.read_text(errors="ignore")
-                                         for p in (tmp_path / "fast").iterdir())
+        assert json.loads((tmp_path / "fast" / name).read_text()) == json.loads(
+            (tmp_path / "plain" / name).read_text()
+        )
+    assert FAST_ATTENTION not in "".join(
+        p.read_text(errors="ignore") for p in (tmp_path / "fast").iterdir()
+    )
 
 
 def test_clip_text_tower_keeps_its_attention(tiny_clip_dir):
     from transformers import CLIPModel
 
     model = enable_fast_kernels(CLIPModel.from_pretrained(tiny_clip_dir))
-    configs = {type(m.config).__name__: m.config._attn_implementation
-               for m in model.modules() if getattr(m, "config", None) is not None
-               and hasattr(m.config, "_attn_implementation")}
+    configs = {
+        type(m.config).__name__: m.config._attn_implementation
+        for m in model.modules()
+        if getattr(m, "config", None) is not None and hasattr(m.config, "_attn_implementation")
+    }
     assert configs.get("CLIPTextConfig") == "sdpa"
     assert configs.get("CLIPVisionConfig") == FAST_ATTENTION
 

@@ -36,14 +36,19 @@ class _PlantedCode:
 
 @pytest.mark.parametrize("model_type", ["vit", "my_custom_vit"])
 def test_backbone_with_custom_code_is_refused_and_its_code_never_runs(
-        model_type, tiny_vit_dir, tiny_run, tmp_path, capsys):
+    model_type, tiny_vit_dir, tiny_run, tmp_path, capsys
+):
     backbone = Path(shutil.copytree(tiny_vit_dir, tmp_path / "custom"))
     marker = tmp_path / "custom_code_ran"
     (backbone / "modeling_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     config = json.loads((backbone / "config.json").read_text())
-    config.update(model_type=model_type, auto_map={
-        "AutoConfig": "modeling_custom.CustomConfig",
-        "AutoModelForImageClassification": "modeling_custom.CustomModel"})
+    config.update(
+        model_type=model_type,
+        auto_map={
+            "AutoConfig": "modeling_custom.CustomConfig",
+            "AutoModelForImageClassification": "modeling_custom.CustomModel",
+        },
+    )
     (backbone / "config.json").write_text(json.dumps(config))
 
     with pytest.raises(EmoSetError, match="auto_map.*trust_remote_code"):
@@ -81,22 +86,38 @@ def _edit_record(folder: Path, change) -> None:
 
 # damage name -> (what it does to a saved LoRA folder, the file the message must name)
 DAMAGE = {
-    "record_not_json": (lambda f: (f / "emoset_peft.json").write_bytes(b"\xff{not json"),
-                        "emoset_peft.json"),
-    "record_not_an_object": (lambda f: (f / "emoset_peft.json").write_text("[1, 2]"),
-                             "emoset_peft.json"),
-    "record_without_input_spec": (lambda f: _edit_record(f, lambda r: r.pop("input_spec")),
-                                  "emoset_peft.json"),
-    "record_id2label_wrong_type": (lambda f: _edit_record(f, lambda r: r.update(id2label=3)),
-                                   "emoset_peft.json"),
-    "adapter_config_truncated": (lambda f: _truncate(f / "adapter_config.json"),
-                                 "adapter_config.json"),
-    "weights_missing": (lambda f: (f / "adapter_model.safetensors").unlink(),
-                        "adapter_model.safetensors"),
-    "weights_truncated": (lambda f: _truncate(f / "adapter_model.safetensors"),
-                          "adapter_model.safetensors"),
-    "weights_empty": (lambda f: (f / "adapter_model.safetensors").write_bytes(b""),
-                      "adapter_model.safetensors"),
+    "record_not_json": (
+        lambda f: (f / "emoset_peft.json").write_bytes(b"\xff{not json"),
+        "emoset_peft.json",
+    ),
+    "record_not_an_object": (
+        lambda f: (f / "emoset_peft.json").write_text("[1, 2]"),
+        "emoset_peft.json",
+    ),
+    "record_without_input_spec": (
+        lambda f: _edit_record(f, lambda r: r.pop("input_spec")),
+        "emoset_peft.json",
+    ),
+    "record_id2label_wrong_type": (
+        lambda f: _edit_record(f, lambda r: r.update(id2label=3)),
+        "emoset_peft.json",
+    ),
+    "adapter_config_truncated": (
+        lambda f: _truncate(f / "adapter_config.json"),
+        "adapter_config.json",
+    ),
+    "weights_missing": (
+        lambda f: (f / "adapter_model.safetensors").unlink(),
+        "adapter_model.safetensors",
+    ),
+    "weights_truncated": (
+        lambda f: _truncate(f / "adapter_model.safetensors"),
+        "adapter_model.safetensors",
+    ),
+    "weights_empty": (
+        lambda f: (f / "adapter_model.safetensors").write_bytes(b""),
+        "adapter_model.safetensors",
+    ),
 }
 
 
@@ -110,10 +131,19 @@ def saved_lora(tiny_vit_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained_run(training_root, tiny_vit_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
-    overrides = {"data.root": training_root, "data.per_class": 2, "data.selection_per_class": 1,
-                 "data.test_limit_per_class": 1, "model.backbone": tiny_vit_dir,
-                 "train.batch_size": 8, "train.min_steps": 2, "train.max_steps": 2,
-                 "train.eval_every": 2, "cpu": "true", "output_dir": run}
+    overrides = {
+        "data.root": training_root,
+        "data.per_class": 2,
+        "data.selection_per_class": 1,
+        "data.test_limit_per_class": 1,
+        "model.backbone": tiny_vit_dir,
+        "train.batch_size": 8,
+        "train.min_steps": 2,
+        "train.max_steps": 2,
+        "train.eval_every": 2,
+        "cpu": "true",
+        "output_dir": run,
+    }
     assert main(["train", *(f"{k}={v}" for k, v in overrides.items())]) == 0
     return run
 
@@ -130,8 +160,9 @@ def test_damaged_adapter_folder_one_error_naming_the_file(damage, saved_lora, tm
     assert str(folder / file_name) in message and "\n" not in message
 
 
-@pytest.mark.parametrize("method, weights", [("linear", "adapter_model.safetensors"),
-                                             ("full", "model.safetensors")])
+@pytest.mark.parametrize(
+    "method, weights", [("linear", "adapter_model.safetensors"), ("full", "model.safetensors")]
+)
 def test_truncated_weights_of_other_methods(method, weights, tiny_vit_dir, tmp_path):
     folder = tmp_path / method
     build_model(tiny_vit_dir, method).save_pretrained(folder)
@@ -150,8 +181,7 @@ def test_eval_of_a_damaged_run_is_one_line_with_status_2(damage, trained_run, tm
     assert not (tmp_path / "m.json").exists()
 
 
-def test_planted_pickle_is_refused_in_one_line_and_never_unpickled(trained_run, tmp_path,
-                                                                     capsys):
+def test_planted_pickle_is_refused_in_one_line_and_never_unpickled(trained_run, tmp_path, capsys):
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))
     marker = tmp_path / "pickle_ran"
     (run / "adapter" / "adapter_model.safetensors").unlink()

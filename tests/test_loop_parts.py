@@ -16,21 +16,29 @@ from emoset_peft.engine.solo import SoloAccelerator
 
 
 def test_loop_state_round_trips_through_json():
-    state = LoopState(step=8, best_step=6, best_score=-0.5,
-                      best_validation={"accuracy": 0.25, "per_class": {"awe": 0.5}},
-                      evals_since_best=1, history=[{"step": 6, "val_loss": 0.5}],
-                      train_seconds=1.5)
+    state = LoopState(
+        step=8,
+        best_step=6,
+        best_score=-0.5,
+        best_validation={"accuracy": 0.25, "per_class": {"awe": 0.5}},
+        evals_since_best=1,
+        history=[{"step": 6, "val_loss": 0.5}],
+        train_seconds=1.5,
+    )
     assert LoopState.from_json(state.to_json()) == state
     fresh = LoopState.from_json(LoopState().to_json())  # -inf survives as -Infinity
     assert fresh == LoopState() and fresh.best_score == -math.inf
 
 
-@pytest.mark.parametrize("text", [
-    json.dumps({"step": 3}),  # keys missing
-    LoopState().to_json()[:-1] + ', "extra": 1}',  # a key this version does not know
-    json.dumps([1, 2]),
-    LoopState().to_json().replace('"history": []', '"history": 5'),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"step": 3}),  # keys missing
+        LoopState().to_json()[:-1] + ', "extra": 1}',  # a key this version does not know
+        json.dumps([1, 2]),
+        LoopState().to_json().replace('"history": []', '"history": 5'),
+    ],
+)
 def test_loop_state_refuses_what_it_did_not_write(text):
     with pytest.raises((ValueError, TypeError)):
         LoopState.from_json(text)
@@ -97,9 +105,15 @@ def test_the_loop_parts_run_one_by_one(tiny_run, tmp_path):
     accelerator = SoloAccelerator(torch.device("cpu"))
     out = tmp_path / "parts"
     out.mkdir()  # the recipe makes it; fit writes into it
-    loop = TrainingLoop(model, data, config.train, accelerator,
-                        Normalizer(spec.mean, spec.std, accelerator.device), spec.image_size,
-                        out_dir=out)
+    loop = TrainingLoop(
+        model,
+        data,
+        config.train,
+        accelerator,
+        Normalizer(spec.mean, spec.std, accelerator.device),
+        spec.image_size,
+        out_dir=out,
+    )
     assert loop.total_steps == 12 and loop.state == LoopState()
     loop.train_step()
     loop.train_step()
@@ -107,7 +121,8 @@ def test_the_loop_parts_run_one_by_one(tiny_run, tmp_path):
     assert math.isfinite(loop.read_losses()) and loop.losses.steps == 0
     assert loop.select() is False  # no patience configured
     assert loop.state.best_step == 2 and loop.best_weights is not None
-    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] \
-        == [2]
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [
+        2
+    ]
     result = loop.run(show_progress=False)
     assert result.steps == 12 and len(result.history) == 3  # steps 2 (above), 6 and 12

@@ -65,7 +65,8 @@ def test_registry_values_match_sklearn(seed):
         assert isinstance(result, float) and result == pytest.approx(value), name
     # The study's calibration table and metrics.json share one ECE.
     assert get("ece").compute(probs, labels, EMOTIONS) == float(
-        expected_calibration_error(probs, labels))
+        expected_calibration_error(probs, labels)
+    )
 
 
 def test_empty_split_gives_zeros_not_nan():
@@ -74,8 +75,15 @@ def test_empty_split_gives_zeros_not_nan():
 
 
 def test_selection_log_and_row_follow_the_registry():
-    metrics = {"loss": 1.5, "accuracy": 0.5, "macro_f1": 0.4, "balanced_accuracy": 0.45,
-               "valence_accuracy": 0.7, "top2_accuracy": 0.8, "ece": 0.1}
+    metrics = {
+        "loss": 1.5,
+        "accuracy": 0.5,
+        "macro_f1": 0.4,
+        "balanced_accuracy": 0.45,
+        "valence_accuracy": 0.7,
+        "top2_accuracy": 0.8,
+        "ece": 0.1,
+    }
     assert selection_score(metrics, "accuracy") == 0.5
     assert selection_score(metrics, "ece") == -0.1  # lower is better: the score is negated
     assert selection_score(metrics, "loss") == -1.5
@@ -108,12 +116,23 @@ def test_evaluate_modules_load_offline_and_equal_the_registry(tmp_path):
         out["macro_f1_batches"] = folder.compute()["macro_f1"]
         print(json.dumps(out))
     """)
-    env = {**os.environ, "HF_EVALUATE_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-c", script, str(tmp_path / "probs.npy"),
-               str(tmp_path / "labels.npy")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    env = {
+        **os.environ,
+        "HF_EVALUATE_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable,
+        "-c",
+        script,
+        str(tmp_path / "probs.npy"),
+        str(tmp_path / "labels.npy"),
+    ]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     values = json.loads(done.stdout.strip().splitlines()[-1])
     for name, metric in METRICS.items():
@@ -162,8 +181,9 @@ print(json.dumps({"test": metrics["test"]["error_rate"], "accuracy": metrics["te
 def test_a_new_registry_entry_reaches_every_output(tiny_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-c", EXTRA_ENTRY, str(tmp_path / "run"), *tiny_run("run")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["test"] == pytest.approx(1 - out["accuracy"])  # metrics.json
@@ -194,11 +214,20 @@ def test_report_tables_follow_the_registry(tmp_path, monkeypatch):
     from emoset_peft.metrics import Metric, registry
     from emoset_peft.study import report, summary
 
-    monkeypatch.setitem(registry.METRICS, "error_rate", Metric(
-        "error_rate", lambda probs, labels, names: 1 - get("accuracy").compute(
-            probs, labels, names), False, "error rate", "Share of wrong top emotions."))
-    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
-                           zero_shot=False, full=False)
+    monkeypatch.setitem(
+        registry.METRICS,
+        "error_rate",
+        Metric(
+            "error_rate",
+            lambda probs, labels, names: 1 - get("accuracy").compute(probs, labels, names),
+            False,
+            "error rate",
+            "Share of wrong top emotions.",
+        ),
+    )
+    rows = make_fake_study(
+        tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"), zero_shot=False, full=False
+    )
     for row in rows:
         row["test_error_rate"] = 1 - row["test_accuracy"]
     write_results(tmp_path / "results.csv", rows, [*COLUMNS, "test_error_rate"])
@@ -208,14 +237,22 @@ def test_report_tables_follow_the_registry(tmp_path, monkeypatch):
     assert "error rate (%, ↓)" in header and "ECE (%, ↓)" in header
     assert "top-2 accuracy (%, ↑)" in header and "test accuracy" not in " ".join(header)
     assert [name for name in registry.METRICS if name not in summary.METRICS] == [
-        "balanced_accuracy", "valence_accuracy", "top2_accuracy", "ece", "error_rate"]
+        "balanced_accuracy",
+        "valence_accuracy",
+        "top2_accuracy",
+        "ece",
+        "error_rate",
+    ]
     by_cell = {(r[0], r[1]): r for r in table[2:]}
     cell = [row for row in rows if (row["method"], row["per_class"]) == ("lora", 8)]
     error = np.array([row["test_error_rate"] for row in cell])
     shown = by_cell[("lora", "8")][header.index("error rate (%, ↓)")]
     assert shown == f"{100 * error.mean():.1f} ± {100 * error.std(ddof=1):.1f}"
     # ECE is not a results.csv column of this (older) study: filled in from metrics.json.
-    eces = [json.loads((tmp_path / row["run_dir"] / "metrics.json").read_text())["test"]["ece"]
-            for row in cell]
+    eces = [
+        json.loads((tmp_path / row["run_dir"] / "metrics.json").read_text())["test"]["ece"]
+        for row in cell
+    ]
     assert by_cell[("lora", "8")][header.index("ECE (%, ↓)")].startswith(
-        f"{100 * np.mean(eces):.1f} ± ")
+        f"{100 * np.mean(eces):.1f} ± "
+    )

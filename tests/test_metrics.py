@@ -8,12 +8,18 @@ import json
 import numpy as np
 import pytest
 from sklearn.metrics import (
-    accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-    precision_recall_fscore_support, top_k_accuracy_score,
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
 )
 
 from emoset_peft.engine.metrics import (
-    classification_metrics, predictions_table, write_predictions,
+    classification_metrics,
+    predictions_table,
+    write_predictions,
 )
 from emoset_peft.labels import EMOTIONS
 
@@ -36,13 +42,16 @@ def test_matches_sklearn_with_a_class_never_predicted(seed):
 
     assert result["accuracy"] == pytest.approx(accuracy_score(labels, preds))
     assert result["macro_f1"] == pytest.approx(
-        f1_score(labels, preds, average="macro", zero_division=0))
+        f1_score(labels, preds, average="macro", zero_division=0)
+    )
     assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, preds))
     assert result["top2_accuracy"] == pytest.approx(
-        top_k_accuracy_score(labels, probs, k=2, labels=range(8)))
+        top_k_accuracy_score(labels, probs, k=2, labels=range(8))
+    )
     assert result["confusion_matrix"] == confusion_matrix(labels, preds, labels=range(8)).tolist()
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=range(8), zero_division=0)
+        labels, preds, labels=range(8), zero_division=0
+    )
     for index, name in enumerate(EMOTIONS):
         entry = result["per_class"][name]
         assert entry["precision"] == pytest.approx(precision[index])
@@ -63,7 +72,8 @@ def test_macro_f1_with_a_class_absent_from_labels_and_predictions():
     # sklearn averages over the classes that occur (0, 1, 2), not all eight.
     assert result["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"))
     assert result["balanced_accuracy"] == pytest.approx(
-        balanced_accuracy_score(labels, probs.argmax(1)))
+        balanced_accuracy_score(labels, probs.argmax(1))
+    )
 
 
 def test_valence_accuracy_by_hand():
@@ -96,21 +106,22 @@ def test_attribute_slices_by_hand():
     }
     slices = classification_metrics(probs, labels, EMOTIONS, attributes)["slices"]
     assert slices["facial_expression"] == {
-        "present": {"n": 3, "accuracy": 1.0},      # rows 0, 3, 5
-        "absent": {"n": 3, "accuracy": 1 / 3},     # rows 1, 2, 4
+        "present": {"n": 3, "accuracy": 1.0},  # rows 0, 3, 5
+        "absent": {"n": 3, "accuracy": 1 / 3},  # rows 1, 2, 4
     }
     assert slices["brightness"] == {
-        "low": {"n": 2, "accuracy": 1.0},          # 0.1, 0.39
-        "mid": {"n": 1, "accuracy": 0.0},          # 0.4
-        "high": {"n": 2, "accuracy": 1.0},         # 0.7, 0.95; None excluded
+        "low": {"n": 2, "accuracy": 1.0},  # 0.1, 0.39
+        "mid": {"n": 1, "accuracy": 0.0},  # 0.4
+        "high": {"n": 2, "accuracy": 1.0},  # 0.7, 0.95; None excluded
     }
     assert slices["scene"] == {
-        "beach": {"n": 3, "accuracy": 1.0}, "street": {"n": 2, "accuracy": 0.5},
+        "beach": {"n": 3, "accuracy": 1.0},
+        "street": {"n": 2, "accuracy": 0.5},
     }
     assert list(slices["scene"]) == ["beach", "street"]  # most frequent first
     assert slices["human_action"] == {
-        "present": {"n": 3, "accuracy": 2 / 3},    # rows 0, 3, 4
-        "absent": {"n": 3, "accuracy": 2 / 3},     # rows 1, 2, 5
+        "present": {"n": 3, "accuracy": 2 / 3},  # rows 0, 3, 4
+        "absent": {"n": 3, "accuracy": 2 / 3},  # rows 1, 2, 5
     }
 
 
@@ -119,8 +130,9 @@ def test_scene_slices_keep_the_five_most_frequent_and_map_indices():
     probs = np.eye(8)[np.zeros(21, dtype=int)]
     scenes = [0] * 6 + [1] * 5 + [2] * 4 + [3] * 3 + [4] * 2 + [5] * 1  # 21 images
     names = ["s0", "s1", "s2", "s3", "s4", "s5"]
-    result = classification_metrics(probs, labels, EMOTIONS, {"scene": scenes},
-                                    attribute_labels={"scene": names})
+    result = classification_metrics(
+        probs, labels, EMOTIONS, {"scene": scenes}, attribute_labels={"scene": names}
+    )
     assert list(result["slices"]["scene"]) == ["s0", "s1", "s2", "s3", "s4"]
     assert result["slices"]["scene"]["s4"] == {"n": 2, "accuracy": 1.0}
 
@@ -136,8 +148,9 @@ def test_no_attributes_gives_no_slices_and_bad_shapes_raise():
 
 def test_write_predictions_csv(tmp_path):
     probs = np.array([[0.7, 0.1, 0.2] + [0.0] * 5, [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9]])
-    path = write_predictions(tmp_path / "sub" / "predictions.csv", ["awe_00001", "fear_00002"],
-                             [1, 7], probs, EMOTIONS)
+    path = write_predictions(
+        tmp_path / "sub" / "predictions.csv", ["awe_00001", "fear_00002"], [1, 7], probs, EMOTIONS
+    )
     with open(path, newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert list(rows[0]) == ["image_id", "label", "predicted"] + [f"prob_{e}" for e in EMOTIONS]

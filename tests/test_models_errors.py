@@ -14,7 +14,9 @@ def test_unknown_method_lists_the_methods(tiny_vit_dir):
 
 
 def test_unknown_option_names_it_and_the_valid_ones(tiny_vit_dir):
-    with pytest.raises(EmoSetError, match="no option.*rank.*its options: r, alpha, dropout, rslora"):
+    with pytest.raises(
+        EmoSetError, match="no option.*rank.*its options: r, alpha, dropout, rslora"
+    ):
         build_model(tiny_vit_dir, "lora", rank=4)
     with pytest.raises(EmoSetError, match="'linear' has no option.*its options: none"):
         build_model(tiny_vit_dir, "linear", r=4)
@@ -33,7 +35,9 @@ def test_unsupported_architecture_names_its_model_type(tmp_path):
     BertConfig(
         hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
     ).save_pretrained(tmp_path)
-    with pytest.raises(EmoSetError, match=r"model_type 'bert'; supported model types: vit, dinov2, clip"):
+    with pytest.raises(
+        EmoSetError, match=r"model_type 'bert'; supported model types: vit, dinov2, clip"
+    ):
         build_model(tmp_path, "lora")
 
 

@@ -40,8 +40,9 @@ def _assert_unchanged(model, before):
 
 @pytest.mark.parametrize("method", MERGEABLE)
 @pytest.mark.parametrize("backbone", ["vit", "clip"])
-def test_folded_adapters_give_the_unmerged_logits_and_leave_every_weight(method, backbone,
-                                                                         tiny_backbones):
+def test_folded_adapters_give_the_unmerged_logits_and_leave_every_weight(
+    method, backbone, tiny_backbones
+):
     model = _trained_looking(tiny_backbones[backbone], method)
     before = _snapshot(model)
     with torch.inference_mode():
@@ -57,8 +58,11 @@ def test_folded_adapters_give_the_unmerged_logits_and_leave_every_weight(method,
     # Training goes on through the adapters: they receive gradients again.
     model.train()
     model(pixel_values=PIXELS).logits.square().sum().backward()
-    adapter_grads = [p.grad for n, p in model.named_parameters()
-                     if p.requires_grad and "classifier" not in n and "head" not in n]
+    adapter_grads = [
+        p.grad
+        for n, p in model.named_parameters()
+        if p.requires_grad and "classifier" not in n and "head" not in n
+    ]
     assert adapter_grads and any(g is not None and g.abs().sum() > 0 for g in adapter_grads)
 
 
@@ -82,8 +86,11 @@ def test_bf16_base_weights_come_back_exactly_after_many_evaluations(tiny_vit_dir
     before = _snapshot(model)
     storage = {n: p.data_ptr() for n, p in model.named_parameters()}
     for _ in range(5):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), \
-                merged_for_inference(model):
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16),
+            merged_for_inference(model),
+        ):
             model(pixel_values=PIXELS)
     _assert_unchanged(model, before)
     # Same storage too: an optimizer or a compiled graph holding the tensors sees them restored.
@@ -119,7 +126,9 @@ def test_predict_probs_folds_adapters_and_matches_the_unmerged_scores(tiny_vit_d
     before = _snapshot(model)
     images = DecodedImages(
         pixels=np.random.default_rng(0).integers(0, 256, (10, 37, 37, 3), dtype=np.uint8),
-        labels=np.arange(10) % 8, image_ids=[f"img{i}" for i in range(10)])
+        labels=np.arange(10) % 8,
+        image_ids=[f"img{i}" for i in range(10)],
+    )
     accelerator = SoloAccelerator(torch.device("cpu"))
     normalizer = Normalizer((0.5,) * 3, (0.5,) * 3, accelerator.device)
     fast = predict_probs(model, images, accelerator, normalizer, 32, 4)

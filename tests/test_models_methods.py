@@ -25,7 +25,9 @@ from emoset_peft.models.methods import get_method
 
 FAMILIES = ("vit", "clip")  # the tiny_backbones fixture
 TEXT_TOWER = ("clip",)  # families whose checkpoint can build a zero-shot text head
-MATRIX = [(m, b) for m in METHODS for b in FAMILIES if b in TEXT_TOWER or not get_method(m).text_head]
+MATRIX = [
+    (m, b) for m in METHODS for b in FAMILIES if b in TEXT_TOWER or not get_method(m).text_head
+]
 PEFT_METHODS = tuple(m for m in METHODS if get_method(m).plain_peft)
 # AdaLoRA drops the ranks its budget pruned when saving: the same maths, summed in another order.
 CLOSE_AFTER_RELOAD = ("adalora",)
@@ -85,7 +87,9 @@ def test_train_step_changes_only_method_parameters(method, backbone, tiny_backbo
     assert any(".classifier." in name for name in changed), "the head must train"
     if spec.freezes_backbone:
         assert not any(n.endswith(("q_proj.weight", "q_proj.base_layer.weight")) for n in changed)
-    assert count_parameters(model)[0] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert count_parameters(model)[0] == sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
 
 
 @pytest.mark.parametrize("method,backbone", MATRIX)
@@ -132,13 +136,17 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_logits(
     assert not any(isinstance(m, BaseTunerLayer) for m in merged.modules())
     assert merged.config.id2label == dict(enumerate(EMOTIONS))
     with torch.no_grad():
-        torch.testing.assert_close(merged(pixel_values=images[0]).logits, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            merged(pixel_values=images[0]).logits, expected, rtol=1e-5, atol=1e-5
+        )
     if method != "lora":  # saving a merged model is the same for every method
         return
     merged.save_pretrained(tmp_path)
     reloaded = type(merged).from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(pixel_values=images[0]).logits, merged(pixel_values=images[0]).logits)
+        assert torch.equal(
+            reloaded(pixel_values=images[0]).logits, merged(pixel_values=images[0]).logits
+        )
 
 
 PLAIN_PEFT_CHECK = textwrap.dedent(
@@ -177,10 +185,14 @@ def test_peft_folders_load_with_plain_peft_in_a_fresh_process(
         out = tmp_path / f"{method}-{name}"
         model.save_pretrained(out)
         save_file(
-            {"pixel_values": images[0], "logits": logits_of(model, images)}, str(out / "check.safetensors")
+            {"pixel_values": images[0], "logits": logits_of(model, images)},
+            str(out / "check.safetensors"),
         )
     result = subprocess.run(
-        [sys.executable, "-c", PLAIN_PEFT_CHECK, str(tmp_path)], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", PLAIN_PEFT_CHECK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,7 +207,11 @@ def test_extra_loss_and_after_optimizer_step_unwrap_wrappers(tiny_vit_dir, image
 
     adalora = Wrapper(build("adalora", tiny_vit_dir))
     regulariser = extra_loss(adalora)
-    assert isinstance(regulariser, torch.Tensor) and regulariser.item() > 0 and regulariser.requires_grad
+    assert (
+        isinstance(regulariser, torch.Tensor)
+        and regulariser.item() > 0
+        and regulariser.requires_grad
+    )
     assert extra_loss(Wrapper(build("lora", tiny_vit_dir))) == 0.0
     with pytest.raises(EmoSetError, match="no backward pass yet"):
         after_optimizer_step(adalora, 0)
@@ -216,7 +232,9 @@ def test_adalora_step_order_does_not_matter(tiny_vit_dir, images):
             after_optimizer_step(model, step)
             optimizer.zero_grad(set_to_none=True)
         assert all(p.grad is None for p in model.parameters())
-        results.append((model.network.peft_config["default"].rank_pattern, logits_of(model.eval(), images)))
+        results.append(
+            (model.network.peft_config["default"].rank_pattern, logits_of(model.eval(), images))
+        )
     assert results[0][0] == results[1][0] and results[0][0]
     assert torch.equal(results[0][1], results[1][1])
 
@@ -247,7 +265,10 @@ def test_input_spec_from_the_preprocessor_and_fallbacks(tiny_vit_dir, tiny_clip_
 def test_count_parameters_per_method(tiny_vit_dir):
     linear = build("linear", tiny_vit_dir)
     head = linear.network.classifier
-    assert count_parameters(linear) == (head.weight.numel() + head.bias.numel(), count_parameters(linear)[1])
+    assert count_parameters(linear) == (
+        head.weight.numel() + head.bias.numel(),
+        count_parameters(linear)[1],
+    )
     full = build("full", tiny_vit_dir)
     assert count_parameters(full)[0] == count_parameters(full)[1] == count_parameters(linear)[1]
 
@@ -265,7 +286,9 @@ def test_custom_label_map_and_layer_subset(tiny_vit_dir, images, tmp_path):
     assert load_adapter(tmp_path).config.id2label == {0: "pos", 1: "neg"}
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3", "prefix", "vpt", "adaptformer", "bitfit", "full"])
+@pytest.mark.parametrize(
+    "method", ["lora", "ia3", "prefix", "vpt", "adaptformer", "bitfit", "full"]
+)
 def test_build_from_config_on_meta_counts_like_the_checkpoint(method, tiny_clip_dir):
     """The parameter table (benchmarks/count_params.py) builds from configs on the meta device."""
     from transformers import AutoConfig

@@ -61,7 +61,9 @@ def test_prefix_and_vpt_learn_a_toy_task(method, backbone, tiny_backbones):
     model = build(method, tiny_backbones[backbone]).train()
     start = [p.detach().clone() for p in method_parameters(model)]
     x, y = toy_task()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2, weight_decay=0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=3e-2, weight_decay=0
+    )
     losses = []
     for _ in range(50):
         loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
@@ -71,7 +73,9 @@ def test_prefix_and_vpt_learn_a_toy_task(method, backbone, tiny_backbones):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
-    moved = [(p - s).abs().max().item() for p, s in zip(method_parameters(model), start, strict=True)]
+    moved = [
+        (p - s).abs().max().item() for p, s in zip(method_parameters(model), start, strict=True)
+    ]
     assert min(moved) > 1e-2
 
 
@@ -87,7 +91,9 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(method, 
         loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
         loss.backward()
         calls[checkpointing] = len(count)
-        grads[checkpointing] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        grads[checkpointing] = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad
+        }
     assert calls == {False: 1, True: 2}  # the checkpointed layer ran again in the backward pass
     assert grads[False].keys() == grads[True].keys()
     for name, grad in grads[False].items():
@@ -125,12 +131,18 @@ def test_ddp_trains_like_the_plain_model(method, tiny_vit_dir, tmp_path):
         for wrap in (False, True):
             model = build(method, tiny_vit_dir, gradient_checkpointing=True).train()
             net = DistributedDataParallel(model) if wrap else model
-            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-            for _ in range(3):  # DDP reports unused parameters at the step after the one missing them
+            optimizer = torch.optim.AdamW(
+                [p for p in model.parameters() if p.requires_grad], lr=1e-2
+            )
+            for _ in range(
+                3
+            ):  # DDP reports unused parameters at the step after the one missing them
                 torch.nn.functional.cross_entropy(net(pixel_values=x).logits, y).backward()
                 optimizer.step()
                 optimizer.zero_grad()
-            results.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            results.append(
+                {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            )
     finally:
         dist.destroy_process_group()
     for name, value in results[0].items():
@@ -162,7 +174,13 @@ def test_prefix_and_vpt_variants_save_and_load(method, options, tiny_clip_dir, t
 
 def test_prefix_length_sets_the_key_length(tiny_vit_dir):
     model = build("prefix", tiny_vit_dir, prefix_length=5, layers=[0])
-    assert model.prefix().shape == (1, 2, 2, 5, 16)  # 1 layer, k/v, 2 heads, 5 positions, head dim 16
+    assert model.prefix().shape == (
+        1,
+        2,
+        2,
+        5,
+        16,
+    )  # 1 layer, k/v, 2 heads, 5 positions, head dim 16
 
 
 def test_prefix_attention_with_an_eager_inner_function_matches_sdpa(tiny_vit_dir):
@@ -184,9 +202,13 @@ def test_prefix_attention_extends_a_padding_mask(mask_dtype):
     q, k, v = (torch.randn(2, 2, 5, 4) for _ in range(3))
     prefix = torch.randn(1, 2, 2, 3, 4)  # 1 layer, k/v, heads, 3 positions, head dim
     mask = (
-        torch.zeros(2, 1, 5, 5) if mask_dtype == torch.float32 else torch.ones(2, 1, 5, 5, dtype=torch.bool)
+        torch.zeros(2, 1, 5, 5)
+        if mask_dtype == torch.float32
+        else torch.ones(2, 1, 5, 5, dtype=torch.bool)
     )
     out, _ = prefix_attention(module, q, k, v, mask, emoset_prefix=prefix, scaling=0.5, dropout=0.0)
-    reference, _ = prefix_attention(module, q, k, v, None, emoset_prefix=prefix, scaling=0.5, dropout=0.0)
+    reference, _ = prefix_attention(
+        module, q, k, v, None, emoset_prefix=prefix, scaling=0.5, dropout=0.0
+    )
     torch.testing.assert_close(out, reference)
     assert out.shape == (2, 5, 2, 4)

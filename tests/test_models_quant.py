@@ -24,7 +24,11 @@ def test_lora_on_a_quantized_backbone_trains(mode, backbone, tiny_backbones, tmp
     assert base_layers, "nothing was quantized"
     # The head stays a full-precision nn.Linear (skipped from quantization), trained through modules_to_save.
     head = classifier.classifier.modules_to_save["default"]
-    assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32 and head.weight.requires_grad
+    assert (
+        type(head) is torch.nn.Linear
+        and head.weight.dtype == torch.float32
+        and head.weight.requires_grad
+    )
     trainable, total = count_parameters(model)
     assert 0 < trainable < total
 

@@ -29,7 +29,9 @@ def test_bitfit_trains_exactly_the_biases_and_the_head(backbone, tiny_backbones,
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
     assert trainable == biases | {"network.classifier.weight"}
-    assert any(".q_proj.bias" in n for n in trainable) and any("layer" in n and "norm" in n for n in trainable)
+    assert any(".q_proj.bias" in n for n in trainable) and any(
+        "layer" in n and "norm" in n for n in trainable
+    )
     model.save_pretrained(tmp_path)
     from safetensors.torch import load_file
 
@@ -37,7 +39,9 @@ def test_bitfit_trains_exactly_the_biases_and_the_head(backbone, tiny_backbones,
 
 
 @pytest.mark.parametrize("backbone", ["vit", "clip"])
-def test_adaptformer_starts_as_the_plain_model_and_adds_one_adapter_per_mlp(backbone, tiny_backbones):
+def test_adaptformer_starts_as_the_plain_model_and_adds_one_adapter_per_mlp(
+    backbone, tiny_backbones
+):
     torch.manual_seed(0)
     linear = build_model(tiny_backbones[backbone], "linear")
     torch.manual_seed(0)
@@ -70,14 +74,17 @@ def test_adaptformer_branch_is_added_to_the_mlp_output(tiny_vit_dir, tmp_path):
     assert torch.equal(_logits(loaded), _logits(model))
 
 
-@pytest.mark.parametrize("options,match", [
-    ({"bottleneck": 0}, "bottleneck=0 .*must be > 0"),
-    ({"bottleneck": 2.5}, "bottleneck=2.5 should be an integer"),
-    ({"scale": -1.0}, "scale=-1.0 .*must be > 0"),
-    ({"scale": float("nan")}, "must be a finite number"),
-    ({"dropout": 1.0}, r"must be in \[0, 1\)"),
-    ({"rank": 4}, "no option.*rank.*its options: bottleneck, scale, dropout"),
-])
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"bottleneck": 0}, "bottleneck=0 .*must be > 0"),
+        ({"bottleneck": 2.5}, "bottleneck=2.5 should be an integer"),
+        ({"scale": -1.0}, "scale=-1.0 .*must be > 0"),
+        ({"scale": float("nan")}, "must be a finite number"),
+        ({"dropout": 1.0}, r"must be in \[0, 1\)"),
+        ({"rank": 4}, "no option.*rank.*its options: bottleneck, scale, dropout"),
+    ],
+)
 def test_adaptformer_options_are_validated(options, match, tiny_vit_dir):
     with pytest.raises(EmoSetError, match=match):
         build_model(tiny_vit_dir, "adaptformer", **options)
@@ -117,7 +124,9 @@ def test_no_method_name_or_kind_compared_outside_the_registry():
     assert not found, found
 
 
-@pytest.mark.parametrize("method,options", [("adaptformer", ["model.options.bottleneck=8"]), ("bitfit", [])])
+@pytest.mark.parametrize(
+    "method,options", [("adaptformer", ["model.options.bottleneck=8"]), ("bitfit", [])]
+)
 def test_new_entries_train_through_the_cli(method, options, tiny_run, tmp_path):
     """A run of the new methods end to end: config validation, training, selection, saved adapter."""
     import json

@@ -8,7 +8,13 @@ from emoset_peft.models.roles import ROLES, architecture_for, layer_names, resol
 
 def vit4_names(layers=3):
     """ViTForImageClassification module names as transformers 4.x has them."""
-    names = ["", "vit", "vit.embeddings", "vit.embeddings.patch_embeddings.projection", "vit.encoder"]
+    names = [
+        "",
+        "vit",
+        "vit.embeddings",
+        "vit.embeddings.patch_embeddings.projection",
+        "vit.encoder",
+    ]
     for i in range(layers):
         p = f"vit.encoder.layer.{i}"
         names += [
@@ -27,7 +33,9 @@ def vit5_names(layers=3):
     names = ["", "vit", "vit.embeddings.patch_embeddings.projection"]
     for i in range(layers):
         p = f"vit.layers.{i}"
-        names += [p] + [f"{p}.attention.{x}_proj" for x in "qkvo"] + [f"{p}.mlp.fc1", f"{p}.mlp.fc2"]
+        names += (
+            [p] + [f"{p}.attention.{x}_proj" for x in "qkvo"] + [f"{p}.mlp.fc1", f"{p}.mlp.fc2"]
+        )
     return names + ["classifier"]
 
 
@@ -45,15 +53,23 @@ def clip_full_names(layers=2):
 def test_vit_4x_names_resolve_by_role():
     got = resolve_targets(vit4_names(), "vit", ["q", "v"])
     assert got == [
-        f"vit.encoder.layer.{i}.attention.attention.{x}" for i in range(3) for x in ("query", "value")
+        f"vit.encoder.layer.{i}.attention.attention.{x}"
+        for i in range(3)
+        for x in ("query", "value")
     ]
 
 
 def test_vit_4x_out_and_mlp_out_are_told_apart():
     # "attention.output.dense" (out) and "output.dense" (mlp_out) share a suffix.
-    assert resolve_targets(vit4_names(1), "vit", ["out"]) == ["vit.encoder.layer.0.attention.output.dense"]
-    assert resolve_targets(vit4_names(1), "vit", ["mlp_out"]) == ["vit.encoder.layer.0.output.dense"]
-    assert resolve_targets(vit4_names(1), "vit", ["mlp_in"]) == ["vit.encoder.layer.0.intermediate.dense"]
+    assert resolve_targets(vit4_names(1), "vit", ["out"]) == [
+        "vit.encoder.layer.0.attention.output.dense"
+    ]
+    assert resolve_targets(vit4_names(1), "vit", ["mlp_out"]) == [
+        "vit.encoder.layer.0.output.dense"
+    ]
+    assert resolve_targets(vit4_names(1), "vit", ["mlp_in"]) == [
+        "vit.encoder.layer.0.intermediate.dense"
+    ]
 
 
 def test_vit_5x_names_and_all_roles():

@@ -21,11 +21,16 @@ def clip_reference_logits(folder, images, templates=DEFAULT_TEMPLATES):
     """logit_scale * cos(image, class text) computed with transformers' CLIPModel directly."""
     from transformers import AutoTokenizer, CLIPModel
 
-    clip, tokenizer = CLIPModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    clip, tokenizer = (
+        CLIPModel.from_pretrained(folder).eval(),
+        AutoTokenizer.from_pretrained(folder),
+    )
     with torch.no_grad():
         rows = []
         for name in EMOTIONS:
-            tokens = tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
+            tokens = tokenizer(
+                [t.format(name) for t in templates], padding=True, return_tensors="pt"
+            )
             text = clip.get_text_features(**tokens).pooler_output
             rows.append(F.normalize(F.normalize(text, dim=-1).mean(0), dim=-1))
         image = F.normalize(clip.get_image_features(pixel_values=images).pooler_output, dim=-1)
@@ -47,7 +52,9 @@ def test_zeroshot_logits_are_clips_scaled_cosine_similarities(tiny_clip_dir, ima
     model = build_model(tiny_clip_dir, "zeroshot").eval()
     with torch.no_grad():
         logits = model(pixel_values=images).logits
-    torch.testing.assert_close(logits, clip_reference_logits(tiny_clip_dir, images), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        logits, clip_reference_logits(tiny_clip_dir, images), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_custom_templates_change_the_head(tiny_clip_dir, images):

@@ -15,17 +15,31 @@ from emoset_peft.study.runner import read_results
 study_recipe = test_study.study_recipe  # the fixture: a tiny 2 x 2 x 2 study recipe
 
 
-@pytest.mark.parametrize("selection, per_class, expected", [
-    ("fixed", 1, 3), ("fixed", 8, 3),         # selection_per_class=3 whatever k is
-    ("k_tied", 1, 1), ("k_tied", 2, 2), ("k_tied", 4, 4), ("k_tied", 8, 4), ("k_tied", "all", 4),
-    ("k_tied", 0, 0), ("none", 4, 0),
-])
+@pytest.mark.parametrize(
+    "selection, per_class, expected",
+    [
+        ("fixed", 1, 3),
+        ("fixed", 8, 3),  # selection_per_class=3 whatever k is
+        ("k_tied", 1, 1),
+        ("k_tied", 2, 2),
+        ("k_tied", 4, 4),
+        ("k_tied", 8, 4),
+        ("k_tied", "all", 4),
+        ("k_tied", 0, 0),
+        ("none", 4, 0),
+    ],
+)
 def test_selection_images_per_class(training_root, selection, per_class, expected):
     from emoset_peft.data.emoset import load_emoset
     from emoset_peft.data.run_data import select_splits, selection_images_per_class
 
-    data = DataConfig(root=str(training_root), per_class=per_class, selection=selection,
-                      selection_per_class=3, data_seed=1)
+    data = DataConfig(
+        root=str(training_root),
+        per_class=per_class,
+        selection=selection,
+        selection_per_class=3,
+        data_seed=1,
+    )
     assert selection_images_per_class(data) == expected
     _, chosen, _, _ = select_splits(data, load_emoset(training_root))
     if expected == 0:
@@ -55,24 +69,32 @@ def _count_evaluations(monkeypatch) -> list[list[str]]:
     def counting(model, images, *args, **kwargs):
         calls.append(list(images.image_ids))
         return original(model, images, *args, **kwargs)
+
     monkeypatch.setattr(trainer, "evaluate", counting)
     monkeypatch.setattr(recipe, "evaluate", counting)
     return calls
 
 
 def test_selection_none_trains_the_budget_keeps_the_last_step_and_tests_once(
-        tiny_run, tmp_path, monkeypatch):
+    tiny_run, tmp_path, monkeypatch
+):
     calls = _count_evaluations(monkeypatch)
     assert main(["train", *tiny_run("none", **{"data.selection": "none"})]) == 0
     run = tmp_path / "none"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["validation"] is None
     assert metrics["steps"] == metrics["best_step"] == 12
-    assert metrics["selection"] == {"mode": "none", "images_per_class": 0, "images": 0,
-                                    "best_step": 12, "evaluations": 0}
+    assert metrics["selection"] == {
+        "mode": "none",
+        "images_per_class": 0,
+        "images": 0,
+        "best_step": 12,
+        "evaluations": 0,
+    }
     assert metrics["test_evaluations"] == 1
-    test_ids = [line.split(",")[0] for line in
-                (run / "predictions_test.csv").read_text().splitlines()[1:]]
+    test_ids = [
+        line.split(",")[0] for line in (run / "predictions_test.csv").read_text().splitlines()[1:]
+    ]
     assert [sorted(ids) for ids in calls] == [sorted(test_ids)]  # one pass, over the test split
     assert not (run / "selection").exists()
     assert metrics["skipped_images"].keys() == {"train", "test"}
@@ -87,12 +109,18 @@ def test_selection_none_trains_the_budget_keeps_the_last_step_and_tests_once(
 
 def test_k_tied_run_records_selection_and_keeps_every_evaluation(tiny_run, tmp_path, monkeypatch):
     calls = _count_evaluations(monkeypatch)
-    assert main(["train", *tiny_run("tied", **{"data.selection": "k_tied",
-                                                "data.per_class": 2})]) == 0
+    assert (
+        main(["train", *tiny_run("tied", **{"data.selection": "k_tied", "data.per_class": 2})]) == 0
+    )
     run = tmp_path / "tied"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["selection"] == {"mode": "k_tied", "images_per_class": 2, "images": 16,
-                                    "best_step": metrics["best_step"], "evaluations": 2}
+    assert metrics["selection"] == {
+        "mode": "k_tied",
+        "images_per_class": 2,
+        "images": 16,
+        "best_step": metrics["best_step"],
+        "evaluations": 2,
+    }
     assert metrics["test_evaluations"] == 1 and len(calls) == 3  # 2 selection passes + 1 test
     files = sorted((run / "selection").iterdir())
     assert [f.name for f in files] == ["step_000006.csv", "step_000012.csv"]
@@ -109,13 +137,21 @@ def test_k_tied_run_records_selection_and_keeps_every_evaluation(tiny_run, tmp_p
 
 def test_paired_seeds_keep_todays_names_and_crossed_seeds_make_the_product():
     base = {"data": {"root": "/x"}}
-    paired = expand(StudyConfig(output_dir="/s", base=base, methods={"lora": {}},
-                                per_class=[4], seeds=[0, 1]))
+    paired = expand(
+        StudyConfig(output_dir="/s", base=base, methods={"lora": {}}, per_class=[4], seeds=[0, 1])
+    )
     assert [c.name for c in paired] == ["lora_k4_s0", "lora_k4_s1"]
     assert [c.config.output_dir for c in paired] == ["/s/cells/lora_k4_s0", "/s/cells/lora_k4_s1"]
 
-    study = StudyConfig(output_dir="/s", base=base, methods={"zeroshot": {}, "lora": {}},
-                        per_class=[0, 1, 4], seeds=[5], data_seeds=[0, 1, 2], train_seeds=[7, 8])
+    study = StudyConfig(
+        output_dir="/s",
+        base=base,
+        methods={"zeroshot": {}, "lora": {}},
+        per_class=[0, 1, 4],
+        seeds=[5],
+        data_seeds=[0, 1, 2],
+        train_seeds=[7, 8],
+    )
     cells = expand(study)
     assert [c.name for c in cells if c.method == "zeroshot"] == ["zeroshot_k0_d0_t7"]
     lora = [c for c in cells if c.method == "lora"]
@@ -127,38 +163,62 @@ def test_paired_seeds_keep_todays_names_and_crossed_seeds_make_the_product():
         assert cell.config.output_dir.endswith(f"/cells/{cell.name}")
     # The seed column numbers the pair, the same for every k: methods stay paired by it.
     assert {(c.seed, c.data_seed, c.train_seed) for c in lora} == {
-        (2 * i + j, d, t) for i, d in enumerate((0, 1, 2)) for j, t in enumerate((7, 8))}
+        (2 * i + j, d, t) for i, d in enumerate((0, 1, 2)) for j, t in enumerate((7, 8))
+    }
     assert len({c.name for c in cells}) == len(cells)
 
-    only_data = expand(StudyConfig(base=base, methods={"lora": {}}, per_class=[1],
-                                   seeds=[0, 1], data_seeds=[3]))
+    only_data = expand(
+        StudyConfig(base=base, methods={"lora": {}}, per_class=[1], seeds=[0, 1], data_seeds=[3])
+    )
     assert [c.name for c in only_data] == ["lora_k1_d3_t0", "lora_k1_d3_t1"]
     with pytest.raises(EmoSetError, match="study.train_seeds"):
         expand(StudyConfig(base=base, train_seeds=[1, 1]))
-    both = expand(StudyConfig(base=base, methods={"lora": {}}, per_class=[1], seeds=[],
-                              data_seeds=[0], train_seeds=[1]))
+    both = expand(
+        StudyConfig(
+            base=base,
+            methods={"lora": {}},
+            per_class=[1],
+            seeds=[],
+            data_seeds=[0],
+            train_seeds=[1],
+        )
+    )
     assert [c.name for c in both] == ["lora_k1_d0_t1"]  # seeds unused, so not checked
     with pytest.raises(EmoSetError, match="study.seeds"):
         expand(StudyConfig(base=base, seeds=[]))
 
 
 def test_crossed_study_cells_keep_the_files_of_a_single_run(study_recipe, tmp_path):
-    recipe = study_recipe("crossed", methods={"lora": {"train": {"lr": 1e-2}}}, per_class=[2],
-                          data_seeds=[0, 1], train_seeds=[0])
+    recipe = study_recipe(
+        "crossed",
+        methods={"lora": {"train": {"lr": 1e-2}}},
+        per_class=[2],
+        data_seeds=[0, 1],
+        train_seeds=[0],
+    )
     assert main(["study", "--config", str(recipe), "--no-progress"]) == 0
     rows = read_results(tmp_path / "crossed" / "results.csv")
     assert [(r["run_dir"], r["data_seed"], r["train_seed"], r["seed"]) for r in rows] == [
-        ("cells/lora_k2_d0_t0", "0", "0", "0"), ("cells/lora_k2_d1_t0", "1", "0", "1")]
+        ("cells/lora_k2_d0_t0", "0", "0", "0"),
+        ("cells/lora_k2_d1_t0", "1", "0", "1"),
+    ]
     manifests = []
     for row in rows:
         cell = tmp_path / "crossed" / row["run_dir"]
-        for name in ("config.yaml", "provenance.json", "train_manifest.json", "metrics.json",
-                     "predictions_test.csv"):
+        for name in (
+            "config.yaml",
+            "provenance.json",
+            "train_manifest.json",
+            "metrics.json",
+            "predictions_test.csv",
+        ):
             assert (cell / name).is_file(), f"{cell} lacks {name}"
         assert json.loads((cell / "provenance.json").read_text())
         manifests.append(json.loads((cell / "train_manifest.json").read_text()))
-        assert sorted(p.name for p in (cell / "selection").iterdir()) == \
-            ["step_000003.csv", "step_000006.csv"]
+        assert sorted(p.name for p in (cell / "selection").iterdir()) == [
+            "step_000003.csv",
+            "step_000006.csv",
+        ]
         metrics = json.loads((cell / "metrics.json").read_text())
         assert metrics["selection"]["mode"] == "fixed" and metrics["test_evaluations"] == 1
         assert load_config(cell / "config.yaml").data.data_seed == int(row["data_seed"])
@@ -171,8 +231,9 @@ def test_crossed_study_cells_keep_the_files_of_a_single_run(study_recipe, tmp_pa
 
 
 def test_study_selection_none_leaves_val_accuracy_empty(study_recipe, tmp_path):
-    recipe = study_recipe("nosel", methods={"ia3": {"train": {"lr": 3e-2}}}, per_class=[2],
-                          seeds=[0])
+    recipe = study_recipe(
+        "nosel", methods={"ia3": {"train": {"lr": 3e-2}}}, per_class=[2], seeds=[0]
+    )
     assert main(["study", "--config", str(recipe), "--no-progress", "data.selection=none"]) == 0
     (row,) = read_results(tmp_path / "nosel" / "results.csv")
     assert row["val_accuracy"] == "" and row["best_step"] == row["steps"] == "6"
@@ -189,5 +250,7 @@ def test_default_selection_keeps_earlier_fingerprints():
     del content["data"]["selection"]  # the config as earlier versions hashed it
     blob = json.dumps(content, sort_keys=True, default=str).encode()
     assert config.fingerprint() == hashlib.sha256(blob).hexdigest()[:16]
-    assert load_config(None, ["data.root=/x", "data.selection=k_tied"]).fingerprint() != \
-        config.fingerprint()
+    assert (
+        load_config(None, ["data.root=/x", "data.selection=k_tied"]).fingerprint()
+        != config.fingerprint()
+    )

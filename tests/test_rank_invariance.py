@@ -42,15 +42,23 @@ def test_global_batch_and_its_crops_do_not_depend_on_the_process_split(synthetic
 @pytest.mark.slow
 def test_one_process_batch_16_trains_what_two_processes_batch_8_do(tiny_run, tmp_path):
     """LoRA without dropout (masks are drawn per process and cannot match): same adapter."""
-    common = {"cpu": "true", "train.min_steps": 4, "train.max_steps": 4, "train.eval_every": 4,
-              "model.options.dropout": 0.0, "train.seed": 11}
+    common = {
+        "cpu": "true",
+        "train.min_steps": 4,
+        "train.max_steps": 4,
+        "train.eval_every": 4,
+        "model.options.dropout": 0.0,
+        "train.seed": 11,
+    }
     assert main(["train", *tiny_run("one", **common, **{"train.batch_size": 16})]) == 0
     launch_two_cpu_processes("train", *tiny_run("two", **common, **{"train.batch_size": 8}))
     one = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
     two = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
     assert sorted(one) == sorted(two) and any("lora_B" in name for name in one)
     for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5, rtol=0), \
-            (name, (one[name] - two[name]).abs().max().item())
+        assert torch.allclose(one[name], two[name], atol=1e-5, rtol=0), (
+            name,
+            (one[name] - two[name]).abs().max().item(),
+        )
     # And the LoRA weights really moved (a test on untrained adapters would prove nothing).
     assert max(t.abs().max().item() for n, t in one.items() if "lora_B" in n) > 1e-3

@@ -15,13 +15,28 @@ pytestmark = pytest.mark.slow
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "accelerate.commands.launch",
-               "--config_file", str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-               "--main_process_port", "0", "-m", "emoset_peft", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                          cwd=REPO, check=False)
+    env = dict(
+        os.environ,
+        ACCELERATE_USE_CPU="true",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        "0",
+        "-m",
+        "emoset_peft",
+        *args,
+    ]
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO, check=False
+    )
 
 
 def test_a_folder_rank_zero_refuses_stops_every_rank_with_its_line(tiny_run, tmp_path):
@@ -34,7 +49,6 @@ def test_a_folder_rank_zero_refuses_stops_every_rank_with_its_line(tiny_run, tmp
     assert result.stderr.count("error: ") == 2, result.stderr[-4000:]
     assert result.stderr.count("holds files emoset-peft did not write (notes.txt)") == 2
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-
 
 
 def test_one_process_gets_the_decision_and_rank_zeros_own_exception():

@@ -31,8 +31,11 @@ def test_first_line_is_the_launch_command(recipe):
 def test_training_recipe_runs_two_steps(recipe, tiny_run, tiny_vit_dir, tiny_clip_dir, tmp_path):
     config = load_config(recipe)  # parses as written
     backbone = tiny_clip_dir if "clip" in config.model.backbone else tiny_vit_dir
-    overrides = tiny_run("run", backbone=backbone, **{"train.max_steps": 2, "train.min_steps": 2,
-                                                       "train.eval_every": 2})
+    overrides = tiny_run(
+        "run",
+        backbone=backbone,
+        **{"train.max_steps": 2, "train.min_steps": 2, "train.eval_every": 2},
+    )
     if config.data.per_class == 0:
         overrides.append("data.per_class=0")
     assert main(["train", "--config", str(recipe), *overrides]) == 0

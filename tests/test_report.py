@@ -22,7 +22,7 @@ N_BOOT = 400  # enough for the checks here, keeps each report well under a secon
 def _section(text: str, heading: str) -> str:
     start = text.index(heading)
     end = text.find("\n## ", start + 1)
-    return text[start: end if end != -1 else None]
+    return text[start : end if end != -1 else None]
 
 
 def _table_rows(section: str) -> list[list[str]]:
@@ -48,10 +48,17 @@ def test_report_summary_and_every_figure_exist(study):
     assert path == directory / "report.md"
     text = path.read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
-    expected = {"accuracy_vs_k.png", "macro_f1_vs_k.png", "accuracy_vs_params.png",
-                "calibration.png", "attribute_slices.png",
-                "confusion_linear.png", "confusion_lora.png", "confusion_vpt.png",
-                "confusion_zeroshot.png"}
+    expected = {
+        "accuracy_vs_k.png",
+        "macro_f1_vs_k.png",
+        "accuracy_vs_params.png",
+        "calibration.png",
+        "attribute_slices.png",
+        "confusion_linear.png",
+        "confusion_lora.png",
+        "confusion_vpt.png",
+        "confusion_zeroshot.png",
+    }
     assert expected <= set(figures)
     for name in figures:
         assert (directory / name).stat().st_size > 10_000, name  # a real 150-dpi image
@@ -60,9 +67,25 @@ def test_report_summary_and_every_figure_exist(study):
     assert summary["bootstrap"]["n_boot"] == N_BOOT and summary["bootstrap"]["seed"] == 0
     assert f"{N_BOOT} draws, RNG seed 0" in text
     assert summary["baseline"] == "linear" and summary["test_set"]["n_images"] == 160
-    assert {"cells", "replicates", "paired", "aulc", "efficiency", "fits", "planning",
-            "calibration", "reliability", "slices", "variance_split", "protocol", "withheld",
-            "rows_ignored", "failed_cells", "problems", "cost"} <= set(summary)
+    assert {
+        "cells",
+        "replicates",
+        "paired",
+        "aulc",
+        "efficiency",
+        "fits",
+        "planning",
+        "calibration",
+        "reliability",
+        "slices",
+        "variance_split",
+        "protocol",
+        "withheld",
+        "rows_ignored",
+        "failed_cells",
+        "problems",
+        "cost",
+    } <= set(summary)
 
 
 def test_cell_table_equals_summary_and_results(study):
@@ -75,8 +98,11 @@ def test_cell_table_equals_summary_and_results(study):
         assert method == entry["method"] and k.split()[0] == str(entry["per_class"])
         # Independent: the mean and SD of results.csv's accuracies (computed by the fake
         # study from the same predictions the summary bootstraps).
-        values = [r["test_accuracy"] for r in rows
-                  if r["method"] == method and str(r["per_class"]) == k.split()[0]]
+        values = [
+            r["test_accuracy"]
+            for r in rows
+            if r["method"] == method and str(r["per_class"]) == k.split()[0]
+        ]
         assert int(n) == len(values) == 3 and int(n_test) == 160
         assert mean == _pct(np.mean(values)) == _pct(entry["mean"])
         assert seed_sd == _pct(np.std(values, ddof=1))
@@ -86,8 +112,7 @@ def test_cell_table_equals_summary_and_results(study):
         p, n, z = entry["mean"], 160, 1.959963984540054
         half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
         assert test_se == _pct(half / z)
-        assert share.endswith("%") and entry["share_seed"] + entry["share_test"] == \
-            pytest.approx(1)
+        assert share.endswith("%") and entry["share_seed"] + entry["share_test"] == pytest.approx(1)
 
 
 def test_summary_csv_is_the_cell_table(study):
@@ -98,8 +123,11 @@ def test_summary_csv_is_the_cell_table(study):
         written = list(reader)
     assert len(written) == len(summary["cells"])
     for row, entry in zip(written, summary["cells"]):
-        assert (row["method"], row["per_class"], row["metric"]) == \
-            (entry["method"], str(entry["per_class"]), entry["metric"])
+        assert (row["method"], row["per_class"], row["metric"]) == (
+            entry["method"],
+            str(entry["per_class"]),
+            entry["metric"],
+        )
         assert float(row["mean"]) == pytest.approx(entry["mean"])
         assert float(row["ci_low"]) == pytest.approx(entry["ci_low"])
         assert row["reliable"] == "True"
@@ -117,34 +145,50 @@ def test_learning_curve_figure(study):
     for line in thick:
         x, y = line.get_data()
         assert np.allclose(x, np.log2([1, 2, 4, 8]))
-    means = {e["mean"] for e in summary["cells"] if e["metric"] == "accuracy"
-             and e["per_class"] in (1, 2, 4, 8)}
+    means = {
+        e["mean"]
+        for e in summary["cells"]
+        if e["metric"] == "accuracy" and e["per_class"] in (1, 2, 4, 8)
+    }
     assert all(any(np.isclose(v, m) for m in means) for line in thick for v in line.get_ydata())
     seed_values = {r["test_accuracy"] for r in rows if r["per_class"] in (1, 2, 4, 8)}
-    assert all(any(np.isclose(v, s) for s in seed_values)
-               for line in thin for v in line.get_ydata())
+    assert all(
+        any(np.isclose(v, s) for s in seed_values) for line in thin for v in line.get_ydata()
+    )
     bands = [c for c in top.collections if "PolyCollection" in c.__class__.__name__]
     assert len(bands) == 3  # one 95% band per trained method
     for band in bands:
         y = band.get_paths()[0].vertices[:, 1]
         assert y.min() >= 0 and y.max() <= 1
-    horizontal = {round(float(line.get_ydata()[0]), 4): line.get_linestyle()
-                  for line in top.lines  # axhline: 2 points at one height
-                  if len(line.get_ydata()) == 2 and len(set(line.get_ydata())) == 1}
+    horizontal = {
+        round(float(line.get_ydata()[0]), 4): line.get_linestyle()
+        for line in top.lines  # axhline: 2 points at one height
+        if len(line.get_ydata()) == 2 and len(set(line.get_ydata())) == 1
+    }
     assert horizontal[0.125] == "--"  # chance
     assert horizontal[round(summary["test_set"]["majority"], 4)] == "-."  # majority class
-    zero_shot = next(e["mean"] for e in summary["cells"] if e["per_class"] == 0
-                 and e["metric"] == "accuracy")
+    zero_shot = next(
+        e["mean"] for e in summary["cells"] if e["per_class"] == 0 and e["metric"] == "accuracy"
+    )
     assert horizontal[round(zero_shot, 4)] == ":"
-    assert [t.get_text() for t in bottom.get_xticklabels()] == \
-        ["0\n(zero-shot)", "1", "2", "4", "8", "all\n(full split)"]
+    assert [t.get_text() for t in bottom.get_xticklabels()] == [
+        "0\n(zero-shot)",
+        "1",
+        "2",
+        "4",
+        "8",
+        "all\n(full split)",
+    ]
     assert any(np.allclose(line.get_ydata(), 0) for line in bottom.lines)  # zero line
     assert {c.get_label() for c in bottom.containers} >= {"lora", "vpt"}
     lora_curve = next(c for c in bottom.containers if c.get_label() == "lora")
     x, y = lora_curve.lines[0].get_data()
     assert len(x) == 4  # k = 1..8; `all` is a separate marker, not joined across the break
-    expected = [e["diff"] for e in summary["paired"] if e["method"] == "lora"
-                and e["metric"] == "accuracy" and e["per_class"] != "all"]
+    expected = [
+        e["diff"]
+        for e in summary["paired"]
+        if e["method"] == "lora" and e["metric"] == "accuracy" and e["per_class"] != "all"
+    ]
     assert np.allclose(y, expected)
     # The same method has the same colour in every figure.
     params_axes = figures["accuracy_vs_params.png"].axes[0]
@@ -168,18 +212,25 @@ def test_protocol_block(study):
 
 
 def test_protocol_reads_selection_and_crossed_seeds(tmp_path):
-    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
-                           zero_shot=False, full=False)
+    rows = make_fake_study(
+        tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"), zero_shot=False, full=False
+    )
     crossed = []
     for row in rows:  # relabel as 2 data seeds x 2 training seeds (the run folders stay)
         for train_seed in (0, 1):
-            crossed.append({**row, "train_seed": train_seed,
-                            "seed": f"{row['data_seed']}{train_seed}"})
+            crossed.append(
+                {**row, "train_seed": train_seed, "seed": f"{row['data_seed']}{train_seed}"}
+            )
         metrics_path = tmp_path / row["run_dir"] / "metrics.json"
         metrics = json.loads(metrics_path.read_text())
         tied = min(row["per_class"], 4)
-        metrics["selection"] = {"mode": "k_tied", "images_per_class": tied, "images": 8 * tied,
-                                "best_step": row["best_step"], "evaluations": 5}
+        metrics["selection"] = {
+            "mode": "k_tied",
+            "images_per_class": tied,
+            "images": 8 * tied,
+            "best_step": row["best_step"],
+            "evaluations": 5,
+        }
         metrics["test_evaluations"] = 1
         metrics_path.write_text(json.dumps(metrics))
     write_results(tmp_path / "results.csv", crossed)
@@ -207,8 +258,9 @@ def test_one_seed_withholds_p_values_and_marks_intervals(tmp_path):
     table = _table_rows(_section(text, "## Test accuracy per cell"))
     no_files = [row for row in table if row[:2] == ["lora", "all"]]  # no run folder at all
     assert [row[4] for row in no_files] == ["n/a"]
-    assert all(row[4].endswith("†") and row[5] == "n/a (1 seed)" for row in table
-               if row not in no_files)
+    assert all(
+        row[4].endswith("†") and row[5] == "n/a (1 seed)" for row in table if row not in no_files
+    )
     paired = _table_rows(_section(text, "## Paired differences vs `linear` (test accuracy)"))
     assert paired and all(row[5] == row[6] == row[7] == "n/a: 1 pair(s)" for row in paired)
     assert all(row[4].endswith("†") for row in paired)  # test-image noise only
@@ -217,8 +269,9 @@ def test_one_seed_withholds_p_values_and_marks_intervals(tmp_path):
 
 
 def test_cell_without_predictions_has_no_interval(tmp_path):
-    make_fake_study(tmp_path, seeds=(0, 1, 2), ks=(2, 8), methods=("linear", "vpt"),
-                    zero_shot=False, full=False)
+    make_fake_study(
+        tmp_path, seeds=(0, 1, 2), ks=(2, 8), methods=("linear", "vpt"), zero_shot=False, full=False
+    )
     for seed in (0, 1, 2):
         (tmp_path / f"runs/vpt_k8_s{seed}/predictions_test.csv").unlink()
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
@@ -230,14 +283,19 @@ def test_cell_without_predictions_has_no_interval(tmp_path):
 
 
 def test_rows_ignored_or_corrected_are_listed(tmp_path):
-    rows = make_fake_study(tmp_path, seeds=(0, 1, 2), ks=(2, 8), methods=("linear", "lora"),
-                           zero_shot=False, full=False)
+    rows = make_fake_study(
+        tmp_path,
+        seeds=(0, 1, 2),
+        ks=(2, 8),
+        methods=("linear", "lora"),
+        zero_shot=False,
+        full=False,
+    )
     truth = rows[4]["test_accuracy"]
     rows[4]["test_accuracy"] = 0.999
     rows[5]["status"] = "failed"
     rows[5]["error"] = "non-finite loss at step 3"
-    write_results(tmp_path / "results.csv", rows,
-                  list(rows[0]) + ["status", "error"])
+    write_results(tmp_path / "results.csv", rows, list(rows[0]) + ["status", "error"])
     with open(tmp_path / "results.csv", "a") as stream:
         stream.write("lora,8,7,7,7,0.5")  # a row cut short by a copy
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
@@ -248,8 +306,11 @@ def test_rows_ignored_or_corrected_are_listed(tmp_path):
     failed = _table_rows(_section(text, "## Failed cells"))
     assert failed == [["linear k=8 seed=2", "7", "non-finite loss at step 3"]]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    linear8 = next(e for e in summary["cells"] if e["method"] == "linear" and e["per_class"] == 8
-               and e["metric"] == "accuracy")
+    linear8 = next(
+        e
+        for e in summary["cells"]
+        if e["method"] == "linear" and e["per_class"] == 8 and e["metric"] == "accuracy"
+    )
     assert linear8["n_seeds"] == 2  # the failed seed is left out
     assert np.isclose(linear8["mean"], np.mean([truth, rows[3]["test_accuracy"]]))
 
@@ -263,8 +324,9 @@ def test_missing_or_empty_results_raise(tmp_path):
 
 
 def test_cli_prints_report_path_and_rejects_unknown_baseline(tmp_path, capsys):
-    make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
-                    zero_shot=False, full=False)
+    make_fake_study(
+        tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"), zero_shot=False, full=False
+    )
     assert main(["report", str(tmp_path), "--baseline", "lora", "--bootstrap", "200"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "report.md")
     assert "## Paired differences vs `lora`" in (tmp_path / "report.md").read_text()
@@ -285,16 +347,22 @@ def test_curve_sections_match_summary(study):
         assert row[1] == _pct(entry["aulc"])
         assert row[2] == f"[{_pct(entry['ci_low'])}, {_pct(entry['ci_high'])}]"
         # Independent: the trapezoid area over log2 k of the seed-mean curve, / log2 range.
-        means = [e["mean"] for e in summary["cells"] if e["method"] == row[0]
-                 and e["metric"] == "accuracy" and e["per_class"] in (1, 2, 4, 8)]
+        means = [
+            e["mean"]
+            for e in summary["cells"]
+            if e["method"] == row[0]
+            and e["metric"] == "accuracy"
+            and e["per_class"] in (1, 2, 4, 8)
+        ]
         assert entry["aulc"] == pytest.approx(np.trapezoid(means, np.log2([1, 2, 4, 8])) / 3)
     assert [row[0] for row in pairs_table] == ["linear - lora", "linear - vpt", "lora - vpt"]
     assert all(row[4] == "n/a: fewer than 5 seeds" for row in pairs_table)  # 3 seeds each
 
     efficiency = _table_rows(_section(text, "## Data efficiency"))
     part = summary["efficiency"]["accuracy"]
-    assert [row[1] for row in efficiency] == [part["methods"][m]["k_needed"]["text"]
-                                              for m in ("linear", "lora", "vpt")]
+    assert [row[1] for row in efficiency] == [
+        part["methods"][m]["k_needed"]["text"] for m in ("linear", "lora", "vpt")
+    ]
     assert f"{_pct(part['target'])}%" in _section(text, "## Data efficiency")
 
     fits = _table_rows(_section(text, "## Scaling fits"))
@@ -318,8 +386,9 @@ def test_curve_sections_match_summary(study):
 
 
 def test_two_seeds_two_k_withhold_fits_and_p_values(tmp_path):
-    make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
-                    zero_shot=False, full=False)
+    make_fake_study(
+        tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"), zero_shot=False, full=False
+    )
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
     cannot = _section(text, "## What this study cannot say")
     assert "2 seeds" in cannot and "no scaling fit" in cannot.lower()
@@ -340,15 +409,17 @@ def test_two_seeds_two_k_withhold_fits_and_p_values(tmp_path):
 def test_study_without_prediction_files_still_reports(tmp_path):
     """An older study (no predictions_test.csv): means from results.csv, everything that needs
     the images said to be withheld, no crash."""
-    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
-                           full=False, predictions=False)
+    rows = make_fake_study(
+        tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"), full=False, predictions=False
+    )
     text = report_module.write_report(tmp_path, n_boot=200).read_text()
     table = _table_rows(_section(text, "## Test accuracy per cell"))
     lora8 = next(row for row in table if row[:2] == ["lora", "8"])
     values = [r["test_accuracy"] for r in rows if r["method"] == "lora" and r["per_class"] == 8]
     assert lora8[3] == _pct(np.mean(values)) and lora8[4] == "n/a"
     assert "No cell has a readable predictions_test.csv" in _section(
-        text, "## What this study cannot say")
+        text, "## What this study cannot say"
+    )
     assert "No comparison: no cell has a readable predictions_test.csv." in text
     assert (tmp_path / "accuracy_vs_k.png").is_file()
 

@@ -21,8 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def study(tmp_path):
-    rows = make_fake_study(tmp_path, seeds=(0, 1), ks=(2, 8), methods=("linear", "lora"),
-                           zero_shot=False, full=False, predictions=False)
+    rows = make_fake_study(
+        tmp_path,
+        seeds=(0, 1),
+        ks=(2, 8),
+        methods=("linear", "lora"),
+        zero_shot=False,
+        full=False,
+        predictions=False,
+    )
     return tmp_path, rows
 
 
@@ -70,8 +77,11 @@ def test_non_utf8_row_is_ignored_and_garbage_file_is_one_error(study, tmp_path):
     directory, _ = study
     lines = _lines(directory)
     broken = lines[3].replace("linear", "lin\udcffear")
-    data = "".join(lines[:3]).encode() + broken.encode("utf-8", "surrogateescape") \
+    data = (
+        "".join(lines[:3]).encode()
+        + broken.encode("utf-8", "surrogateescape")
         + "".join(lines[4:]).encode()
+    )
     (directory / "results.csv").write_bytes(data)
     table = read_results_table(directory / "results.csv", directory)
     assert len(table.rows) == 7
@@ -87,9 +97,14 @@ def test_non_utf8_row_is_ignored_and_garbage_file_is_one_error(study, tmp_path):
     with pytest.raises(EmoSetError, match="results.csv is not a"):
         read_results(garbage / "results.csv")  # the runner stops instead of overwriting it
     # The CLI: one line on stderr, exit status 2, no traceback.
-    done = subprocess.run([sys.executable, "-m", "emoset_peft", "report", str(garbage)],
-                          check=False, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-m", "emoset_peft", "report", str(garbage)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "results.csv is not a" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -123,14 +138,20 @@ def test_text_in_numeric_columns(study):
     by_line = {(note.line, note.column): note for note in table.notes}
     assert "'abc' is not a number" in by_line[(2, "test_macro_f1")].reason
     assert by_line[(2, "test_macro_f1")].action == "metrics.json value used"
-    assert table.rows[0]["test_macro_f1"] == json.loads(
-        (directory / rows[0]["run_dir"] / "metrics.json").read_text())["test"]["macro_f1"]
+    assert (
+        table.rows[0]["test_macro_f1"]
+        == json.loads((directory / rows[0]["run_dir"] / "metrics.json").read_text())["test"][
+            "macro_f1"
+        ]
+    )
     assert by_line[(3, "trainable_params")].action == "value left out"
     assert table.rows[1]["trainable_params"] is None
     assert "outside [0, 1]" in by_line[(4, "test_accuracy")].reason
     assert table.rows[2]["test_accuracy"] == pytest.approx(
-        json.loads((directory / rows[2]["run_dir"] / "metrics.json").read_text())["test"]
-        ["accuracy"])
+        json.loads((directory / rows[2]["run_dir"] / "metrics.json").read_text())["test"][
+            "accuracy"
+        ]
+    )
 
     # Without metrics.json a row with no usable accuracy cannot be used at all.
     (directory / rows[0]["run_dir"] / "metrics.json").unlink()
@@ -138,8 +159,10 @@ def test_text_in_numeric_columns(study):
     write_results(directory / "results.csv", rows)
     table = read_results_table(directory / "results.csv", directory)
     assert len(table.rows) == 7
-    assert any(n.line == 2 and n.action == "row ignored" and n.column == "test_accuracy"
-               for n in table.notes)
+    assert any(
+        n.line == 2 and n.action == "row ignored" and n.column == "test_accuracy"
+        for n in table.notes
+    )
     assert any("metrics.json is missing" in p for p in table.problems)
 
 
@@ -150,8 +173,7 @@ def test_edited_accuracy_is_corrected_from_metrics_json(study):
     write_results(directory / "results.csv", rows)
     table = read_results_table(directory / "results.csv", directory)
     (note,) = table.notes
-    assert (note.line, note.column, note.action) == (7, "test_accuracy",
-                                                       "metrics.json value used")
+    assert (note.line, note.column, note.action) == (7, "test_accuracy", "metrics.json value used")
     assert "0.99 here but" in note.reason and rows[5]["run_dir"] in note.reason
     assert table.rows[5]["test_accuracy"] == truth
     assert "results.csv line 7 (lora k=2 seed=1): test_accuracy: 0.99 here" in note.text()
@@ -162,8 +184,9 @@ def test_failed_rows_are_listed_not_counted(study):
     for row in rows:
         row["status"] = "ok"
         row["error"] = ""
-    rows[3].update(status="failed", error="non-finite loss at step 4: lower train.lr",
-                   test_accuracy="")
+    rows[3].update(
+        status="failed", error="non-finite loss at step 4: lower train.lr", test_accuracy=""
+    )
     rows[4]["status"] = "bogus"
     write_results(directory / "results.csv", rows, COLUMNS + ["status", "error"])
     table = read_results_table(directory / "results.csv", directory)

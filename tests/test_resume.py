@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -17,9 +16,17 @@ pytestmark = pytest.mark.slow
 
 
 def deterministic_run(tiny_run, name):
-    return tiny_run(name, **{"train.max_steps": 160, "train.min_steps": 160,
-                             "train.eval_every": 40, "train.checkpoint_every": 20,
-                             "train.deterministic": "true", "train.batch_size": 16})
+    return tiny_run(
+        name,
+        **{
+            "train.max_steps": 160,
+            "train.min_steps": 160,
+            "train.eval_every": 40,
+            "train.checkpoint_every": 20,
+            "train.deterministic": "true",
+            "train.batch_size": 16,
+        },
+    )
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tiny_run, tmp_path):
@@ -27,9 +34,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_run, tmp_path):
 
     killed = tmp_path / "killed"
     args = deterministic_run(tiny_run, "killed")
-    process = subprocess.Popen([sys.executable, "-m", "emoset_peft", "train", *args],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emoset_peft", "train", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 240
     while not latest.exists() and process.poll() is None and time.time() < deadline:

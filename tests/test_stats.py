@@ -6,10 +6,15 @@ import math
 
 import numpy as np
 import pytest
-from scipy import optimize, stats as scipy_stats
+from scipy import optimize
+from scipy import stats as scipy_stats
 
 from emoset_peft.study.stats import (
-    data_efficiency, fit_power_law, paired_comparisons, paired_difference, summarize,
+    data_efficiency,
+    fit_power_law,
+    paired_comparisons,
+    paired_difference,
+    summarize,
     summarize_results,
 )
 
@@ -17,8 +22,9 @@ from emoset_peft.study.stats import (
 def test_summarize_matches_scipy_t_interval():
     values = [0.61, 0.64, 0.58, 0.66]
     result = summarize(values)
-    low, high = scipy_stats.t.interval(0.95, df=3, loc=np.mean(values),
-                                       scale=scipy_stats.sem(values))
+    low, high = scipy_stats.t.interval(
+        0.95, df=3, loc=np.mean(values), scale=scipy_stats.sem(values)
+    )
     assert result["mean"] == pytest.approx(np.mean(values))
     assert result["std"] == pytest.approx(np.std(values, ddof=1))
     assert result["n"] == 4
@@ -47,7 +53,11 @@ def test_summarize_results_groups_and_orders():
     ]
     summary = summarize_results(rows)
     assert [(e["method"], e["per_class"]) for e in summary] == [
-        ("lora", 2), ("lora", 8), ("lora", "all"), ("linear", 8)]
+        ("lora", 2),
+        ("lora", 8),
+        ("lora", "all"),
+        ("linear", 8),
+    ]
     assert summary[1]["mean"] == pytest.approx(0.75) and summary[1]["n"] == 2
 
 
@@ -74,13 +84,35 @@ def test_paired_difference_with_one_pair_is_nan_not_an_error():
 def test_paired_comparisons_pair_on_data_seed():
     rows = []
     for seed, (base, other) in enumerate([(0.60, 0.65), (0.55, 0.62), (0.58, 0.61)]):
-        rows.append({"method": "linear", "per_class": "4", "seed": str(seed),
-                     "data_seed": str(10 + seed), "test_accuracy": str(base)})
+        rows.append(
+            {
+                "method": "linear",
+                "per_class": "4",
+                "seed": str(seed),
+                "data_seed": str(10 + seed),
+                "test_accuracy": str(base),
+            }
+        )
         # The other method lists its seeds in another order: pairing must use data_seed.
-        rows.insert(0, {"method": "lora", "per_class": "4", "seed": str(seed + 100),
-                        "data_seed": str(10 + seed), "test_accuracy": str(other)})
-    rows.append({"method": "lora", "per_class": "16", "seed": "0", "data_seed": "10",
-                 "test_accuracy": "0.7"})  # no baseline at k = 16: no comparison
+        rows.insert(
+            0,
+            {
+                "method": "lora",
+                "per_class": "4",
+                "seed": str(seed + 100),
+                "data_seed": str(10 + seed),
+                "test_accuracy": str(other),
+            },
+        )
+    rows.append(
+        {
+            "method": "lora",
+            "per_class": "16",
+            "seed": "0",
+            "data_seed": "10",
+            "test_accuracy": "0.7",
+        }
+    )  # no baseline at k = 16: no comparison
     comparisons = paired_comparisons(rows, "linear")
     assert len(comparisons) == 1
     result = comparisons[0]
@@ -95,7 +127,7 @@ def test_power_law_recovers_known_parameters():
     ks = np.repeat([1, 2, 4, 8, 16, 32, 64], 3).astype(float)
     seeds = np.tile([0, 1, 2], 7)
     true_a, true_b, true_c = 0.6, 0.7, 0.15
-    error = true_a * ks ** -true_b + true_c + rng.normal(0, 0.004, ks.size)
+    error = true_a * ks**-true_b + true_c + rng.normal(0, 0.004, ks.size)
     fit = fit_power_law(ks, error, seeds=seeds, n_bootstrap=100)
     assert fit["ok"] and fit["model"] == "a*k^-b+c"
     assert fit["a"] == pytest.approx(true_a, abs=4 * fit["a_se"] + 0.02)
@@ -105,8 +137,9 @@ def test_power_law_recovers_known_parameters():
     assert fit["b_boot_low"] <= fit["b"] <= fit["b_boot_high"]
     assert fit["n_points"] == 21 and fit["n_k"] == 7
     # Same answer and standard errors as curve_fit called directly.
-    params, covariance = optimize.curve_fit(lambda k, a, b, c: a * k ** -b + c, ks, error,
-                                            p0=[0.5, 0.5, 0.1])
+    params, covariance = optimize.curve_fit(
+        lambda k, a, b, c: a * k**-b + c, ks, error, p0=[0.5, 0.5, 0.1]
+    )
     assert [fit["a"], fit["b"], fit["c"]] == pytest.approx(params, rel=1e-3)
     assert fit["b_se"] == pytest.approx(np.sqrt(covariance[1, 1]), rel=1e-2)
 
@@ -117,9 +150,14 @@ def test_power_law_falls_back_and_never_raises():
     assert three_k["b"] == pytest.approx(0.5, abs=0.05)
     one_seed = fit_power_law([1, 2, 4, 8], [0.6, 0.45, 0.36, 0.31], seeds=[0] * 4, n_bootstrap=20)
     assert one_seed["ok"] and math.isnan(one_seed["b_boot_low"]) and one_seed["n_bootstrap"] == 0
-    for k, error in ([[], []], [[4], [0.3]], [[4, 4, 4], [0.3, 0.31, 0.29]],
-                     [[0, 0, 1], [0.5, 0.5, 0.4]], [[1, 2], [0.3]],
-                     [[1, 2, 4], [float("nan")] * 3]):
+    for k, error in (
+        [[], []],
+        [[4], [0.3]],
+        [[4, 4, 4], [0.3, 0.31, 0.29]],
+        [[0, 0, 1], [0.5, 0.5, 0.4]],
+        [[1, 2], [0.3]],
+        [[1, 2, 4], [float("nan")] * 3],
+    ):
         fit = fit_power_law(k, error)
         assert fit["ok"] is False and fit["reason"]
 

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def study_recipe(training_root, tiny_vit_dir, tmp_path):
     """A 2 methods x 2 k x 2 seeds grid of ~1 s cells."""
+
     def write(name="study", **changes):
         recipe = {
             "output_dir": str(tmp_path / name),
@@ -30,8 +31,10 @@ def study_recipe(training_root, tiny_vit_dir, tmp_path):
                 "model": {"backbone": str(tiny_vit_dir)},
                 "train": {"batch_size": 8, "min_steps": 6, "max_steps": 6, "eval_every": 3},
             },
-            "methods": {"lora": {"model": {"options": {"r": 4}}, "train": {"lr": 1e-2}},
-                        "ia3": {"train": {"lr": 3e-2}}},
+            "methods": {
+                "lora": {"model": {"options": {"r": 4}}, "train": {"lr": 1e-2}},
+                "ia3": {"train": {"lr": 3e-2}},
+            },
             "per_class": [2, 4],
             "seeds": [0, 1],
             "report": False,
@@ -40,6 +43,7 @@ def study_recipe(training_root, tiny_vit_dir, tmp_path):
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(recipe))
         return path
+
     return write
 
 
@@ -59,11 +63,16 @@ def test_grid_expansion_applies_per_method_overrides(study_recipe):
 
 
 def test_zero_shot_gets_one_cell_and_shards_cover_everything():
-    study = StudyConfig(base={"data": {"root": "/x"}}, methods={"zeroshot": {}, "lora": {}},
-                        per_class=[0, 1, 4], seeds=[0, 1, 2])
+    study = StudyConfig(
+        base={"data": {"root": "/x"}},
+        methods={"zeroshot": {}, "lora": {}},
+        per_class=[0, 1, 4],
+        seeds=[0, 1, 2],
+    )
     cells = expand(study)
-    assert [(c.method, c.per_class, c.seed) for c in cells if c.method == "zeroshot"] == \
-        [("zeroshot", 0, 0)]
+    assert [(c.method, c.per_class, c.seed) for c in cells if c.method == "zeroshot"] == [
+        ("zeroshot", 0, 0)
+    ]
     assert len(cells) == 1 + 2 * 3
     shards = [shard(cells, rank, 3) for rank in range(3)]
     names = [c.name for part in shards for c in part]
@@ -85,7 +94,8 @@ def test_study_runs_resumes_and_refuses_another_grid(study_recipe, tmp_path, cap
     rows = read_results(tmp_path / "study" / "results.csv")
     assert len(rows) == 8
     assert {(r["method"], r["per_class"], r["seed"]) for r in rows} == {
-        (m, k, s) for m in ("lora", "ia3") for k in ("2", "4") for s in ("0", "1")}
+        (m, k, s) for m in ("lora", "ia3") for k in ("2", "4") for s in ("0", "1")
+    }
     for row in rows:
         assert int(row["train_images"]) == 8 * int(row["per_class"])
         assert 0 <= float(row["test_accuracy"]) <= 1
@@ -98,8 +108,19 @@ def test_study_runs_resumes_and_refuses_another_grid(study_recipe, tmp_path, cap
     # The same folder with another grid is refused, unless asked for explicitly.
     assert main(["study", "--config", str(recipe), "--no-progress", "seeds=[0,1,2]"]) == 2
     assert "different grid" in capsys.readouterr().err
-    assert main(["study", "--config", str(recipe), "--no-progress", "seeds=[0,1,2]",
-                 "allow_grid_change=true"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--config",
+                str(recipe),
+                "--no-progress",
+                "seeds=[0,1,2]",
+                "allow_grid_change=true",
+            ]
+        )
+        == 0
+    )
     assert len(read_results(tmp_path / "study" / "results.csv")) == 12
 
 
@@ -107,9 +128,11 @@ def test_study_runs_resumes_and_refuses_another_grid(study_recipe, tmp_path, cap
 def test_study_killed_mid_grid_resumes_without_repeating_cells(study_recipe, tmp_path):
     recipe = study_recipe("killed", seeds=[0, 1, 2])
     results = tmp_path / "killed" / "results.csv"
-    process = subprocess.Popen([sys.executable, "-m", "emoset_peft", "study", "--config",
-                                str(recipe), "--no-progress"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emoset_peft", "study", "--config", str(recipe), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 300
     while process.poll() is None and time.time() < deadline:
         if results.exists() and len(read_results(results)) >= 2:
@@ -122,7 +145,7 @@ def test_study_killed_mid_grid_resumes_without_repeating_cells(study_recipe, tmp
 
     assert main(["study", "--config", str(recipe), "--no-progress"]) == 0
     after = read_results(results)
-    assert after[:len(before)] == before  # finished cells are kept as they were
+    assert after[: len(before)] == before  # finished cells are kept as they were
     names = [(r["method"], r["per_class"], r["seed"]) for r in after]
     assert len(names) == len(set(names)) == 12
 
@@ -131,10 +154,22 @@ def test_study_killed_mid_grid_resumes_without_repeating_cells(study_recipe, tmp
 def test_two_processes_share_the_grid(study_recipe, tmp_path):
     recipe = study_recipe("sharded")
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "recipes/accelerate/cpu_2proc.yaml"), "--main_process_port", "0",
-               "-m", "emoset_peft", "study", "--config", str(recipe), "--no-progress",
-               "cpu=true"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        "0",
+        "-m",
+        "emoset_peft",
+        "study",
+        "--config",
+        str(recipe),
+        "--no-progress",
+        "cpu=true",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
     with open(tmp_path / "sharded" / "results.csv") as handle:

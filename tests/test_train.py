@@ -9,10 +9,12 @@ from emoset_peft.config import load_config
 from emoset_peft.engine.trainer import step_budget
 
 
-@pytest.mark.parametrize("backbone, method", [("vit", "lora"), ("clip", "lora"), ("vit", "ia3"),
-                                              ("clip", "zeroshot")])
-def test_cli_train_writes_a_complete_run(tiny_run, tiny_vit_dir, tiny_clip_dir, tmp_path, backbone,
-                                         method, capsys):
+@pytest.mark.parametrize(
+    "backbone, method", [("vit", "lora"), ("clip", "lora"), ("vit", "ia3"), ("clip", "zeroshot")]
+)
+def test_cli_train_writes_a_complete_run(
+    tiny_run, tiny_vit_dir, tiny_clip_dir, tmp_path, backbone, method, capsys
+):
     folder = tiny_vit_dir if backbone == "vit" else tiny_clip_dir
     extra = {"model.method": method}
     if method == "zeroshot":
@@ -52,8 +54,10 @@ def test_existing_run_is_never_overwritten_silently(tiny_run, tmp_path, capsys):
     assert (tmp_path / "run" / "metrics.json").read_text() == before
     assert main(args + ["resume=true"]) == 2  # finished: nothing to resume
     assert main(args + ["overwrite=true", "train.seed=1"]) == 0
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config_fingerprint"] != \
-        json.loads(before)["config_fingerprint"]
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["config_fingerprint"]
+        != json.loads(before)["config_fingerprint"]
+    )
 
 
 def test_bad_config_is_one_clear_line(tiny_run, capsys):
@@ -85,9 +89,18 @@ def test_python_entry_and_offline_tensorboard(tiny_run, tmp_path):
 def test_early_stopping_and_gradient_accumulation(tiny_run, tmp_path):
     # A learning rate too small to change any prediction: selection accuracy cannot improve,
     # so patience=2 stops the run after the first evaluation plus two more.
-    args = tiny_run("stop", **{"train.lr": 1e-12, "train.eval_every": 1, "train.patience": 2,
-                               "train.max_steps": 30, "train.min_steps": 30, "train.grad_accum": 2,
-                               "train.warmup_ratio": 0.0})
+    args = tiny_run(
+        "stop",
+        **{
+            "train.lr": 1e-12,
+            "train.eval_every": 1,
+            "train.patience": 2,
+            "train.max_steps": 30,
+            "train.min_steps": 30,
+            "train.grad_accum": 2,
+            "train.warmup_ratio": 0.0,
+        },
+    )
     assert main(["train", *args]) == 0
     metrics = json.loads((tmp_path / "stop" / "metrics.json").read_text())
     assert metrics["stopped_early"] is True
@@ -98,12 +111,16 @@ def test_data_seed_and_training_seed_are_separate(tiny_run, tmp_path):
     runs = {"a": {}, "b": {"train.seed": 1}, "c": {"data.data_seed": 1}}
     for name, extra in runs.items():
         assert main(["train", *tiny_run(name, **extra)]) == 0
-    ids = {name: json.loads((tmp_path / name / "train_manifest.json").read_text())["image_ids"]
-           for name in runs}
+    ids = {
+        name: json.loads((tmp_path / name / "train_manifest.json").read_text())["image_ids"]
+        for name in runs
+    }
     assert ids["a"] == ids["b"]  # another training seed trains on the same images
     assert ids["a"] != ids["c"]  # another data seed picks other images
-    adapters = {name: (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
-                for name in ("a", "b")}
+    adapters = {
+        name: (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
+        for name in ("a", "b")
+    }
     assert adapters["a"] != adapters["b"]  # ... with other initialisation and augmentation
 
 
@@ -121,8 +138,10 @@ def test_corrupt_images_are_skipped_and_counted_or_named(tiny_run, training_root
     assert metrics["skipped_images"]["test"] == 1
     assert metrics["test"]["num_images"] == 47
 
-    assert main(["train", *tiny_run("strict", **{"data.root": root,
-                                                 "data.skip_corrupt": "false"})]) == 2
+    assert (
+        main(["train", *tiny_run("strict", **{"data.root": root, "data.skip_corrupt": "false"})])
+        == 2
+    )
     assert str(broken) in capsys.readouterr().err
 
 

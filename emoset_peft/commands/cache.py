@@ -33,24 +33,40 @@ class Entry:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "cache", help="list or clear cached indexes and decoded images",
+        "cache",
+        help="list or clear cached indexes and decoded images",
         description="List the EmoSet index and decoded-image cache entries with their sizes, "
-                    "or remove them.")
+        "or remove them.",
+    )
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     commands = parser.add_subparsers(dest="cache_command", metavar="{ls,clear}")
-    ls = commands.add_parser("ls", help="list cache entries, sizes and last use",
-                             description="List every cache entry and the total size.")
+    ls = commands.add_parser(
+        "ls",
+        help="list cache entries, sizes and last use",
+        description="List every cache entry and the total size.",
+    )
     clear = commands.add_parser(
-        "clear", help="remove cache entries (all, by key, or by age)",
+        "clear",
+        help="remove cache entries (all, by key, or by age)",
         description="Remove the named entries (a unique prefix of KEY is enough), or all "
-                    "entries unused for DAYS days, or everything. They are rebuilt on next use.")
+        "entries unused for DAYS days, or everything. They are rebuilt on next use.",
+    )
     clear.add_argument("keys", nargs="*", metavar="KEY", help="entries to remove (see ls)")
-    clear.add_argument("--older-than", type=float, metavar="DAYS", default=None,
-                       help="only entries older than DAYS days (decoded images: since last "
-                            "use; index: since it was built)")
+    clear.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        default=None,
+        help="only entries older than DAYS days (decoded images: since last "
+        "use; index: since it was built)",
+    )
     for sub in (ls, clear):
-        sub.add_argument("--cache-dir", type=Path, default=None,
-                         help="cache folder (default $EMOSET_PEFT_CACHE or ~/.cache/emoset_peft)")
+        sub.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="cache folder (default $EMOSET_PEFT_CACHE or ~/.cache/emoset_peft)",
+        )
     ls.set_defaults(func=run_ls)
     clear.set_defaults(func=run_clear)
 
@@ -63,18 +79,28 @@ def run_ls(args) -> int:
     found = entries(root)
     fallback = fallback_cache_dir()
     if fallback != root and entries(fallback):
-        print(f"(entries written while a cache folder was not writable are in {fallback}: "
-              f"emoset-peft cache ls --cache-dir {fallback})")
+        print(
+            f"(entries written while a cache folder was not writable are in {fallback}: "
+            f"emoset-peft cache ls --cache-dir {fallback})"
+        )
     if not found:
         print(f"{root}: no cache entries")
         return 0
-    rows = [[e.key, e.kind, e.what, "-" if e.images is None else f"{e.images:,}",
-             "-" if e.resolution is None else f"{e.resolution}px", _mb(e.size), _age(e.used)]
-            for e in found]
+    rows = [
+        [
+            e.key,
+            e.kind,
+            e.what,
+            "-" if e.images is None else f"{e.images:,}",
+            "-" if e.resolution is None else f"{e.resolution}px",
+            _mb(e.size),
+            _age(e.used),
+        ]
+        for e in found
+    ]
     rows.append(["total", "", "", "", "", _mb(sum(e.size for e in found)), ""])
     print(f"cache folder {root}")
-    _print_table(["key", "kind", "split / source", "images", "resolution", "MB", "last used"],
-                 rows)
+    _print_table(["key", "kind", "split / source", "images", "resolution", "MB", "last used"], rows)
     return 0
 
 
@@ -87,12 +113,15 @@ def run_clear(args) -> int:
     if args.keys:
         chosen = []
         for key in args.keys:
-            matches = [e for e in found if e.key == key] or [e for e in found
-                                                              if e.key.startswith(key)]
+            matches = [e for e in found if e.key == key] or [
+                e for e in found if e.key.startswith(key)
+            ]
             if len(matches) != 1:
                 problem = "matches no entry" if not matches else f"matches {len(matches)} entries"
-                raise EmoSetError(f"cache key {key!r} {problem} in {root}; see "
-                                  "`emoset-peft cache ls` for the keys")
+                raise EmoSetError(
+                    f"cache key {key!r} {problem} in {root}; see "
+                    "`emoset-peft cache ls` for the keys"
+                )
             chosen.append(matches[0])
     if args.older_than is not None:
         if args.older_than < 0:
@@ -105,9 +134,11 @@ def run_clear(args) -> int:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-    print(f"removed {len(chosen)} cache entr{'y' if len(chosen) == 1 else 'ies'} "
-          f"({_mb(sum(e.size for e in chosen))} MB) from {root}; "
-          f"{len(found) - len(chosen)} left")
+    print(
+        f"removed {len(chosen)} cache entr{'y' if len(chosen) == 1 else 'ies'} "
+        f"({_mb(sum(e.size for e in chosen))} MB) from {root}; "
+        f"{len(found) - len(chosen)} left"
+    )
     return 0
 
 
@@ -120,8 +151,11 @@ def entries(root: Path) -> list[Entry]:
     if root.is_dir():
         for folder in sorted(root.iterdir()):
             # ".tmp-*": an index being written right now (or by a killed process): not listed.
-            if (not folder.name.startswith(".") and folder.is_dir()
-                    and (folder / "source.json").is_file()):
+            if (
+                not folder.name.startswith(".")
+                and folder.is_dir()
+                and (folder / "source.json").is_file()
+            ):
                 found.append(_index_entry(folder))
     decoded = root / SUBFOLDER
     if decoded.is_dir():
@@ -131,11 +165,31 @@ def entries(root: Path) -> list[Entry]:
         listed = {p for e in found for p in e.paths}
         for array in sorted(decoded.glob("*.npy")):  # an array whose writer died before its meta
             if array not in listed and not is_temp_name(array.name):
-                found.append(Entry("decoded", array.stem, "incomplete (no .json)", None, None,
-                                   array.stat().st_size, array.stat().st_mtime, [array]))
+                found.append(
+                    Entry(
+                        "decoded",
+                        array.stem,
+                        "incomplete (no .json)",
+                        None,
+                        None,
+                        array.stat().st_size,
+                        array.stat().st_mtime,
+                        [array],
+                    )
+                )
         for temp in remove_stale_temps(decoded, dry_run=True):
-            found.append(Entry("temp", temp.name, "left by a process that no longer runs",
-                               None, None, temp.stat().st_size, temp.stat().st_mtime, [temp]))
+            found.append(
+                Entry(
+                    "temp",
+                    temp.name,
+                    "left by a process that no longer runs",
+                    None,
+                    None,
+                    temp.stat().st_size,
+                    temp.stat().st_mtime,
+                    [temp],
+                )
+            )
     return found
 
 
@@ -146,9 +200,16 @@ def _index_entry(folder: Path) -> Entry:
         source = "? (unreadable source.json)"
     files = [p for p in folder.rglob("*") if p.is_file()]
     lock = folder.parent / ".locks" / f"{folder.name}.lock"
-    return Entry("index", folder.name, str(source), None, None,
-                 sum(p.stat().st_size for p in files), (folder / "source.json").stat().st_mtime,
-                 [folder, lock])
+    return Entry(
+        "index",
+        folder.name,
+        str(source),
+        None,
+        None,
+        sum(p.stat().st_size for p in files),
+        (folder / "source.json").stat().st_mtime,
+        [folder, lock],
+    )
 
 
 def _decoded_entry(meta_path: Path) -> Entry:
@@ -160,9 +221,16 @@ def _decoded_entry(meta_path: Path) -> Entry:
     except (OSError, ValueError, AttributeError):
         what, images, resolution = "? (unreadable .json)", None, None
     paths = [meta_path, array]
-    return Entry("decoded", meta_path.stem, what, images, resolution,
-                 sum(p.stat().st_size for p in paths if p.exists()), meta_path.stat().st_mtime,
-                 paths)
+    return Entry(
+        "decoded",
+        meta_path.stem,
+        what,
+        images,
+        resolution,
+        sum(p.stat().st_size for p in paths if p.exists()),
+        meta_path.stat().st_mtime,
+        paths,
+    )
 
 
 def _root(args) -> Path:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run a small scaling study on built-in synthetic data (about 2 minutes)")
-    parser.add_argument("--workdir", default="emoset_demo",
-                        help="folder for the demo data, backbone and study (default: emoset_demo)")
+        "demo", help="run a small scaling study on built-in synthetic data (about 2 minutes)"
+    )
+    parser.add_argument(
+        "--workdir",
+        default="emoset_demo",
+        help="folder for the demo data, backbone and study (default: emoset_demo)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

@@ -8,14 +8,20 @@ import json
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="evaluate a trained run's adapter on the test or validation split",
+        "eval",
+        help="evaluate a trained run's adapter on the test or validation split",
         description="Reload RUN_DIR/adapter and its recipe (RUN_DIR/config.yaml) and score a "
-        "split. The metrics are printed as JSON, or written to --out.")
+        "split. The metrics are printed as JSON, or written to --out.",
+    )
     parser.add_argument("run_dir", help="a folder written by emoset-peft train")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--out", help="write the metrics JSON here instead of printing it")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="e.g. data.root=/elsewhere/EmoSet-118K if the data moved")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="e.g. data.root=/elsewhere/EmoSet-118K if the data moved",
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,15 +47,27 @@ def run(args) -> int:
     model = load_adapter(run_dir / "adapter").to(accelerator.device)
     spec = input_spec(model)
     with accelerator.main_process_first():
-        data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio,
-                             show_progress=accelerator.is_main_process)
+        data = load_run_data(
+            config.data,
+            spec.image_size,
+            crop_ratio=spec.crop_ratio,
+            show_progress=accelerator.is_main_process,
+        )
     images = data.test if args.split == "test" else data.selection
     if images is None:
-        raise EmoSetError(f"{run_dir} was trained with data.selection=none: it has no selection "
-                          "set; evaluate --split test, or pass data.selection=fixed")
-    metrics, _ = evaluate(model, images, data.class_names, accelerator,
-                          Normalizer(spec.mean, spec.std, accelerator.device), spec.image_size,
-                          config.train.eval_batch_size)
+        raise EmoSetError(
+            f"{run_dir} was trained with data.selection=none: it has no selection "
+            "set; evaluate --split test, or pass data.selection=fixed"
+        )
+    metrics, _ = evaluate(
+        model,
+        images,
+        data.class_names,
+        accelerator,
+        Normalizer(spec.mean, spec.std, accelerator.device),
+        spec.image_size,
+        config.train.eval_batch_size,
+    )
     metrics["num_processes"] = accelerator.num_processes
     if accelerator.is_main_process:
         if args.out:

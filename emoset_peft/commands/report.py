@@ -16,13 +16,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is missing is listed in the report.",
     )
     parser.add_argument("study_dir", metavar="STUDY_DIR", help="folder holding results.csv")
-    parser.add_argument("--baseline", default=None,
-                        help="method the paired differences compare against "
-                        "(default: linear if present, else the first trained method)")
-    parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
-                        help="bootstrap draws for every interval (default: 2000)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="RNG seed of the bootstrap (default: 0); recorded in summary.json")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="method the paired differences compare against "
+        "(default: linear if present, else the first trained method)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bootstrap draws for every interval (default: 2000)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="RNG seed of the bootstrap (default: 0); recorded in summary.json",
+    )
     parser.set_defaults(func=run)
 
 
@@ -35,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
     n_boot = N_BOOT if args.bootstrap is None else args.bootstrap
     if n_boot < 100:
         raise EmoSetError(f"--bootstrap must be at least 100 draws, got {n_boot}")
-    print(write_report(args.study_dir, baseline=args.baseline, n_boot=n_boot,
-                       seed=SEED if args.seed is None else args.seed))
+    print(
+        write_report(
+            args.study_dir,
+            baseline=args.baseline,
+            n_boot=n_boot,
+            seed=SEED if args.seed is None else args.seed,
+        )
+    )
     return 0

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "study", help="run a grid of method x images-per-class x seed, resumably",
+        "study",
+        help="run a grid of method x images-per-class x seed, resumably",
         description="Run a low-data scaling study. Example: emoset-peft study --config "
-        "recipes/study/vit_methods.yaml data.root=/data/EmoSet-118K seeds=[0,1,2]")
+        "recipes/study/vit_methods.yaml data.root=/data/EmoSet-118K seeds=[0,1,2]",
+    )
     parser.add_argument("--config", help="YAML study recipe (see recipes/study/)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="study keys (seeds=[0,1], per_class=[1,4]) or base recipe keys "
-                        "(data.root=..., train.lr=...)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="study keys (seeds=[0,1], per_class=[1,4]) or base recipe keys "
+        "(data.root=..., train.lr=...)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

@@ -10,13 +10,19 @@ import argparse
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train one adapter from a recipe",
+        "train",
+        help="train one adapter from a recipe",
         description="Train one adapter. Example: emoset-peft train --config recipes/vit_lora.yaml "
         "data.root=/data/EmoSet-118K output_dir=runs/vit_lora train.lr=1e-3",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="YAML recipe (see recipes/)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.lr=3e-4 model.options.r=16")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. train.lr=3e-4 model.options.r=16",
+    )
     parser.set_defaults(func=run)
 
 
@@ -31,6 +37,8 @@ def run(args) -> int:
     if not is_main_process():
         return 0
     test = metrics["test"]
-    print(f"test {summary_line(test)}  "
-          f"({metrics['trainable_params']:,} trainable parameters) -> {config.output_dir}")
+    print(
+        f"test {summary_line(test)}  "
+        f"({metrics['trainable_params']:,} trainable parameters) -> {config.output_dir}"
+    )
     return 0

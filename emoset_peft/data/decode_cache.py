@@ -49,8 +49,10 @@ SUBFOLDER = "decoded"
 VERIFY_ALL_BELOW = 32 << 20  # bytes: smaller arrays have every row checked on open
 VERIFY_SAMPLE = 64  # random rows checked (plus the first and last) in a larger one
 FREE_MARGIN = 64 << 20  # bytes left free beyond the array, for the meta and everyone else
-CLEAR_HINT = ("free space with `emoset-peft cache clear` (see `emoset-peft cache ls`), or point "
-              "data.cache_dir / EMOSET_PEFT_CACHE to a larger disk")
+CLEAR_HINT = (
+    "free space with `emoset-peft cache clear` (see `emoset-peft cache ls`), or point "
+    "data.cache_dir / EMOSET_PEFT_CACHE to a larger disk"
+)
 
 
 def cache_key(paths: Sequence[str], resolution: int, image_size: int) -> str:
@@ -65,10 +67,18 @@ def cache_key(paths: Sequence[str], resolution: int, image_size: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def load_or_decode(paths: Sequence[str], resolution: int, image_size: int,
-                   cache_dir: str | Path | None, decode: Callable[[str], np.ndarray], *,
-                   label: str = "", workers: int = 2, desc: str = "decoding",
-                   show_progress: bool = True) -> tuple[np.ndarray, dict]:
+def load_or_decode(
+    paths: Sequence[str],
+    resolution: int,
+    image_size: int,
+    cache_dir: str | Path | None,
+    decode: Callable[[str], np.ndarray],
+    *,
+    label: str = "",
+    workers: int = 2,
+    desc: str = "decoding",
+    show_progress: bool = True,
+) -> tuple[np.ndarray, dict]:
     """The split's decoded pixels (a read-only memmap) and meta, decoding on a miss."""
     from emoset_peft.data.emoset import default_cache_dir
 
@@ -80,8 +90,18 @@ def load_or_decode(paths: Sequence[str], resolution: int, image_size: int,
         if found is not None:
             return found
     folder = writable_cache_dir(root, "decoded-image cache", SUBFOLDER)
-    return _decode_to_cache(paths, shape, image_size, folder, key, decode, label=label,
-                            workers=workers, desc=desc, show_progress=show_progress)
+    return _decode_to_cache(
+        paths,
+        shape,
+        image_size,
+        folder,
+        key,
+        decode,
+        label=label,
+        workers=workers,
+        desc=desc,
+        show_progress=show_progress,
+    )
 
 
 def open_entry(folder: Path, key: str, shape: tuple) -> tuple[np.ndarray, dict] | None:
@@ -96,8 +116,9 @@ def open_entry(folder: Path, key: str, shape: tuple) -> tuple[np.ndarray, dict] 
     except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as err:
         problem = f"{type(err).__name__}: {err}"
     if problem is not None:
-        log.warning("the decode cache %s is damaged (%s); decoding the split again",
-                    array_path, problem)
+        log.warning(
+            "the decode cache %s is damaged (%s); decoding the split again", array_path, problem
+        )
         for path in (meta_path, array_path):
             with contextlib.suppress(OSError):  # a read-only cache: the rebuild goes elsewhere
                 path.unlink(missing_ok=True)
@@ -109,7 +130,9 @@ def open_entry(folder: Path, key: str, shape: tuple) -> tuple[np.ndarray, dict] 
 
 def _check(meta, pixels: np.ndarray, key: str, shape: tuple) -> str | None:
     if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
-        return f"meta format/key {meta.get('format')}/{meta.get('key')}, expected {CACHE_FORMAT}/{key}"
+        return (
+            f"meta format/key {meta.get('format')}/{meta.get('key')}, expected {CACHE_FORMAT}/{key}"
+        )
     if tuple(meta["shape"]) != shape or pixels.shape != shape or pixels.dtype != np.uint8:
         return f"array {pixels.dtype}{list(pixels.shape)}, expected uint8{list(shape)}"
     hashes, failed = meta["row_hashes"], meta["failed"]
@@ -122,8 +145,9 @@ def _check(meta, pixels: np.ndarray, key: str, shape: tuple) -> str | None:
         return f"undecodable-image index {bad[0]} outside the array"
     rows = range(shape[0])
     if pixels.nbytes > VERIFY_ALL_BELOW:
-        picks = np.random.default_rng().choice(shape[0], min(VERIFY_SAMPLE, shape[0]),
-                                               replace=False)
+        picks = np.random.default_rng().choice(
+            shape[0], min(VERIFY_SAMPLE, shape[0]), replace=False
+        )
         rows = sorted({0, shape[0] - 1, *picks.tolist()})
     for row in rows:
         if row_hash(pixels[row]) != hashes[row]:
@@ -139,8 +163,9 @@ def row_hash(row: np.ndarray) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(row).data):08x}"
 
 
-def _decode_to_cache(paths, shape, image_size, folder: Path, key: str, decode, *, label,
-                     workers, desc, show_progress) -> tuple[np.ndarray, dict]:
+def _decode_to_cache(
+    paths, shape, image_size, folder: Path, key: str, decode, *, label, workers, desc, show_progress
+) -> tuple[np.ndarray, dict]:
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     remove_stale_temps(folder)
     header = _npy_header(shape)
@@ -148,14 +173,17 @@ def _decode_to_cache(paths, shape, image_size, folder: Path, key: str, decode, *
     size = len(header) + shape[0] * row_bytes
     free = shutil.disk_usage(folder).free
     if free < size + FREE_MARGIN:
-        raise EmoSetError(f"the decode cache {folder} needs {_mb(size)} MB for {shape[0]} images "
-                          f"but the disk has {_mb(free)} MB free; {CLEAR_HINT}")
+        raise EmoSetError(
+            f"the decode cache {folder} needs {_mb(size)} MB for {shape[0]} images "
+            f"but the disk has {_mb(free)} MB free; {CLEAR_HINT}"
+        )
     tmp_array, tmp_meta = temp_path(array_path, ".npy"), temp_path(meta_path)
     failed: dict[int, str] = {}
     hashes = [""] * shape[0]
     try:
-        with disk_full_is_user_error(folder, f"{shape[0]} decoded images ({_mb(size)} MB)",
-                                     CLEAR_HINT):
+        with disk_full_is_user_error(
+            folder, f"{shape[0]} decoded images ({_mb(size)} MB)", CLEAR_HINT
+        ):
             fd = os.open(tmp_array, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             try:
                 _pwrite_all(fd, header, 0)
@@ -173,22 +201,40 @@ def _decode_to_cache(paths, shape, image_size, folder: Path, key: str, decode, *
                         row = np.zeros(shape[1:], dtype=np.uint8)
                     hashes[index] = row_hash(row)
                     try:
-                        _pwrite_all(fd, np.ascontiguousarray(row).data,
-                                    len(header) + index * row_bytes)
+                        _pwrite_all(
+                            fd, np.ascontiguousarray(row).data, len(header) + index * row_bytes
+                        )
                     except OSError:
                         stop.append(index)
                         raise
 
                 with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                    list(tqdm(pool.map(work, range(shape[0])), total=shape[0], desc=desc,
-                              unit="img", disable=not show_progress, leave=False))
+                    list(
+                        tqdm(
+                            pool.map(work, range(shape[0])),
+                            total=shape[0],
+                            desc=desc,
+                            unit="img",
+                            disable=not show_progress,
+                            leave=False,
+                        )
+                    )
             finally:
                 os.close(fd)
-            meta = {"format": CACHE_FORMAT, "key": key, "shape": list(shape), "dtype": "uint8",
-                    "resolution": shape[1], "image_size": image_size, "count": shape[0],
-                    "label": label, "root": _common_root(paths), "created": time.time(),
-                    "failed": {str(i): reason for i, reason in sorted(failed.items())},
-                    "row_hashes": hashes}
+            meta = {
+                "format": CACHE_FORMAT,
+                "key": key,
+                "shape": list(shape),
+                "dtype": "uint8",
+                "resolution": shape[1],
+                "image_size": image_size,
+                "count": shape[0],
+                "label": label,
+                "root": _common_root(paths),
+                "created": time.time(),
+                "failed": {str(i): reason for i, reason in sorted(failed.items())},
+                "row_hashes": hashes,
+            }
             tmp_meta.write_text(json.dumps(meta))
             meta_path.unlink(missing_ok=True)  # readers never pair the new array with old meta
             os.replace(tmp_array, array_path)
@@ -202,8 +248,13 @@ def _decode_to_cache(paths, shape, image_size, folder: Path, key: str, decode, *
 def _npy_header(shape: tuple) -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-                 "fortran_order": False, "shape": shape})
+        buffer,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+            "fortran_order": False,
+            "shape": shape,
+        },
+    )
     return buffer.getvalue()
 
 
@@ -219,7 +270,7 @@ def _preallocate(fd: int, size: int) -> None:
             raise
     chunk = bytes(8 << 20)  # the file system cannot reserve: write zeros instead
     for offset in range(os.fstat(fd).st_size, size, len(chunk)):
-        _pwrite_all(fd, chunk[:size - offset], offset)
+        _pwrite_all(fd, chunk[: size - offset], offset)
 
 
 def _pwrite_all(fd: int, data, offset: int) -> None:

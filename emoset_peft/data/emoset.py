@@ -115,7 +115,7 @@ def load_emoset(
     skip_missing: bool = False,
     follow_symlinks: bool = False,
     read_threads: int = 0,
-) -> "datasets.DatasetDict":
+) -> datasets.DatasetDict:
     """Load an EmoSet tree as a DatasetDict with ``train``, ``validation`` and ``test`` splits.
 
     The first call reads every annotation file and writes the index to ``cache_dir`` (default
@@ -135,13 +135,17 @@ def load_emoset(
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise EmoSetError(f"EmoSet root {root} is not a folder: pass the folder that holds "
-                          "info.json, train.json, val.json, test.json, image/ and annotation/")
+        raise EmoSetError(
+            f"EmoSet root {root} is not a folder: pass the folder that holds "
+            "info.json, train.json, val.json, test.json, image/ and annotation/"
+        )
     root = root.resolve()
     for name in SPLIT_FILES.values():
         if not (root / name).is_file():
-            raise EmoSetError(f"{root / name} not found: an EmoSet root holds train.json, "
-                              "val.json and test.json; check the path or re-extract the download")
+            raise EmoSetError(
+                f"{root / name} not found: an EmoSet root holds train.json, "
+                "val.json and test.json; check the path or re-extract the download"
+            )
     cache_root = default_cache_dir(cache_dir)
     key = cache_key(root, ("info.json", *SPLIT_FILES.values()), skip_missing, follow_symlinks)
     entry = cache_root / f"{safe_name(root.name)}-{key[:24]}"
@@ -159,37 +163,53 @@ def load_emoset(
     return dataset
 
 
-def _build(root: Path, entry: Path, key: str, skip_missing: bool, follow_symlinks: bool,
-           read_threads: int = 0) -> "datasets.DatasetDict":
+def _build(
+    root: Path,
+    entry: Path,
+    key: str,
+    skip_missing: bool,
+    follow_symlinks: bool,
+    read_threads: int = 0,
+) -> datasets.DatasetDict:
     """The cold path: index every record, write the cache entry, open it."""
     started = time.perf_counter()
     label_map = read_label_map(root)
     tables, folders = {}, set()
     for split, file in SPLIT_FILES.items():
-        tables[split], split_folders = _index_split(root, file, label_map, skip_missing,
-                                                    follow_symlinks, read_threads)
+        tables[split], split_folders = _index_split(
+            root, file, label_map, skip_missing, follow_symlinks, read_threads
+        )
         folders |= split_folders
     features = emoset_features(label_map)
-    log.info("indexed %s (%s records) in %.1f s",
-             root, sum(t.num_rows for t in tables.values()), time.perf_counter() - started)
+    log.info(
+        "indexed %s (%s records) in %.1f s",
+        root,
+        sum(t.num_rows for t in tables.values()),
+        time.perf_counter() - started,
+    )
     try:
         # Following links, there is nothing to re-check on later loads.
         stamps = {} if follow_symlinks else folder_stamps(root, folders)
         write_cache(entry, tables, features, root, key, stamps)
     except OSError as err:
         # A read-only home or full disk must not stop the user: load from memory this time.
-        log.warning("could not write the EmoSet index cache to %s (%s); the next load will "
-                    "index again. Set EMOSET_PEFT_CACHE or cache_dir= to a writable folder.",
-                    entry, err)
+        log.warning(
+            "could not write the EmoSet index cache to %s (%s); the next load will "
+            "index again. Set EMOSET_PEFT_CACHE or cache_dir= to a writable folder.",
+            entry,
+            err,
+        )
         return in_memory(tables, features)
     dataset = open_cached(entry, SPLIT_FILES)
     if dataset is None:
-        raise EmoSetError(f"the EmoSet index cache {entry} cannot be read right after writing "
-                          "it; check the disk, or set EMOSET_PEFT_CACHE to another folder")
+        raise EmoSetError(
+            f"the EmoSet index cache {entry} cannot be read right after writing "
+            "it; check the disk, or set EMOSET_PEFT_CACHE to another folder"
+        )
     return dataset
 
 
-def emoset_features(label_map: LabelMap) -> "datasets.Features":
+def emoset_features(label_map: LabelMap) -> datasets.Features:
     """The column types of a split; attribute types depend on whether info.json was present."""
     import datasets
 
@@ -220,16 +240,23 @@ def read_label_map(root: str | os.PathLike) -> LabelMap:
         return LabelMap(EMOTIONS, {}, "official order (no info.json)")
     info = _read_json_file(path)
     if not isinstance(info, dict) or "emotion" not in info:
-        raise EmoSetError(f"{path}: expected an object with an 'emotion' key holding label2idx; "
-                          "restore info.json from the EmoSet download or delete it to use the "
-                          "official emotion order")
+        raise EmoSetError(
+            f"{path}: expected an object with an 'emotion' key holding label2idx; "
+            "restore info.json from the EmoSet download or delete it to use the "
+            "official emotion order"
+        )
     emotions = _names_in_index_order(info["emotion"], path, "emotion")
     unknown = [name for name in emotions if name not in EMOTIONS]
     if unknown:
-        raise EmoSetError(f"{path}: emotion(s) {unknown} are not EmoSet emotions "
-                          f"{list(EMOTIONS)}; valence cannot be assigned. Fix info.json.")
-    vocabs = {name: _names_in_index_order(info[name], path, name)
-              for name in CATEGORICAL_ATTRIBUTES if name in info}
+        raise EmoSetError(
+            f"{path}: emotion(s) {unknown} are not EmoSet emotions "
+            f"{list(EMOTIONS)}; valence cannot be assigned. Fix info.json."
+        )
+    vocabs = {
+        name: _names_in_index_order(info[name], path, name)
+        for name in CATEGORICAL_ATTRIBUTES
+        if name in info
+    }
     return LabelMap(emotions, vocabs, "info.json")
 
 
@@ -237,8 +264,14 @@ def read_label_map(root: str | os.PathLike) -> LabelMap:
 # Indexing (the cold path)
 
 
-def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: bool,
-                 follow_symlinks: bool, read_threads: int = 0):
+def _index_split(
+    root: Path,
+    file_name: str,
+    label_map: LabelMap,
+    skip_missing: bool,
+    follow_symlinks: bool,
+    read_threads: int = 0,
+):
     """One split file and its annotations as an Arrow table (the cached form), and the folders
     its files lie in (relative to ``root``)."""
     split_path = root / file_name
@@ -248,8 +281,9 @@ def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: 
         leaving.update(scan_folders(root, (rec.annotation_rel for rec in records))[1])
         refuse_links_leaving_root(root, split_path, records, leaving)
     root_str = str(root)
-    annotations = _read_annotations([os.path.join(root_str, rec.annotation_rel)
-                                     for rec in records], read_threads)
+    annotations = _read_annotations(
+        [os.path.join(root_str, rec.annotation_rel) for rec in records], read_threads
+    )
 
     missing = []  # (record index, what, relative path)
     keep = []
@@ -265,29 +299,40 @@ def _index_split(root: Path, file_name: str, label_map: LabelMap, skip_missing: 
             continue
         if isinstance(annotation, Exception):
             problem = "cannot be read" if isinstance(annotation, OSError) else "is not valid JSON"
-            raise EmoSetError(f"{root / annotation_rel} (record {index} of {split_path}) "
-                              f"{problem}: {annotation}. Restore it from the EmoSet download.")
+            raise EmoSetError(
+                f"{root / annotation_rel} (record {index} of {split_path}) "
+                f"{problem}: {annotation}. Restore it from the EmoSet download."
+            )
         if not isinstance(annotation, dict):
-            raise EmoSetError(f"{root / annotation_rel} (record {index} of {split_path}) must "
-                              "hold a JSON object; restore it from the EmoSet download.")
+            raise EmoSetError(
+                f"{root / annotation_rel} (record {index} of {split_path}) must "
+                "hold a JSON object; restore it from the EmoSet download."
+            )
         stated = annotation.get("emotion")
         if stated is not None and stated != emotion:
-            raise EmoSetError(f"{root / annotation_rel} says emotion {stated!r} but record "
-                              f"{index} of {split_path} says {emotion!r}; one of the two files is "
-                              "wrong: restore them from the EmoSet download.")
+            raise EmoSetError(
+                f"{root / annotation_rel} says emotion {stated!r} but record "
+                f"{index} of {split_path} says {emotion!r}; one of the two files is "
+                "wrong: restore them from the EmoSet download."
+            )
         keep.append((rec, annotation))
 
     if missing:
         records_hit = len({index for index, _, _ in missing})
         examples = "; ".join(f"record {i}: {what} {rel}" for i, what, rel in missing[:_EXAMPLES])
-        message = (f"{split_path}: {records_hit} of {len(records)} records point to missing files "
-                   f"({len(missing)} files; first: {examples})")
+        message = (
+            f"{split_path}: {records_hit} of {len(records)} records point to missing files "
+            f"({len(missing)} files; first: {examples})"
+        )
         if not skip_missing:
-            raise EmoSetError(f"{message}. Restore the files, or pass skip_missing=True "
-                              "(CLI: --skip-missing) to leave those records out.")
+            raise EmoSetError(
+                f"{message}. Restore the files, or pass skip_missing=True "
+                "(CLI: --skip-missing) to leave those records out."
+            )
         log.warning("%s; skipped them (skip_missing=True)", message)
-    folders = {posixpath.dirname(rel) for rec in records
-               for rel in (rec.image_rel, rec.annotation_rel)}
+    folders = {
+        posixpath.dirname(rel) for rec in records for rel in (rec.image_rel, rec.annotation_rel)
+    }
     return _to_arrow(root, keep, label_map, split_path), folders
 
 
@@ -295,8 +340,10 @@ def _read_split_records(split_path: Path, emotions: tuple[str, ...]) -> list[_Re
     """Validate a split file and return its records with normalised relative paths."""
     data = _read_json_file(split_path)
     if not isinstance(data, list):
-        raise EmoSetError(f"{split_path}: expected a JSON list of records, got "
-                          f"{type(data).__name__}; restore it from the EmoSet download")
+        raise EmoSetError(
+            f"{split_path}: expected a JSON list of records, got "
+            f"{type(data).__name__}; restore it from the EmoSet download"
+        )
     known = set(emotions)
     out = []
     for index, record in enumerate(data):
@@ -304,15 +351,18 @@ def _read_split_records(split_path: Path, emotions: tuple[str, ...]) -> list[_Re
         if not isinstance(record, list) or len(record) not in (3, 4):
             raise EmoSetError(
                 f"{where} is {record!r}; expected [emotion, image_path, annotation_path] or "
-                "[emotion, image_id, image_path, annotation_path]")
+                "[emotion, image_id, image_path, annotation_path]"
+            )
         if len(record) == 3:
             emotion, image_rel, annotation_rel = record
             image_id = None
         else:
             emotion, image_id, image_rel, annotation_rel = record
         if emotion not in known:
-            raise EmoSetError(f"{where}: emotion {emotion!r} is not in the label map "
-                              f"{list(emotions)}; fix the record or info.json")
+            raise EmoSetError(
+                f"{where}: emotion {emotion!r} is not in the label map "
+                f"{list(emotions)}; fix the record or info.json"
+            )
         image_rel = _checked_relative(image_rel, where, "image path")
         annotation_rel = _checked_relative(annotation_rel, where, "annotation path")
         if image_id is None:
@@ -330,12 +380,16 @@ def _checked_relative(path: Any, where: str, what: str) -> str:
     if not _PLAIN_RELATIVE.match(path):  # the common case needs no normalisation
         posix = path.replace("\\", "/")
         if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-            raise EmoSetError(f"{where}: {what} {path!r} is absolute; paths must be relative to "
-                              "the EmoSet root (e.g. image/awe/awe_06628.jpg)")
+            raise EmoSetError(
+                f"{where}: {what} {path!r} is absolute; paths must be relative to "
+                "the EmoSet root (e.g. image/awe/awe_06628.jpg)"
+            )
         normal = posixpath.normpath(posix)
         if normal == ".." or normal.startswith("../"):
-            raise EmoSetError(f"{where}: {what} {path!r} points outside the EmoSet root; paths "
-                              "must stay inside it (e.g. image/awe/awe_06628.jpg)")
+            raise EmoSetError(
+                f"{where}: {what} {path!r} points outside the EmoSet root; paths "
+                "must stay inside it (e.g. image/awe/awe_06628.jpg)"
+            )
         return normal
     return path
 
@@ -367,12 +421,14 @@ def _to_arrow(root: Path, kept: list[tuple], label_map: LabelMap, split_path: Pa
     import pyarrow as pa
 
     emotion_index = {name: i for i, name in enumerate(label_map.emotions)}
-    vocab_index = {name: {value: i for i, value in enumerate(names)}
-                   for name, names in label_map.vocabs.items()}
+    vocab_index = {
+        name: {value: i for i, value in enumerate(names)}
+        for name, names in label_map.vocabs.items()
+    }
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     odd: list[str] = []  # attribute values that are malformed or not in the vocabulary
     root_str = str(root)
-    for (index, emotion, image_id, image_rel, annotation_rel), annotation in kept:
+    for (_index, emotion, image_id, image_rel, annotation_rel), annotation in kept:
         columns["image"].append(os.path.join(root_str, image_rel))
         columns["label"].append(emotion_index[emotion])
         columns["valence"].append(valence_of(emotion))
@@ -403,17 +459,24 @@ def _to_arrow(root: Path, kept: list[tuple], label_map: LabelMap, split_path: Pa
             else:
                 columns[name].append(value)
     if odd:
-        log.warning("%s: %d attribute values are malformed or not in info.json's vocabulary and "
-                    "were stored as missing (first: %s)",
-                    split_path, len(odd), "; ".join(odd[:_EXAMPLES]))
+        log.warning(
+            "%s: %d attribute values are malformed or not in info.json's vocabulary and "
+            "were stored as missing (first: %s)",
+            split_path,
+            len(odd),
+            "; ".join(odd[:_EXAMPLES]),
+        )
 
     schema = emoset_features(label_map).arrow_schema
     n = len(columns["image"])
-    arrays = {name: pa.array(values, type=schema.field(name).type)
-              for name, values in columns.items() if name != "image"}
+    arrays = {
+        name: pa.array(values, type=schema.field(name).type)
+        for name, values in columns.items()
+        if name != "image"
+    }
     arrays["image"] = pa.StructArray.from_arrays(
-        [pa.nulls(n, pa.binary()), pa.array(columns["image"], pa.string())],
-        names=["bytes", "path"])
+        [pa.nulls(n, pa.binary()), pa.array(columns["image"], pa.string())], names=["bytes", "path"]
+    )
     return pa.table([arrays[name] for name in schema.names], schema=schema)
 
 
@@ -428,22 +491,27 @@ def _read_json_file(path: Path) -> Any:
     except FileNotFoundError:
         raise EmoSetError(f"{path} not found") from None
     except (ValueError, UnicodeDecodeError) as err:
-        raise EmoSetError(f"{path} is not valid JSON ({err}); restore it from the EmoSet "
-                          "download") from None
+        raise EmoSetError(
+            f"{path} is not valid JSON ({err}); restore it from the EmoSet download"
+        ) from None
 
 
 def _names_in_index_order(entry: Any, path: Path, key: str) -> tuple[str, ...]:
     """``{"label2idx": {name: i}}`` -> names ordered by i (which must be 0..n-1)."""
     mapping = entry.get("label2idx") if isinstance(entry, dict) else None
     if not isinstance(mapping, dict) or not mapping:
-        raise EmoSetError(f"{path}: '{key}' must hold a non-empty 'label2idx' object "
-                          "{name: index}; restore info.json from the EmoSet download")
+        raise EmoSetError(
+            f"{path}: '{key}' must hold a non-empty 'label2idx' object "
+            "{name: index}; restore info.json from the EmoSet download"
+        )
     try:
         order = sorted(mapping, key=lambda name: int(mapping[name]))
         indices = sorted(int(i) for i in mapping.values())
     except (TypeError, ValueError):
         raise EmoSetError(f"{path}: '{key}.label2idx' values must be integers") from None
     if indices != list(range(len(mapping))):
-        raise EmoSetError(f"{path}: '{key}.label2idx' indices must be 0..{len(mapping) - 1} "
-                          "without gaps or repeats")
+        raise EmoSetError(
+            f"{path}: '{key}.label2idx' indices must be 0..{len(mapping) - 1} "
+            "without gaps or repeats"
+        )
     return tuple(order)

@@ -39,13 +39,17 @@ class Duplicates:
     def message(self) -> str:
         examples = ", ".join(self.examples)
         if len(self.files) == 1:
-            return (f"{self.files[0]} lists {self.count} image(s) more than once (same path or "
-                    f"image_id), e.g. {examples}; each copy is trained on or scored again: "
-                    "remove the repeated records")
+            return (
+                f"{self.files[0]} lists {self.count} image(s) more than once (same path or "
+                f"image_id), e.g. {examples}; each copy is trained on or scored again: "
+                "remove the repeated records"
+            )
         first, second = self.files
-        return (f"{first} and {second} share {self.count} image(s) (same path or image_id), "
-                f"e.g. {examples}; a score on images the model trained on (or was selected on) "
-                "overstates it: remove them from one of the two files")
+        return (
+            f"{first} and {second} share {self.count} image(s) (same path or image_id), "
+            f"e.g. {examples}; a score on images the model trained on (or was selected on) "
+            "overstates it: remove them from one of the two files"
+        )
 
 
 def find_duplicates(dataset: Mapping, split_files: Mapping[str, str]) -> list[Duplicates]:
@@ -64,18 +68,29 @@ def find_duplicates(dataset: Mapping, split_files: Mapping[str, str]) -> list[Du
             seen_paths.add(path)
             seen_ids.add(image_id)
         if repeats:
-            found.append(Duplicates((split_files[split],), len(repeats),
-                                    tuple(dict.fromkeys(repeats))[:_EXAMPLES]))
+            found.append(
+                Duplicates(
+                    (split_files[split],), len(repeats), tuple(dict.fromkeys(repeats))[:_EXAMPLES]
+                )
+            )
     splits = list(keys)
     for i, first in enumerate(splits):
         paths = {path for path, _ in keys[first]}
         ids = {image_id for _, image_id in keys[first]}
-        for second in splits[i + 1:]:
-            shared = list(dict.fromkeys(image_id for path, image_id in keys[second]
-                                        if path in paths or image_id in ids))
+        for second in splits[i + 1 :]:
+            shared = list(
+                dict.fromkeys(
+                    image_id for path, image_id in keys[second] if path in paths or image_id in ids
+                )
+            )
             if shared:
-                found.append(Duplicates((split_files[first], split_files[second]), len(shared),
-                                        tuple(shared[:_EXAMPLES])))
+                found.append(
+                    Duplicates(
+                        (split_files[first], split_files[second]),
+                        len(shared),
+                        tuple(shared[:_EXAMPLES]),
+                    )
+                )
     return found
 
 
@@ -128,12 +143,16 @@ def scan_folders(root: Path, relative_paths: Iterable[str]) -> tuple[set[str], d
     return present, leaving
 
 
-def refuse_links_leaving_root(root: Path, split_path: Path, records,
-                              leaving: Mapping[str, str]) -> None:
+def refuse_links_leaving_root(
+    root: Path, split_path: Path, records, leaving: Mapping[str, str]
+) -> None:
     """EmoSetError naming the first record whose image or annotation links out of ``root``."""
-    hits = [(rec.index, what, rel) for rec in records
-            for what, rel in (("image", rec.image_rel), ("annotation", rec.annotation_rel))
-            if rel in leaving]
+    hits = [
+        (rec.index, what, rel)
+        for rec in records
+        for what, rel in (("image", rec.image_rel), ("annotation", rec.annotation_rel))
+        if rel in leaving
+    ]
     if not hits:
         return
     index, what, rel = hits[0]
@@ -142,7 +161,8 @@ def refuse_links_leaving_root(root: Path, split_path: Path, records,
         f"{split_path}: record {index}: {what} {rel} is a symlink to {leaving[rel]}, outside the "
         f"EmoSet root {root}{more}; links out of the dataset folder are refused like ../ paths. "
         "Copy the files into the root, or set data.follow_symlinks=true (data commands: "
-        "--follow-symlinks; load_emoset(..., follow_symlinks=True)) if the links are intended")
+        "--follow-symlinks; load_emoset(..., follow_symlinks=True)) if the links are intended"
+    )
 
 
 def folder_stamps(root: Path, folders: Iterable[str]) -> dict[str, list[int] | None]:

@@ -32,8 +32,9 @@ class CorruptImageError(EmoSetError):
         self.path = path
 
 
-def open_image(source: str | os.PathLike | bytes | dict[str, Any], *,
-               draft_size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes | dict[str, Any], *, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode an image fully and return it as RGB.
 
     ``source`` is a path, the raw bytes of a file, or a ``datasets.Image(decode=False)`` value
@@ -77,8 +78,11 @@ def is_readable_image(source: str | os.PathLike | bytes | dict[str, Any]) -> boo
 
 
 def _unreadable(path: str, reason: str) -> CorruptImageError:
-    return CorruptImageError(f"cannot read image {path}: {reason}. Replace the file from the "
-                             "EmoSet download, or remove its record from the split file", path)
+    return CorruptImageError(
+        f"cannot read image {path}: {reason}. Replace the file from the "
+        "EmoSet download, or remove its record from the split file",
+        path,
+    )
 
 
 def _path_and_bytes(source) -> tuple[str, bytes | None]:

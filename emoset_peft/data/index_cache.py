@@ -33,15 +33,19 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 1
 
 
-
-def cache_key(root: Path, files: Iterable[str], skip_missing: bool,
-              follow_symlinks: bool = False) -> str:
+def cache_key(
+    root: Path, files: Iterable[str], skip_missing: bool, follow_symlinks: bool = False
+) -> str:
     """Hash of everything that decides the index without reading the annotation files:
     the options, and the size and mtime of ``files`` (info.json and the split files)."""
     import datasets
 
-    parts = [f"format={CACHE_FORMAT_VERSION}", f"root={root}", f"skip_missing={skip_missing}",
-             f"datasets={datasets.__version__.split('.')[0]}"]
+    parts = [
+        f"format={CACHE_FORMAT_VERSION}",
+        f"root={root}",
+        f"skip_missing={skip_missing}",
+        f"datasets={datasets.__version__.split('.')[0]}",
+    ]
     if follow_symlinks:  # an index built while following links must not serve a refusing load
         parts.append("follow_symlinks=True")
     for name in files:
@@ -57,8 +61,7 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "root"
 
 
-def write_cache(entry: Path, tables: dict, features, root: Path, key: str,
-                 folders: dict) -> None:
+def write_cache(entry: Path, tables: dict, features, root: Path, key: str, folders: dict) -> None:
     """Write the tables into a temporary folder beside ``entry``, then rename it into place.
 
     A killed process leaves at most a ``.tmp-*`` folder, never a half-written entry. Entries for
@@ -71,12 +74,23 @@ def write_cache(entry: Path, tables: dict, features, root: Path, key: str,
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared by a group
         for split, table in tables.items():
-            with pa.OSFile(str(tmp / f"{split}.arrow"), "wb") as sink, \
-                    pa.ipc.new_stream(sink, table.schema) as writer:
+            with (
+                pa.OSFile(str(tmp / f"{split}.arrow"), "wb") as sink,
+                pa.ipc.new_stream(sink, table.schema) as writer,
+            ):
                 writer.write_table(table, max_chunksize=10_000)
-        (tmp / "source.json").write_text(json.dumps(
-            {"root": str(root), "key": key, "format": CACHE_FORMAT_VERSION,
-             "features": features.to_dict(), "folders": folders}, indent=1))
+        (tmp / "source.json").write_text(
+            json.dumps(
+                {
+                    "root": str(root),
+                    "key": key,
+                    "format": CACHE_FORMAT_VERSION,
+                    "features": features.to_dict(),
+                    "folders": folders,
+                },
+                indent=1,
+            )
+        )
         (tmp / "done").write_text("")
         try:
             os.rename(tmp, entry)
@@ -131,15 +145,23 @@ def open_cached(entry: Path, splits: Iterable[str]) -> datasets.DatasetDict | No
             return None
         link = new_link_leaving_root(Path(source["root"]), source["folders"])
         if link is not None:  # indexing decides whether a record uses it (and refuses it)
-            log.info("%s: a link out of the root appeared since the EmoSet index was built; "
-                     "indexing again", link)
+            log.info(
+                "%s: a link out of the root appeared since the EmoSet index was built; "
+                "indexing again",
+                link,
+            )
             return None
         features = datasets.Features.from_dict(source["features"])
-        dataset = datasets.DatasetDict({
-            split: datasets.Dataset.from_file(
-                str(entry / f"{split}.arrow"), info=datasets.DatasetInfo(features=features),
-                split=datasets.NamedSplit(split))
-            for split in splits})
+        dataset = datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_file(
+                    str(entry / f"{split}.arrow"),
+                    info=datasets.DatasetInfo(features=features),
+                    split=datasets.NamedSplit(split),
+                )
+                for split in splits
+            }
+        )
     except (OSError, ValueError, KeyError, TypeError) as err:  # ArrowInvalid is a ValueError
         log.warning("the EmoSet index cache %s is damaged (%s); indexing again", entry, err)
         return None
@@ -150,7 +172,13 @@ def open_cached(entry: Path, splits: Iterable[str]) -> datasets.DatasetDict | No
 def in_memory(tables: dict, features) -> datasets.DatasetDict:
     import datasets
 
-    return datasets.DatasetDict({
-        split: datasets.Dataset(table, info=datasets.DatasetInfo(features=features),
-                                split=datasets.NamedSplit(split))
-        for split, table in tables.items()})
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset(
+                table,
+                info=datasets.DatasetInfo(features=features),
+                split=datasets.NamedSplit(split),
+            )
+            for split, table in tables.items()
+        }
+    )

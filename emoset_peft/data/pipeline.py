@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -59,9 +59,17 @@ class DecodedImages:
         return len(self.labels)
 
 
-def decode_split(split, image_size: int, *, crop_ratio: float = EVAL_CROP_RATIO,
-                 cache_dir: str | Path | None = None, skip_corrupt: bool = True, workers: int = 2,
-                 desc: str = "decoding", show_progress: bool = True) -> DecodedImages:
+def decode_split(
+    split,
+    image_size: int,
+    *,
+    crop_ratio: float = EVAL_CROP_RATIO,
+    cache_dir: str | Path | None = None,
+    skip_corrupt: bool = True,
+    workers: int = 2,
+    desc: str = "decoding",
+    show_progress: bool = True,
+) -> DecodedImages:
     """Decode every image of a ``datasets`` split once (or load the cached result).
 
     The cache key covers the image paths with their sizes and mtimes and the resolution, so an
@@ -69,13 +77,23 @@ def decode_split(split, image_size: int, *, crop_ratio: float = EVAL_CROP_RATIO,
     its path, or with ``skip_corrupt`` is left out and listed in ``skipped``.
     """
     resolution = cache_resolution(image_size, crop_ratio)
-    paths = [_image_path(row) for row in split.select_columns("image").cast_column(
-        "image", _undecoded_image_feature())["image"]]
+    paths = [
+        _image_path(row)
+        for row in split.select_columns("image").cast_column("image", _undecoded_image_feature())[
+            "image"
+        ]
+    ]
     pixels, meta = load_or_decode(
-        paths, resolution, image_size, cache_dir,
+        paths,
+        resolution,
+        image_size,
+        cache_dir,
         lambda path: decode_square(path, resolution, crop_size=image_size),
-        label=str(getattr(split, "split", "") or ""), workers=workers, desc=desc,
-        show_progress=show_progress)
+        label=str(getattr(split, "split", "") or ""),
+        workers=workers,
+        desc=desc,
+        show_progress=show_progress,
+    )
     failed = {int(i): reason for i, reason in meta["failed"].items()}
     if failed and not skip_corrupt:
         _, reason = next(iter(sorted(failed.items())))
@@ -85,8 +103,9 @@ def decode_split(split, image_size: int, *, crop_ratio: float = EVAL_CROP_RATIO,
         )
     keep = np.array([i for i in range(len(paths)) if i not in failed], dtype=np.int64)
     if failed:
-        log.warning("skipped %d undecodable image(s), e.g. %s", len(failed),
-                    next(iter(failed.values())))
+        log.warning(
+            "skipped %d undecodable image(s), e.g. %s", len(failed), next(iter(failed.values()))
+        )
     # The metadata as plain lists in one Arrow pass: indexing split[name] per row re-reads the
     # column each time (quadratic: 1 s for 256 images, hours for EmoSet's 17,716 test images).
     names = [name for name in SLICE_ATTRIBUTES if name in split.column_names]
@@ -94,12 +113,19 @@ def decode_split(split, image_size: int, *, crop_ratio: float = EVAL_CROP_RATIO,
     labels = np.asarray(table["label"], dtype=np.int64)[keep]
     attributes = {name: [table[name][i] for i in keep] for name in names}
     pixels = pixels if len(keep) == len(paths) else pixels[keep]  # copy only when something failed
-    attribute_labels = {name: list(split.features[name].names) for name in names
-                        if hasattr(split.features[name], "names")}
-    return DecodedImages(pixels=pixels, labels=labels,
-                         image_ids=[table["image_id"][i] for i in keep],
-                         attributes=attributes, attribute_labels=attribute_labels,
-                         skipped=[paths[i] for i in sorted(failed)])
+    attribute_labels = {
+        name: list(split.features[name].names)
+        for name in names
+        if hasattr(split.features[name], "names")
+    }
+    return DecodedImages(
+        pixels=pixels,
+        labels=labels,
+        image_ids=[table["image_id"][i] for i in keep],
+        attributes=attributes,
+        attribute_labels=attribute_labels,
+        skipped=[paths[i] for i in sorted(failed)],
+    )
 
 
 def _undecoded_image_feature():
@@ -111,7 +137,9 @@ def _undecoded_image_feature():
 def _image_path(image_field) -> str:
     path = image_field.get("path") if isinstance(image_field, dict) else None
     if not path:
-        raise ValueError("image column rows must carry a file path (load the split with load_emoset)")
+        raise ValueError(
+            "image column rows must carry a file path (load the split with load_emoset)"
+        )
     return path
 
 
@@ -170,11 +198,17 @@ class Normalizer:
 def center_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
     height, width = batch.shape[-2:]
     top, left = (height - size) // 2, (width - size) // 2
-    return batch[..., top:top + size, left:left + size]
+    return batch[..., top : top + size, left : left + size]
 
 
-def sample_crop_boxes(count: int, height: int, width: int, generator: torch.Generator,
-                      scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[list, list]:
+def sample_crop_boxes(
+    count: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+) -> tuple[list, list]:
     """RandomResizedCrop's box sampler for ``count`` images: ([(top, left, h, w)], [flip?]).
 
     torchvision's rule (10 tries at a random area fraction in ``scale`` and log-uniform aspect in
@@ -200,8 +234,13 @@ def sample_crop_boxes(count: int, height: int, width: int, generator: torch.Gene
     return boxes, flips
 
 
-def random_resized_crop_flip(batch: torch.Tensor, size: int, generator: torch.Generator,
-                             scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_crop_flip(
+    batch: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+) -> torch.Tensor:
     """torchvision's RandomResizedCrop(size) + RandomHorizontalFlip, per image, on a batch.
 
     One antialiased ``resized_crop`` per image (about 1 ms for 256 -> 224 on one core); a single
@@ -212,13 +251,15 @@ def random_resized_crop_flip(batch: torch.Tensor, size: int, generator: torch.Ge
     return crop_flip(batch, boxes, flips, size)
 
 
-def crop_flip(batch: torch.Tensor, boxes: Sequence, flips: Sequence[bool],
-              size: int) -> torch.Tensor:
+def crop_flip(
+    batch: torch.Tensor, boxes: Sequence, flips: Sequence[bool], size: int
+) -> torch.Tensor:
     """Image i of ``batch``: its box ``(top, left, h, w)`` resized to ``size``, flipped if asked."""
     out = []
     for index, (top, left, crop_h, crop_w) in enumerate(boxes):
-        crop = TF.resized_crop(batch[index], top, left, crop_h, crop_w, [size, size],
-                               antialias=True)
+        crop = TF.resized_crop(
+            batch[index], top, left, crop_h, crop_w, [size, size], antialias=True
+        )
         out.append(TF.horizontal_flip(crop) if flips[index] else crop)
     return torch.stack(out)
 
@@ -235,8 +276,9 @@ class TrainStream:
     batch 16 trains on exactly the images and crops that 2 processes x batch 8 do.
     """
 
-    def __init__(self, images: DecodedImages, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self, images: DecodedImages, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         if len(images) == 0:
             raise ValueError("the training subset is empty")
         # With 8 images and batch 32, a batch holds each image once rather than 4 times.
@@ -251,7 +293,7 @@ class TrainStream:
         chunks, need, pass_index = [], self.global_batch, first_pass
         while need > 0:
             order = np.random.default_rng([self.seed, pass_index]).permutation(n)
-            take = order[offset:offset + need]
+            take = order[offset : offset + need]
             chunks.append(take)
             need -= len(take)
             offset, pass_index = 0, pass_index + 1
@@ -264,11 +306,14 @@ class TrainStream:
         """This process's (crop boxes, flips) for ``step``, row for row with ``indices(step)``."""
         side = self.images.pixels.shape[1]
         generator = torch.Generator(device="cpu").manual_seed(
-            int(np.random.default_rng([self.seed, step, 7]).integers(2**62)))
+            int(np.random.default_rng([self.seed, step, 7]).integers(2**62))
+        )
         boxes, flips = sample_crop_boxes(self.global_batch, side, side, generator)
         return boxes[self._rows()], flips[self._rows()]
 
-    def batch(self, step: int, normalizer: Normalizer, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, step: int, normalizer: Normalizer, image_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.indices(step)
         boxes, flips = self.augmentation(step)
         order = np.argsort(index, kind="stable")  # sorted reads are kinder to a memmap
@@ -279,8 +324,14 @@ class TrainStream:
         return normalizer(crops), labels
 
 
-def eval_batches(images: DecodedImages, batch_size: int, normalizer: Normalizer, image_size: int,
-                 rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    images: DecodedImages,
+    batch_size: int,
+    normalizer: Normalizer,
+    image_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This process's share of an eval split: (global indices, normalised centre crops).
 
     Shards are contiguous ranges, so under N processes every image is evaluated exactly once.

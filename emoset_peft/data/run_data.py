@@ -44,8 +44,11 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
     else:
         args = {"per_class": int(data.per_class), "seed": data.data_seed}
         train = low_data_subset(train, **args)
-    manifest = (subset_manifest(train, split_size=len(emoset["train"]), **args)
-                if train is not None else None)
+    manifest = (
+        subset_manifest(train, split_size=len(emoset["train"]), **args)
+        if train is not None
+        else None
+    )
 
     selection = emoset["validation"]
     per_class = selection_images_per_class(data)
@@ -53,8 +56,9 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
         selection = None
     elif per_class is not None:
         # A small validation split (or class) gives all it has: selection needs no exact count.
-        selection = selection_subset(selection, per_class=per_class, seed=data.data_seed,
-                                     allow_fewer=True)
+        selection = selection_subset(
+            selection, per_class=per_class, seed=data.data_seed, allow_fewer=True
+        )
     test = emoset["test"]
     if data.test_limit_per_class is not None:
         test = low_data_subset(test, per_class=data.test_limit_per_class, seed=0, allow_fewer=True)
@@ -75,12 +79,17 @@ def selection_images_per_class(data: DataConfig) -> int | None:
     return data.selection_per_class
 
 
-def selection_record(data: DataConfig, selection: DecodedImages | None, best_step: int,
-                     evaluations: int) -> dict[str, Any]:
+def selection_record(
+    data: DataConfig, selection: DecodedImages | None, best_step: int, evaluations: int
+) -> dict[str, Any]:
     """metrics.json's "selection" entry: how the kept step was chosen, on how many images."""
-    return {"mode": data.selection, "images_per_class": selection_images_per_class(data),
-            "images": len(selection) if selection is not None else 0, "best_step": best_step,
-            "evaluations": evaluations}
+    return {
+        "mode": data.selection,
+        "images_per_class": selection_images_per_class(data),
+        "images": len(selection) if selection is not None else 0,
+        "best_step": best_step,
+        "evaluations": evaluations,
+    }
 
 
 def _require_records(emoset, root: str, needs_validation: bool = True) -> None:
@@ -94,25 +103,44 @@ def _require_records(emoset, root: str, needs_validation: bool = True) -> None:
         if split == "validation" and not needs_validation:
             continue
         if len(emoset[split]) == 0:
-            raise EmoSetError(f"{Path(root) / SPLIT_FILES[split]} holds no records, but the run "
-                              f"needs it ({split} {why}); restore it from the EmoSet download")
+            raise EmoSetError(
+                f"{Path(root) / SPLIT_FILES[split]} holds no records, but the run "
+                f"needs it ({split} {why}); restore it from the EmoSet download"
+            )
 
 
-def load_run_data(data: DataConfig, image_size: int, *, crop_ratio: float = EVAL_CROP_RATIO,
-                  emoset=None, show_progress: bool = True) -> RunData:
+def load_run_data(
+    data: DataConfig,
+    image_size: int,
+    *,
+    crop_ratio: float = EVAL_CROP_RATIO,
+    emoset=None,
+    show_progress: bool = True,
+) -> RunData:
     """Load EmoSet (unless given), pick the subsets and decode them (cached across runs).
     ``image_size`` and ``crop_ratio``: the backbone's ``input_spec_for``."""
     if emoset is None:
         from emoset_peft.data.emoset import load_emoset
 
-        emoset = load_emoset(data.root, cache_dir=data.cache_dir, skip_missing=data.skip_missing,
-                             follow_symlinks=data.follow_symlinks)
+        emoset = load_emoset(
+            data.root,
+            cache_dir=data.cache_dir,
+            skip_missing=data.skip_missing,
+            follow_symlinks=data.follow_symlinks,
+        )
     train, selection, test, manifest = select_splits(data, emoset)
 
     def decode(split, desc):
-        return decode_split(split, image_size, crop_ratio=crop_ratio, cache_dir=data.cache_dir,
-                            skip_corrupt=data.skip_corrupt, workers=data.decode_workers,
-                            desc=desc, show_progress=show_progress)
+        return decode_split(
+            split,
+            image_size,
+            crop_ratio=crop_ratio,
+            cache_dir=data.cache_dir,
+            skip_corrupt=data.skip_corrupt,
+            workers=data.decode_workers,
+            desc=desc,
+            show_progress=show_progress,
+        )
 
     return RunData(
         class_names=list(emoset["train"].features["label"].names),

@@ -39,13 +39,13 @@ _EXAMPLES = 5
 
 
 def low_data_subset(
-    split: "datasets.Dataset",
+    split: datasets.Dataset,
     *,
     per_class: int | None = None,
     fraction: float | None = None,
     seed: int = 0,
     allow_fewer: bool = False,
-) -> "datasets.Dataset":
+) -> datasets.Dataset:
     """Pick ``per_class`` images of every class (or ``fraction`` of each class) from ``split``.
 
     Exactly one of ``per_class`` and ``fraction`` is given. With ``fraction`` each class keeps
@@ -61,23 +61,30 @@ def low_data_subset(
 
 
 def selection_subset(
-    validation_split: "datasets.Dataset", per_class: int, seed: int = 0, *,
+    validation_split: datasets.Dataset,
+    per_class: int,
+    seed: int = 0,
+    *,
     allow_fewer: bool = False,
-) -> "datasets.Dataset":
+) -> datasets.Dataset:
     """The model-selection set: ``per_class`` images per class from the validation split.
 
     Chosen exactly like :func:`low_data_subset`. Refuses the test split: choosing a model on the
     test images would make the test score optimistic.
     """
     if str(getattr(validation_split, "split", "")) == "test":
-        raise EmoSetError("selection_subset got the test split; select models on the "
-                          "validation split (ds['validation']) and keep test for the final score")
-    return low_data_subset(validation_split, per_class=per_class, seed=seed,
-                           allow_fewer=allow_fewer)
+        raise EmoSetError(
+            "selection_subset got the test split; select models on the "
+            "validation split (ds['validation']) and keep test for the final score"
+        )
+    return low_data_subset(
+        validation_split, per_class=per_class, seed=seed, allow_fewer=allow_fewer
+    )
 
 
-def subset_manifest(subset: "datasets.Dataset", *, split_size: int | None = None,
-                    **args: Any) -> dict:
+def subset_manifest(
+    subset: datasets.Dataset, *, split_size: int | None = None, **args: Any
+) -> dict:
     """A manifest (a JSON-ready dict) for ``subset``; ``args`` records how it was made.
 
     ``split_size`` is the number of rows in the split the subset came from (a check that the
@@ -99,7 +106,7 @@ def subset_manifest(subset: "datasets.Dataset", *, split_size: int | None = None
     }
 
 
-def write_manifest(path: str | os.PathLike, subset: "datasets.Dataset", **info: Any) -> dict:
+def write_manifest(path: str | os.PathLike, subset: datasets.Dataset, **info: Any) -> dict:
     """Write :func:`subset_manifest` (``info`` as its keyword arguments) to ``path`` atomically.
 
     The file is written beside ``path`` under a temporary name and renamed into place, so a
@@ -118,22 +125,30 @@ def read_manifest(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise EmoSetError(f"subset manifest {path} not found") from None
     except ValueError as err:
-        raise EmoSetError(f"subset manifest {path} is not valid JSON ({err}); write it again "
-                          "with `emoset-peft data subset`") from None
+        raise EmoSetError(
+            f"subset manifest {path} is not valid JSON ({err}); write it again "
+            "with `emoset-peft data subset`"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise EmoSetError(f"{path} is not a subset manifest (expected format "
-                          f"{MANIFEST_FORMAT!r}); write it with `emoset-peft data subset`")
+        raise EmoSetError(
+            f"{path} is not a subset manifest (expected format "
+            f"{MANIFEST_FORMAT!r}); write it with `emoset-peft data subset`"
+        )
     ids = manifest.get("image_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise EmoSetError(f"{path}: 'image_ids' must be a list of strings")
     if ids_sha256(ids) != manifest.get("sha256"):
-        raise EmoSetError(f"{path}: the sha256 does not match the image ids; the file was edited "
-                          "or damaged. Write it again with `emoset-peft data subset`.")
+        raise EmoSetError(
+            f"{path}: the sha256 does not match the image ids; the file was edited "
+            "or damaged. Write it again with `emoset-peft data subset`."
+        )
     return manifest
 
 
-def subset_from_manifest(split: "datasets.Dataset", manifest: dict | str | os.PathLike,
-                         ) -> "datasets.Dataset":
+def subset_from_manifest(
+    split: datasets.Dataset,
+    manifest: dict | str | os.PathLike,
+) -> datasets.Dataset:
     """The rows of ``split`` named by a manifest (a dict, or a path to read), in manifest order.
 
     Raises :class:`EmoSetError` when an id of the manifest is not in the split.
@@ -146,13 +161,16 @@ def subset_from_manifest(split: "datasets.Dataset", manifest: dict | str | os.Pa
     row_of = {image_id: row for row, image_id in enumerate(_image_ids(split))}
     absent = [image_id for image_id in ids if image_id not in row_of]
     if absent:
-        raise EmoSetError(f"{source}: {len(absent)} of {len(ids)} image ids are not in the "
-                          f"{split.split} split (first: {absent[:_EXAMPLES]}); was the manifest "
-                          "made from another split or another copy of EmoSet?")
+        raise EmoSetError(
+            f"{source}: {len(absent)} of {len(ids)} image ids are not in the "
+            f"{split.split} split (first: {absent[:_EXAMPLES]}); was the manifest "
+            "made from another split or another copy of EmoSet?"
+        )
     expected = manifest.get("split_size")
     if expected is not None and expected != len(split):
-        log.warning("%s was made from a split of %d images; this one has %d", source,
-                    expected, len(split))
+        log.warning(
+            "%s was made from a split of %d images; this one has %d", source, expected, len(split)
+        )
     return split.select([row_of[image_id] for image_id in ids])
 
 
@@ -169,7 +187,7 @@ def _counts_per_class(split, per_class, fraction, allow_fewer) -> list[int]:
     if (per_class is None) == (fraction is None):
         raise EmoSetError("give exactly one of per_class= (images per class) and fraction=")
     names = _label_names(split)
-    available = np.bincount(_labels(split), minlength=len(names))[:len(names)]
+    available = np.bincount(_labels(split), minlength=len(names))[: len(names)]
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise EmoSetError(f"fraction must be in (0, 1]; got {fraction}")
@@ -181,10 +199,12 @@ def _counts_per_class(split, per_class, fraction, allow_fewer) -> list[int]:
     if short:
         listed = ", ".join(f"{name} has {n}" for name, n in short)
         if not allow_fewer:
-            raise EmoSetError(f"per_class={per_class} but the {split.split} split has fewer "
-                              f"images in some classes ({listed}); lower per_class, or pass "
-                              "allow_fewer=True (CLI: --allow-fewer) to take all images of those "
-                              "classes")
+            raise EmoSetError(
+                f"per_class={per_class} but the {split.split} split has fewer "
+                f"images in some classes ({listed}); lower per_class, or pass "
+                "allow_fewer=True (CLI: --allow-fewer) to take all images of those "
+                "classes"
+            )
         log.warning("per_class=%d: taking all images of classes with fewer (%s)", per_class, listed)
     return [min(int(n), int(per_class)) for n in available]
 
@@ -205,8 +225,9 @@ def _ranked_rows_per_class(split, seed: int) -> list[np.ndarray]:
 def _label_names(split) -> list[str]:
     feature = split.features.get("label")
     if feature is None or not hasattr(feature, "names"):
-        raise EmoSetError("the dataset needs a ClassLabel 'label' column (load it with "
-                          "load_emoset)")
+        raise EmoSetError(
+            "the dataset needs a ClassLabel 'label' column (load it with load_emoset)"
+        )
     return list(feature.names)
 
 

@@ -43,26 +43,84 @@ TRUTH_FILE = "truth.json"  # image_id -> true emotion (and factor combination), 
 TASKS = ("signature", "factors")
 
 # A compact vocabulary of names that all occur in the official info.json.
-SCENES = ("amusement_park", "beach", "bedroom", "cemetery", "church", "desert", "forest_path",
-          "highway", "hospital_room", "kitchen", "mountain", "ocean", "park", "playground",
-          "ruin", "stage", "street")
-OBJECTS = ("Balloon", "Building", "Cake", "Candle", "Car", "Cat", "Dog", "Flower", "Food",
-           "Skull", "Snake", "Spider", "Toy", "Tree", "Weapon")
+SCENES = (
+    "amusement_park",
+    "beach",
+    "bedroom",
+    "cemetery",
+    "church",
+    "desert",
+    "forest_path",
+    "highway",
+    "hospital_room",
+    "kitchen",
+    "mountain",
+    "ocean",
+    "park",
+    "playground",
+    "ruin",
+    "stage",
+    "street",
+)
+OBJECTS = (
+    "Balloon",
+    "Building",
+    "Cake",
+    "Candle",
+    "Car",
+    "Cat",
+    "Dog",
+    "Flower",
+    "Food",
+    "Skull",
+    "Snake",
+    "Spider",
+    "Toy",
+    "Tree",
+    "Weapon",
+)
 FACIAL_EXPRESSIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise")
-HUMAN_ACTIONS = ("applauding", "celebrating", "clapping", "crying", "dancing", "headbanging",
-                 "hugging", "kissing", "laughing", "skydiving", "slapping", "sword fighting")
+HUMAN_ACTIONS = (
+    "applauding",
+    "celebrating",
+    "clapping",
+    "crying",
+    "dancing",
+    "headbanging",
+    "hugging",
+    "kissing",
+    "laughing",
+    "skydiving",
+    "slapping",
+    "sword fighting",
+)
 # Each emotion's facial expression when one is annotated (roughly what the real data shows).
-_FACE_OF = {"amusement": "happy", "awe": "surprise", "contentment": "happy",
-            "excitement": "surprise", "anger": "angry", "disgust": "disgust", "fear": "fear",
-            "sadness": "sad"}
+_FACE_OF = {
+    "amusement": "happy",
+    "awe": "surprise",
+    "contentment": "happy",
+    "excitement": "surprise",
+    "anger": "angry",
+    "disgust": "disgust",
+    "fear": "fear",
+    "sadness": "sad",
+}
 
 # Per class c (official order): stripe angle (degrees), stripe cycles across the short side,
 # and blob centre (x, y) in units of the short side.
 _ANGLES = (0.0, 90.0, 45.0, 135.0, 0.0, 90.0, 45.0, 135.0)
 _CYCLES = (3.0, 3.0, 6.0, 6.0, 6.0, 6.0, 3.0, 3.0)
 _WORK_PX = 96  # short side (pixels) of the grid the pattern is drawn on
-_BLOBS = ((0.3, 0.3), (0.7, 0.7), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7), (0.3, 0.3), (0.3, 0.7),
-          (0.7, 0.3))
+_BLOBS = (
+    (0.3, 0.3),
+    (0.7, 0.7),
+    (0.7, 0.3),
+    (0.3, 0.7),
+    (0.7, 0.7),
+    (0.3, 0.3),
+    (0.3, 0.7),
+    (0.7, 0.3),
+)
 
 
 def make_synthetic_emoset(
@@ -92,8 +150,9 @@ def make_synthetic_emoset(
         raise EmoSetError(f"images per class must be integers >= 0, not all 0; got {counts}")
     low, high = size_range
     if not 8 <= low <= high:
-        raise EmoSetError(f"size_range must be (min_px, max_px) with 8 <= min <= max; "
-                          f"got {size_range}")
+        raise EmoSetError(
+            f"size_range must be (min_px, max_px) with 8 <= min <= max; got {size_range}"
+        )
     if min(grayscale_fraction, cmyk_fraction) < 0 or grayscale_fraction + cmyk_fraction > 1:
         raise EmoSetError("grayscale_fraction and cmyk_fraction must be >= 0 and sum to <= 1")
     if task not in TASKS:
@@ -103,11 +162,19 @@ def make_synthetic_emoset(
 
     root = Path(root).expanduser()
     _prepare_folder(root)
-    params = {"seed": seed, **{f"{s}_per_class": n for s, n in counts.items()},
-              "size_range": [low, high], "grayscale_fraction": grayscale_fraction,
-              "cmyk_fraction": cmyk_fraction, "task": task, "label_noise": label_noise}
-    _write_json(root / MARKER, {"generator": "emoset_peft.make_synthetic_emoset",
-                                "params": params, "complete": False})
+    params = {
+        "seed": seed,
+        **{f"{s}_per_class": n for s, n in counts.items()},
+        "size_range": [low, high],
+        "grayscale_fraction": grayscale_fraction,
+        "cmyk_fraction": cmyk_fraction,
+        "task": task,
+        "label_noise": label_noise,
+    }
+    _write_json(
+        root / MARKER,
+        {"generator": "emoset_peft.make_synthetic_emoset", "params": params, "complete": False},
+    )
     _write_json(root / "info.json", compact_info_json())
 
     records: dict[str, list[list[str]]] = {split: [] for split in counts}
@@ -138,8 +205,9 @@ def make_synthetic_emoset(
             image_rel = f"image/{emotion}/{image_id}.jpg"
             annotation_rel = f"annotation/{emotion}/{image_id}.json"
             _save_jpeg(rng, pixels, root / image_rel, grayscale_fraction, cmyk_fraction)
-            _write_json(root / annotation_rel, _annotation(rng, image_id, emotion, pixels),
-                        indent=None)
+            _write_json(
+                root / annotation_rel, _annotation(rng, image_id, emotion, pixels), indent=None
+            )
             records[split].append([emotion, image_rel, annotation_rel])
 
     order_rng = np.random.default_rng([seed, 99])
@@ -147,8 +215,10 @@ def make_synthetic_emoset(
         shuffled = [rows[i] for i in order_rng.permutation(len(rows))]
         _write_json(root / SPLIT_FILE_NAMES[split], shuffled, indent=None)
     _write_json(root / TRUTH_FILE, truth, indent=None)
-    _write_json(root / MARKER, {"generator": "emoset_peft.make_synthetic_emoset",
-                                "params": params, "complete": True})
+    _write_json(
+        root / MARKER,
+        {"generator": "emoset_peft.make_synthetic_emoset", "params": params, "complete": True},
+    )
     return root
 
 
@@ -160,8 +230,9 @@ def _true_class(rng: np.random.Generator, recorded: int, label_noise: float) -> 
     return recorded
 
 
-def render_signature(rng: np.random.Generator, class_index: int,
-                     size: tuple[int, int]) -> np.ndarray:
+def render_signature(
+    rng: np.random.Generator, class_index: int, size: tuple[int, int]
+) -> np.ndarray:
     """One RGB image (uint8, H x W x 3) of class ``class_index`` with random nuisance.
 
     The pattern is drawn on a grid of at most ``_WORK_PX`` on the short side and resized (the
@@ -180,14 +251,20 @@ def render_signature(rng: np.random.Generator, class_index: int,
     direction = rng.uniform(0, 2 * np.pi)
     ramp = x * np.float32(np.cos(direction)) + y * np.float32(np.sin(direction))
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-    start, end = (_colour(rng.uniform(0, 360), rng.uniform(0.0, 0.35), rng.uniform(0.25, 0.8))
-                  for _ in range(2))
+    start, end = (
+        _colour(rng.uniform(0, 360), rng.uniform(0.0, 0.35), rng.uniform(0.25, 0.8))
+        for _ in range(2)
+    )
     image = start + (end - start) * ramp[..., None]
 
     # Distractor stripes at a random angle (weaker than the signature).
     if rng.random() < 0.35:
-        image = _blend(image, _stripes(rng, x, y, rng.uniform(0, 180), rng.uniform(2, 7)),
-                       _colour(rng.uniform(0, 360), 0.3, 0.6), rng.uniform(0.15, 0.35))
+        image = _blend(
+            image,
+            _stripes(rng, x, y, rng.uniform(0, 180), rng.uniform(2, 7)),
+            _colour(rng.uniform(0, 360), 0.3, 0.6),
+            rng.uniform(0.15, 0.35),
+        )
 
     # Signature stripes in the class hue, only inside a random window.
     hue = 45.0 * class_index + rng.normal(0, 22)
@@ -202,15 +279,17 @@ def render_signature(rng: np.random.Generator, class_index: int,
     bx = (bx + rng.normal(0, 0.12)) * extent_x
     by = (by + rng.normal(0, 0.12)) * extent_y
     inv = np.float32(1 / (2 * rng.uniform(0.1, 0.2) ** 2))
-    blob = np.exp(-(x - np.float32(bx)) ** 2 * inv) * np.exp(-(y - np.float32(by)) ** 2 * inv)
-    image = _blend(image, blob, _colour(rng.uniform(0, 360), rng.uniform(0.3, 1), 1.0),
-                   rng.uniform(0.25, 0.6))
+    blob = np.exp(-((x - np.float32(bx)) ** 2) * inv) * np.exp(-((y - np.float32(by)) ** 2) * inv)
+    image = _blend(
+        image, blob, _colour(rng.uniform(0, 360), rng.uniform(0.3, 1), 1.0), rng.uniform(0.25, 0.6)
+    )
 
     image *= np.float32(rng.uniform(0.65, 1.25))  # exposure
     pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if (work_h, work_w) != (height, width):
-        pixels = np.asarray(Image.fromarray(pixels, "RGB").resize((width, height),
-                                                                   Image.Resampling.BILINEAR))
+        pixels = np.asarray(
+            Image.fromarray(pixels, "RGB").resize((width, height), Image.Resampling.BILINEAR)
+        )
     noise = rng.standard_normal(pixels.shape, dtype=np.float32)
     noise *= np.float32(255 * rng.uniform(0.015, 0.06))  # sensor noise, sd in 0..255 units
     return np.clip(pixels + noise, 0, 255).astype(np.uint8)
@@ -226,16 +305,19 @@ def _stripes(rng, x, y, angle_deg, cycles) -> np.ndarray:
 
 def _window(rng, x, y, width, height) -> np.ndarray:
     """A soft-edged random rectangle covering 45-100% of each side (a random crop of the cue)."""
+
     def edges(extent):
         size = rng.uniform(0.45, 1.0) * extent
         start = rng.uniform(0, extent - size)
         return start, start + size
+
     (x0, x1), (y0, y1) = edges(width), edges(height)
     soft = np.float32(0.04)  # edge width, in units of the short side
 
     def ramp(t, lo, hi):
         lo, hi = np.float32(lo), np.float32(hi)
         return 1 / (1 + np.exp(-(t - lo) / soft)) / (1 + np.exp((t - hi) / soft))
+
     return ramp(x, x0, x1) * ramp(y, y0, y1)
 
 
@@ -274,8 +356,9 @@ def _annotation(rng, image_id, emotion, pixels) -> dict:
         picks = rng.choice(len(OBJECTS), size=int(rng.integers(1, 4)), replace=False)
         annotation["object"] = [OBJECTS[i] for i in sorted(picks.tolist())]
     if rng.random() < 0.3:
-        annotation["facial_expression"] = (_FACE_OF[emotion] if rng.random() < 0.7
-                                           else FACIAL_EXPRESSIONS[int(rng.integers(6))])
+        annotation["facial_expression"] = (
+            _FACE_OF[emotion] if rng.random() < 0.7 else FACIAL_EXPRESSIONS[int(rng.integers(6))]
+        )
     if rng.random() < 0.35:
         annotation["human_action"] = HUMAN_ACTIONS[int(rng.integers(len(HUMAN_ACTIONS)))]
     return annotation
@@ -287,13 +370,20 @@ def compact_info_json() -> dict:
 
     def vocab(names, labels=None):
         labels = list(names) if labels is None else labels
-        return {"label2idx": {str(name): i for i, name in enumerate(names)},
-                "idx2label": {str(i): label for i, label in enumerate(labels)}}
-    return {"emotion": vocab(EMOTIONS),
-            "brightness": vocab([f"{s:.1f}" for s in steps], steps),
-            "colorfulness": vocab([f"{s:.1f}" for s in steps], steps),
-            "scene": vocab(SCENES), "object": vocab(OBJECTS),
-            "facial_expression": vocab(FACIAL_EXPRESSIONS), "human_action": vocab(HUMAN_ACTIONS)}
+        return {
+            "label2idx": {str(name): i for i, name in enumerate(names)},
+            "idx2label": {str(i): label for i, label in enumerate(labels)},
+        }
+
+    return {
+        "emotion": vocab(EMOTIONS),
+        "brightness": vocab([f"{s:.1f}" for s in steps], steps),
+        "colorfulness": vocab([f"{s:.1f}" for s in steps], steps),
+        "scene": vocab(SCENES),
+        "object": vocab(OBJECTS),
+        "facial_expression": vocab(FACIAL_EXPRESSIONS),
+        "human_action": vocab(HUMAN_ACTIONS),
+    }
 
 
 def _prepare_folder(root: Path) -> None:
@@ -302,8 +392,10 @@ def _prepare_folder(root: Path) -> None:
         raise EmoSetError(f"{root} exists and is not a folder; pick another output path")
     if root.is_dir() and any(root.iterdir()):
         if not (root / MARKER).is_file():
-            raise EmoSetError(f"{root} is not empty and is not a synthetic EmoSet tree (no "
-                              f"{MARKER}); refusing to write into it. Pick an empty or new folder.")
+            raise EmoSetError(
+                f"{root} is not empty and is not a synthetic EmoSet tree (no "
+                f"{MARKER}); refusing to write into it. Pick an empty or new folder."
+            )
         for name in ("image", "annotation"):
             shutil.rmtree(root / name, ignore_errors=True)
         for name in ("info.json", TRUTH_FILE, *SPLIT_FILE_NAMES.values()):

@@ -48,8 +48,7 @@ def combinations_of(emotion: int) -> list[int]:
     return [c for c in range(NUM_COMBINATIONS) if emotion_of(c) == emotion]
 
 
-def render_factors(rng: np.random.Generator, combination: int,
-                   size: tuple[int, int]) -> np.ndarray:
+def render_factors(rng: np.random.Generator, combination: int, size: tuple[int, int]) -> np.ndarray:
     """One RGB image (uint8, H x W x 3) of ``combination`` with random nuisance."""
     hue, orientation, duty, ground = factors_of(combination)
     height, width = size
@@ -69,8 +68,11 @@ def render_factors(rng: np.random.Generator, combination: int,
     # Stripes over the whole frame; the duty cycle sets how much of it they cover.
     theta = np.deg2rad(90.0 * orientation + rng.normal(0, 6))
     k = np.float32(2 * np.pi * rng.uniform(2.5, 5.0))  # cycles across the short side
-    arg = (x * (k * np.float32(np.cos(theta))) + y * (k * np.float32(np.sin(theta)))
-           + np.float32(rng.uniform(0, 2 * np.pi)))
+    arg = (
+        x * (k * np.float32(np.cos(theta)))
+        + y * (k * np.float32(np.sin(theta)))
+        + np.float32(rng.uniform(0, 2 * np.pi))
+    )
     threshold = np.float32(np.cos(np.pi * _DUTIES[duty]))  # cos > t on a `duty` share
     mask = 1 / (1 + np.exp(-(np.cos(arg) - threshold) / np.float32(0.05)))
     colour = _colour(45.0 * hue + rng.normal(0, 6), rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.0))
@@ -80,9 +82,15 @@ def render_factors(rng: np.random.Generator, combination: int,
     if rng.random() < 0.5:
         cx, cy = rng.uniform(0, width / unit), rng.uniform(0, height / unit)
         inv = np.float32(1 / (2 * rng.uniform(0.06, 0.12) ** 2))
-        spot = np.exp(-(x - np.float32(cx)) ** 2 * inv) * np.exp(-(y - np.float32(cy)) ** 2 * inv)
-        image = _blend(image, spot, _colour(rng.uniform(0, 360), rng.uniform(0.4, 1), 1.0),
-                       rng.uniform(0.2, 0.5))
+        spot = np.exp(-((x - np.float32(cx)) ** 2) * inv) * np.exp(
+            -((y - np.float32(cy)) ** 2) * inv
+        )
+        image = _blend(
+            image,
+            spot,
+            _colour(rng.uniform(0, 360), rng.uniform(0.4, 1), 1.0),
+            rng.uniform(0.2, 0.5),
+        )
 
     image *= np.float32(rng.uniform(0.85, 1.15))  # exposure
     noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0.01, 0.04))
@@ -94,6 +102,10 @@ def factor_images(count: int, side: int, seed: int) -> tuple[np.ndarray, np.ndar
     combination labels (int64, 0-63): pretraining data in a label space other than emotions."""
     rng = np.random.default_rng([seed, 64])
     labels = rng.integers(NUM_COMBINATIONS, size=count)
-    pixels = np.stack([render_factors(np.random.default_rng([seed, 64, i]), int(label),
-                                      (side, side)) for i, label in enumerate(labels)])
+    pixels = np.stack(
+        [
+            render_factors(np.random.default_rng([seed, 64, i]), int(label), (side, side))
+            for i, label in enumerate(labels)
+        ]
+    )
     return pixels, labels.astype(np.int64)

@@ -74,9 +74,18 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return folder / name if STEP_NAME.match(name) else pointer
 
 
-def save_checkpoint(accelerator, folder: Path, step: int, trainer_state: LoopState,
-                    best_state: dict[str, torch.Tensor] | None, *, model, optimizer, scheduler,
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    accelerator,
+    folder: Path,
+    step: int,
+    trainer_state: LoopState,
+    best_state: dict[str, torch.Tensor] | None,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    keep: int = 2,
+) -> Path:
     """Save weights/optimizer/scheduler/RNG (every rank's) plus the loop's own state.
 
     A full disk raises one EmoSetError line on every rank and leaves no ``.tmp-step_N``; the
@@ -93,8 +102,7 @@ def save_checkpoint(accelerator, folder: Path, step: int, trainer_state: LoopSta
         _agree(accelerator, None, tmp, final)
         _save_rng(accelerator, tmp / rng_file(accelerator.process_index))
         if main:
-            _save_shared(tmp, trainer_state, best_state, model, optimizer, scheduler,
-                         accelerator)
+            _save_shared(tmp, trainer_state, best_state, model, optimizer, scheduler, accelerator)
     except Exception as err:
         if not is_disk_full(err):
             raise
@@ -119,16 +127,18 @@ def save_checkpoint(accelerator, folder: Path, step: int, trainer_state: LoopSta
     return final
 
 
-def load_checkpoint(accelerator, path: Path, *, model, optimizer,
-                    scheduler) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
+def load_checkpoint(
+    accelerator, path: Path, *, model, optimizer, scheduler
+) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
     """Restore everything ``save_checkpoint`` wrote; returns (loop state, best weights or None)."""
     files = _verified_files(path, accelerator)
     with _reading(path, WEIGHTS):
         weights = load_file(str(path / WEIGHTS))
         expected = {name for name, p in model.named_parameters() if p.requires_grad}
         if set(weights) != expected:
-            raise ValueError(f"it holds {len(weights)} tensors, this model trains "
-                             f"{len(expected)} others")
+            raise ValueError(
+                f"it holds {len(weights)} tensors, this model trains {len(expected)} others"
+            )
         load_trainable_state(model, weights)
     with _reading(path, OPTIMIZER_TENSORS):
         optimizer.load_state_dict(_optimizer_state(path, optimizer))
@@ -151,8 +161,9 @@ def load_checkpoint(accelerator, path: Path, *, model, optimizer,
 # -- writing ------------------------------------------------------------------------------------
 
 
-def _save_shared(tmp: Path, trainer_state, best_state, model, optimizer, scheduler,
-                 accelerator) -> None:
+def _save_shared(
+    tmp: Path, trainer_state, best_state, model, optimizer, scheduler, accelerator
+) -> None:
     save_file(trainable_state(model), str(tmp / WEIGHTS))
     tensors, meta = _split_optimizer_state(optimizer.state_dict())
     save_file(tensors, str(tmp / OPTIMIZER_TENSORS))
@@ -183,14 +194,19 @@ def _save_rng(accelerator, path: Path) -> None:
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda_{index}"] = state
     name, keys, position, has_gauss, cached = np.random.get_state()
-    metadata = {"python": json.dumps(random.getstate()),
-                "numpy": json.dumps([name, keys.tolist(), position, has_gauss, cached])}
+    metadata = {
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps([name, keys.tolist(), position, has_gauss, cached]),
+    }
     save_file(tensors, str(path), metadata=metadata)
 
 
 def _write_manifest(tmp: Path, step: int, world_size: int) -> None:
-    files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-             for path in sorted(tmp.iterdir()) if path.is_file()}
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(tmp.iterdir())
+        if path.is_file()
+    }
     manifest = {"format": FORMAT, "step": step, "world_size": world_size, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
@@ -199,8 +215,9 @@ def _agree(accelerator, failure: BaseException | None, tmp: Path, final: Path) -
     """A barrier that also shares failures: if any rank's disk was full, every rank raises."""
     reason = None
     if failure is not None:
-        reason = (failure.strerror if isinstance(failure, OSError) and failure.strerror
-                  else str(failure))
+        reason = (
+            failure.strerror if isinstance(failure, OSError) and failure.strerror else str(failure)
+        )
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -211,11 +228,16 @@ def _agree(accelerator, failure: BaseException | None, tmp: Path, final: Path) -
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     previous = latest_checkpoint(final.parent)
-    kept = (f"the previous checkpoint {previous.name} is intact: free space and pass "
-            "resume=true to continue from it" if previous is not None and previous != final
-            else "free space (or choose another output_dir) and start again")
-    raise EmoSetError(f"the disk is full while writing checkpoint {final} ({reason}); nothing "
-                      f"of it was kept; {kept}")
+    kept = (
+        f"the previous checkpoint {previous.name} is intact: free space and pass "
+        "resume=true to continue from it"
+        if previous is not None and previous != final
+        else "free space (or choose another output_dir) and start again"
+    )
+    raise EmoSetError(
+        f"the disk is full while writing checkpoint {final} ({reason}); nothing "
+        f"of it was kept; {kept}"
+    )
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -244,20 +266,30 @@ def _verified_files(path: Path, accelerator) -> dict:
     if not path.is_dir():
         raise _damaged(path, "", "is named by 'latest' but does not exist")
     if not (path / MANIFEST).exists() and (path / TRAINER_STATE).exists():
-        raise EmoSetError(f"checkpoint {path} was written by an older emoset-peft (accelerate "
-                          "pickles, which are no longer loaded since loading them can run code); "
-                          "pass overwrite=true to start the run again")
+        raise EmoSetError(
+            f"checkpoint {path} was written by an older emoset-peft (accelerate "
+            "pickles, which are no longer loaded since loading them can run code); "
+            "pass overwrite=true to start the run again"
+        )
     with _reading(path, MANIFEST):
         manifest = json.loads((path / MANIFEST).read_text())
         files, world = manifest["files"], manifest["world_size"]
         if manifest["format"] != FORMAT:
             raise ValueError(f"format {manifest['format']}, this version reads {FORMAT}")
     if world != accelerator.num_processes:
-        raise EmoSetError(f"checkpoint {path} was written by {world} process(es), this run has "
-                          f"{accelerator.num_processes}; resume with {world}, or pass "
-                          "overwrite=true to start again")
-    needed = [WEIGHTS, OPTIMIZER_TENSORS, OPTIMIZER_META, SCHEDULER, TRAINER_STATE,
-              rng_file(accelerator.process_index)]
+        raise EmoSetError(
+            f"checkpoint {path} was written by {world} process(es), this run has "
+            f"{accelerator.num_processes}; resume with {world}, or pass "
+            "overwrite=true to start again"
+        )
+    needed = [
+        WEIGHTS,
+        OPTIMIZER_TENSORS,
+        OPTIMIZER_META,
+        SCHEDULER,
+        TRAINER_STATE,
+        rng_file(accelerator.process_index),
+    ]
     for name in needed:
         if name not in files:
             raise _damaged(path, name, f"is not listed in {MANIFEST}")
@@ -266,8 +298,12 @@ def _verified_files(path: Path, accelerator) -> dict:
         if not file.is_file():
             raise _damaged(path, name, "is missing")
         if file.stat().st_size != expected["bytes"]:
-            raise _damaged(path, name, f"has {file.stat().st_size} bytes, {expected['bytes']} "
-                                       "were written (truncated or replaced)")
+            raise _damaged(
+                path,
+                name,
+                f"has {file.stat().st_size} bytes, {expected['bytes']} "
+                "were written (truncated or replaced)",
+            )
         if _sha256(file) != expected["sha256"]:
             raise _damaged(path, name, "does not match the checksum written with it")
     return files
@@ -312,8 +348,10 @@ def _damaged(checkpoint: Path, name: str, problem: str) -> EmoSetError:
     folder = checkpoint.parent
     others = sorted(p.name for p in folder.glob("step_*") if p != checkpoint and p.is_dir())
     if others:
-        fix = (f"resume from an older checkpoint (write '{others[-1]}' into "
-               f"{folder / 'latest'}) or pass overwrite=true to start again")
+        fix = (
+            f"resume from an older checkpoint (write '{others[-1]}' into "
+            f"{folder / 'latest'}) or pass overwrite=true to start again"
+        )
     else:
         fix = "pass overwrite=true to start the run again"
     what = f"checkpoint file {checkpoint / name}" if name else f"{checkpoint}"

@@ -15,8 +15,16 @@ SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")  # accelerate DistributedType val
 
 
 @torch.inference_mode()
-def predict_probs(model, images: DecodedImages, accelerator, normalizer: Normalizer,
-                  image_size: int, batch_size: int, *, merge_adapters: bool = True) -> np.ndarray:
+def predict_probs(
+    model,
+    images: DecodedImages,
+    accelerator,
+    normalizer: Normalizer,
+    image_size: int,
+    batch_size: int,
+    *,
+    merge_adapters: bool = True,
+) -> np.ndarray:
     """Softmax probabilities [N, C] for the whole split, identical on every process.
 
     Each process scores a contiguous shard; shards are padded to equal length (index -1),
@@ -35,18 +43,28 @@ def predict_probs(model, images: DecodedImages, accelerator, normalizer: Normali
     merge = merge_adapters and accelerator.distributed_type not in SHARDED
     indices, logits = [], []
     with merged_for_inference(model, enabled=merge):
-        for index, pixels in eval_batches(images, batch_size, normalizer, image_size,
-                                          accelerator.process_index, accelerator.num_processes):
+        for index, pixels in eval_batches(
+            images,
+            batch_size,
+            normalizer,
+            image_size,
+            accelerator.process_index,
+            accelerator.num_processes,
+        ):
             with accelerator.autocast():
                 out = model(pixel_values=pixels).logits
             indices.append(index.to(accelerator.device))
             logits.append(out.float())
     model.train(was_training)
     num_classes = _num_classes(model)
-    local_index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long,
-                                                                 device=accelerator.device)
-    local_logits = (torch.cat(logits) if logits else
-                    torch.empty(0, num_classes, device=accelerator.device))
+    local_index = (
+        torch.cat(indices)
+        if indices
+        else torch.empty(0, dtype=torch.long, device=accelerator.device)
+    )
+    local_logits = (
+        torch.cat(logits) if logits else torch.empty(0, num_classes, device=accelerator.device)
+    )
     if accelerator.num_processes > 1:
         local_index = accelerator.pad_across_processes(local_index, pad_index=-1)
         local_logits = accelerator.pad_across_processes(local_logits, pad_index=0)
@@ -105,16 +123,36 @@ def _num_classes(model) -> int:
     return len(labels) if labels else 8
 
 
-def evaluate(model, images: DecodedImages, class_names, accelerator, normalizer, image_size,
-             batch_size, *, merge_adapters: bool = True) -> tuple[dict, np.ndarray]:
+def evaluate(
+    model,
+    images: DecodedImages,
+    class_names,
+    accelerator,
+    normalizer,
+    image_size,
+    batch_size,
+    *,
+    merge_adapters: bool = True,
+) -> tuple[dict, np.ndarray]:
     """(metrics dict, probabilities) for one split; ``merge_adapters`` as in predict_probs."""
     from emoset_peft.engine.metrics import classification_metrics
 
-    probs = predict_probs(model, images, accelerator, normalizer, image_size, batch_size,
-                          merge_adapters=merge_adapters)
-    metrics = classification_metrics(probs, images.labels, class_names,
-                                     attributes=images.attributes or None,
-                                     attribute_labels=images.attribute_labels or None)
+    probs = predict_probs(
+        model,
+        images,
+        accelerator,
+        normalizer,
+        image_size,
+        batch_size,
+        merge_adapters=merge_adapters,
+    )
+    metrics = classification_metrics(
+        probs,
+        images.labels,
+        class_names,
+        attributes=images.attributes or None,
+        attribute_labels=images.attribute_labels or None,
+    )
     # Cross-entropy of the predictions, for selection by loss and for the log.
     picked = probs[np.arange(len(probs)), images.labels]
     metrics["loss"] = float(-np.log(np.clip(picked, 1e-12, None)).mean()) if len(probs) else 0.0

@@ -35,7 +35,9 @@ class LoopState:
         return False
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))  # -inf is written as -Infinity (Python reads it)
+        return json.dumps(
+            dataclasses.asdict(self)
+        )  # -inf is written as -Infinity (Python reads it)
 
     @classmethod
     def from_json(cls, text: str) -> LoopState:
@@ -46,16 +48,22 @@ class LoopState:
             found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
             raise ValueError(f"it holds {found}, expected the keys {names}")
         state = cls(**raw)
-        if not (isinstance(state.step, int) and isinstance(state.history, list)
-                and isinstance(state.best_validation, dict)):
+        if not (
+            isinstance(state.step, int)
+            and isinstance(state.history, list)
+            and isinstance(state.best_validation, dict)
+        ):
             raise TypeError("its step, history or best_validation has the wrong type")
         return state
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """A CPU copy of the weights that train (what selection keeps and a checkpoint saves)."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()
-            if p.requires_grad}
+    return {
+        name: p.detach().to("cpu", copy=True)
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:

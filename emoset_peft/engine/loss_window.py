@@ -40,8 +40,11 @@ class LossWindow:
     def add(self, step: int, loss: torch.Tensor, grad_norm) -> None:
         """The mean loss of optimizer step ``step`` (1-based) and its gradient norm (or None)."""
         loss = loss.detach().float()
-        norm = (torch.as_tensor(grad_norm, device=self.device).float() if grad_norm is not None
-                else torch.full((), math.nan, device=self.device))
+        norm = (
+            torch.as_tensor(grad_norm, device=self.device).float()
+            if grad_norm is not None
+            else torch.full((), math.nan, device=self.device)
+        )
         check = loss + 0 * norm if self.check_grads and grad_norm is not None else loss
         record = torch.stack([torch.full((), float(step), device=self.device), loss, norm])
         take = ~torch.isfinite(check) & (self.first_bad[0] == 0)  # stays on the device
@@ -62,15 +65,23 @@ class LossWindow:
         bad = [row for row in rows if row[1] > 0]
         if bad:
             _, step, loss, norm = min(bad, key=lambda row: row[1])
-            what = (f"loss {loss}" if not math.isfinite(loss) or not self.cfg.max_grad_norm
-                    else f"loss {loss:.4g}, gradient norm {norm}")
+            what = (
+                f"loss {loss}"
+                if not math.isfinite(loss) or not self.cfg.max_grad_norm
+                else f"loss {loss:.4g}, gradient norm {norm}"
+            )
             raise TrainingDiverged(diverged_message(int(step), what, self.cfg))
         return sum(row[0] for row in rows) / len(rows)
 
 
 def diverged_message(step: int, what: str, cfg) -> str:
-    clip = ("a smaller train.max_grad_norm" if cfg.max_grad_norm else
-            "gradient clipping (train.max_grad_norm=1.0)")
+    clip = (
+        "a smaller train.max_grad_norm"
+        if cfg.max_grad_norm
+        else "gradient clipping (train.max_grad_norm=1.0)"
+    )
     precision = ", or train.mixed_precision=no" if cfg.mixed_precision != "no" else ""
-    return (f"training diverged at step {step}: {what}; nothing was saved. Try a lower train.lr "
-            f"(now {cfg.lr:g}), {clip}{precision}")
+    return (
+        f"training diverged at step {step}: {what}; nothing was saved. Try a lower train.lr "
+        f"(now {cfg.lr:g}), {clip}{precision}"
+    )

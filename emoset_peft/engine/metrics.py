@@ -154,9 +154,12 @@ def classification_metrics(
     confusion = confusion_matrix(preds, labels, len(class_names))
     scores = per_class_scores(confusion)
     per_class = {
-        name: {"precision": float(scores["precision"][index]),
-               "recall": float(scores["recall"][index]), "f1": float(scores["f1"][index]),
-               "support": int(scores["support"][index])}
+        name: {
+            "precision": float(scores["precision"][index]),
+            "recall": float(scores["recall"][index]),
+            "f1": float(scores["f1"][index]),
+            "support": int(scores["support"][index]),
+        }
         for index, name in enumerate(class_names)
     }
     correct = preds == labels
@@ -220,8 +223,10 @@ def write_predictions(
         writer.writeheader()
         for row in rows:
             # 6 significant digits: enough to rank classes, small files for 17k test images.
-            writer.writerow({
-                key: f"{value:.6g}" if isinstance(value, float) else value
-                for key, value in row.items()
-            })
+            writer.writerow(
+                {
+                    key: f"{value:.6g}" if isinstance(value, float) else value
+                    for key, value in row.items()
+                }
+            )
     return path

@@ -42,7 +42,9 @@ def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 
     fresh_accelerator_state()  # each run in one process gets its own settings
-    trackers = [t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")]
+    trackers = [
+        t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")
+    ]
     device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
         cpu=config.cpu,
@@ -55,8 +57,9 @@ def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     )
 
 
-def build_run_model(config: RunConfig, class_names, total_steps: int | None = None, *,
-                    precision: str = "no"):
+def build_run_model(
+    config: RunConfig, class_names, total_steps: int | None = None, *, precision: str = "no"
+):
     """The run's model: ``config.model`` built, frozen weights stored for ``precision`` (the
     resolved mixed precision: ``accelerator.mixed_precision``), fast CPU kernels unless
     ``train.fast_kernels=false``."""
@@ -64,10 +67,18 @@ def build_run_model(config: RunConfig, class_names, total_steps: int | None = No
 
     m = config.model
     model = build_model(
-        m.backbone, m.method, num_labels=len(class_names),
-        id2label=dict(enumerate(class_names)), targets=m.targets, layers=m.layers,
-        quantize=m.quantize, gradient_checkpointing=m.gradient_checkpointing,
-        total_steps=total_steps, head_init=m.head_init, **m.options)
+        m.backbone,
+        m.method,
+        num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)),
+        targets=m.targets,
+        layers=m.layers,
+        quantize=m.quantize,
+        gradient_checkpointing=m.gradient_checkpointing,
+        total_steps=total_steps,
+        head_init=m.head_init,
+        **m.options,
+    )
     if m.quantize is None:
         cast_frozen_weights(model, frozen_dtype(m.frozen_dtype, precision))
     if config.train.fast_kernels:  # every forward of a run is under its accelerator's autocast
@@ -75,9 +86,15 @@ def build_run_model(config: RunConfig, class_names, total_steps: int | None = No
     return model
 
 
-def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path | None,
-                 resume_from: Path | None = None,
-                 show_progress: bool = True) -> dict:
+def run_training(
+    config: RunConfig,
+    data: RunData,
+    accelerator,
+    *,
+    out_dir: Path | None,
+    resume_from: Path | None = None,
+    show_progress: bool = True,
+) -> dict:
     """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics."""
     from emoset_peft.models import count_parameters, input_spec
 
@@ -86,7 +103,9 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
         torch.use_deterministic_algorithms(True, warn_only=True)
     total_steps = None
     if data.train is not None:
-        batch = max(1, min(config.train.batch_size, len(data.train) // accelerator.num_processes or 1))
+        batch = max(
+            1, min(config.train.batch_size, len(data.train) // accelerator.num_processes or 1)
+        )
         total_steps = step_budget(len(data.train), batch, accelerator.num_processes, config.train)
     precision = str(accelerator.mixed_precision)
     model = build_run_model(config, data.class_names, total_steps, precision=precision)
@@ -99,21 +118,50 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
 
     if data.train is None or not methods.trains(config.model.method):
         if methods.trains(config.model.method):
-            raise EmoSetError("data.per_class=0 trains on no images: only a method that does not "
-                              f"train fits: model.method={'|'.join(methods.named(lambda s: not s.trains))}")
-        validation = None if data.selection is None else evaluate(
-            model, data.selection, data.class_names, accelerator, normalizer, spec.image_size,
-            config.train.eval_batch_size)[0]
-        result = FitResult(steps=0, best_step=0, best_validation=validation, train_seconds=0.0,
-                           stopped_early=False)
+            raise EmoSetError(
+                "data.per_class=0 trains on no images: only a method that does not "
+                f"train fits: model.method={'|'.join(methods.named(lambda s: not s.trains))}"
+            )
+        validation = (
+            None
+            if data.selection is None
+            else evaluate(
+                model,
+                data.selection,
+                data.class_names,
+                accelerator,
+                normalizer,
+                spec.image_size,
+                config.train.eval_batch_size,
+            )[0]
+        )
+        result = FitResult(
+            steps=0, best_step=0, best_validation=validation, train_seconds=0.0, stopped_early=False
+        )
     else:
-        result = fit(model, data, config.train, accelerator, normalizer, spec.image_size,
-                     out_dir=out_dir, resume_from=resume_from, show_progress=show_progress)
+        result = fit(
+            model,
+            data,
+            config.train,
+            accelerator,
+            normalizer,
+            spec.image_size,
+            out_dir=out_dir,
+            resume_from=resume_from,
+            show_progress=show_progress,
+        )
 
     started = time.perf_counter()
-    test, test_probs = evaluate(model, data.test, data.class_names, accelerator, normalizer,
-                                spec.image_size, config.train.eval_batch_size,
-                                merge_adapters=not config.train.compile)
+    test, test_probs = evaluate(
+        model,
+        data.test,
+        data.class_names,
+        accelerator,
+        normalizer,
+        spec.image_size,
+        config.train.eval_batch_size,
+        merge_adapters=not config.train.compile,
+    )
     eval_seconds = time.perf_counter() - started
     metrics = {
         "test": test,
@@ -124,14 +172,21 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
         "steps": result.steps,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
-        "selection": selection_record(config.data, data.selection, result.best_step,
-                                      len(result.history)),
+        "selection": selection_record(
+            config.data, data.selection, result.best_step, len(result.history)
+        ),
         "test_evaluations": 1,  # the test split is scored once, after selection
         "train_seconds": round(result.train_seconds, 3),
         "test_eval_seconds": round(eval_seconds, 3),
-        "skipped_images": {name: len(images.skipped) for name, images in
-                           (("train", data.train), ("validation", data.selection),
-                            ("test", data.test)) if images is not None},
+        "skipped_images": {
+            name: len(images.skipped)
+            for name, images in (
+                ("train", data.train),
+                ("validation", data.selection),
+                ("test", data.test),
+            )
+            if images is not None
+        },
         "num_processes": accelerator.num_processes,
         "mixed_precision": precision,  # as run: bf16 in the recipe becomes "no" where emulated
         "config_fingerprint": config.fingerprint(),
@@ -140,11 +195,17 @@ def run_training(config: RunConfig, data: RunData, accelerator, *, out_dir: Path
         from emoset_peft.engine.metrics import write_predictions
         from emoset_peft.utils.storage import atomic_folder
 
-        with atomic_folder(out_dir / "adapter", "the adapter",
-                           "free space and pass resume=true to train it again") as adapter:
+        with atomic_folder(
+            out_dir / "adapter", "the adapter", "free space and pass resume=true to train it again"
+        ) as adapter:
             accelerator.unwrap_model(model).save_pretrained(str(adapter))
-        write_predictions(out_dir / "predictions_test.csv", data.test.image_ids, data.test.labels,
-                          test_probs, data.class_names)
+        write_predictions(
+            out_dir / "predictions_test.csv",
+            data.test.image_ids,
+            data.test.labels,
+            test_probs,
+            data.class_names,
+        )
         atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
     accelerator.wait_for_everyone()
     return metrics
@@ -165,12 +226,17 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     # prepares the folder and picks the checkpoint; the others receive its decision.
     decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
     with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
-        data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio,
-                             show_progress=show_progress and main)
+        data = load_run_data(
+            config.data,
+            spec.image_size,
+            crop_ratio=spec.crop_ratio,
+            show_progress=show_progress and main,
+        )
     _check_same_subset(accelerator, data)
 
     created = not Path(config.output_dir).exists()
     with contextlib.ExitStack() as hold:
+
         def prepare() -> tuple[Path, Path | None]:
             hold.enter_context(locked_run_dir(config))  # held by rank 0 until the run ends
             return prepare_run_dir(config)
@@ -188,8 +254,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     return metrics
 
 
-def write_run_record(out_dir: Path, config: RunConfig | None = None,
-                     data: RunData | None = None) -> None:
+def write_run_record(
+    out_dir: Path, config: RunConfig | None = None, data: RunData | None = None
+) -> None:
     """What a run folder keeps besides results: config.yaml and provenance.json (given the
     config), train_manifest.json (given the data, when it trains on images). Used by
     ``train`` and by every study cell."""
@@ -200,14 +267,26 @@ def write_run_record(out_dir: Path, config: RunConfig | None = None,
         atomic_write_json(out_dir / "train_manifest.json", data.train_manifest)
 
 
-def _train_in(out_dir: Path, config: RunConfig, data: RunData, accelerator,
-              resume_from: Path | None, show_progress: bool) -> dict:
+def _train_in(
+    out_dir: Path,
+    config: RunConfig,
+    data: RunData,
+    accelerator,
+    resume_from: Path | None,
+    show_progress: bool,
+) -> dict:
     if accelerator.is_main_process:
         write_run_record(out_dir, config, data)
     if accelerator.log_with:
         accelerator.init_trackers("emoset-peft", config=_flat(config.to_dict()))
-    metrics = run_training(config, data, accelerator, out_dir=out_dir, resume_from=resume_from,
-                           show_progress=show_progress)
+    metrics = run_training(
+        config,
+        data,
+        accelerator,
+        out_dir=out_dir,
+        resume_from=resume_from,
+        show_progress=show_progress,
+    )
     accelerator.end_training()
     return metrics
 
@@ -238,5 +317,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+            out[f"{prefix}{key}"] = (
+                value if isinstance(value, (int, float, str, bool)) else str(value)
+            )
     return out

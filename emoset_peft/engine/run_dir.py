@@ -40,11 +40,23 @@ from emoset_peft.utils.io import atomic_write_json
 from emoset_peft.utils.locks import LOCK_NAME, check_not_busy, folder_lock
 
 MARKER = ".emoset-peft-run"
-WRITTEN = frozenset({
-    MARKER, LOCK_NAME, "config.yaml", "provenance.json", "train_manifest.json", "checkpoints",
-    "adapter", "metrics.json", "predictions_test.csv", "log.jsonl", "selection",
-    "emoset-peft", ".aim",  # accelerate's tensorboard run folder / aim repository
-})
+WRITTEN = frozenset(
+    {
+        MARKER,
+        LOCK_NAME,
+        "config.yaml",
+        "provenance.json",
+        "train_manifest.json",
+        "checkpoints",
+        "adapter",
+        "metrics.json",
+        "predictions_test.csv",
+        "log.jsonl",
+        "selection",
+        "emoset-peft",
+        ".aim",  # accelerate's tensorboard run folder / aim repository
+    }
+)
 
 
 def check_run_dir(config: RunConfig) -> None:
@@ -70,12 +82,18 @@ def prepare_run_dir(config: RunConfig) -> tuple[Path, Path | None]:
     if plan in ("clean", "overwrite"):
         _remove_written(out)
     try:
-        atomic_write_json(out / MARKER, {"fingerprint": config.fingerprint(),
-                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                         "writes": sorted(WRITTEN)})
+        atomic_write_json(
+            out / MARKER,
+            {
+                "fingerprint": config.fingerprint(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "writes": sorted(WRITTEN),
+            },
+        )
     except OSError as err:
-        raise EmoSetError(f"cannot write into output_dir {out}: {err.strerror}; pick a "
-                          "writable output_dir") from None
+        raise EmoSetError(
+            f"cannot write into output_dir {out}: {err.strerror}; pick a writable output_dir"
+        ) from None
     return out, None
 
 
@@ -97,8 +115,9 @@ def make_output_dir(out: Path, key: str) -> None:
     except FileExistsError:
         raise EmoSetError(f"{key} {out} is a file, not a folder; pick another {key}") from None
     except OSError as err:
-        raise EmoSetError(f"cannot create {key} {out}: {err.strerror}; pick a writable "
-                          f"{key}") from None
+        raise EmoSetError(
+            f"cannot create {key} {out}: {err.strerror}; pick a writable {key}"
+        ) from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise EmoSetError(f"{key} {out} is not writable; pick a writable {key}")
 
@@ -122,26 +141,37 @@ def _plan(config: RunConfig, locked: bool = False) -> str:
     # Resuming removes nothing, so a run from before the marker existed may still be resumed.
     if (foreign or MARKER not in names) and not (config.resume and checkpoint is not None):
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        why = (f"holds files emoset-peft did not write ({shown})" if foreign else
-               f"holds no {MARKER} marker, so emoset-peft cannot prove it wrote its files")
-        raise EmoSetError(f"{out} {why}; nothing in it is touched, not even with "
-                          "overwrite=true: pick another output_dir, or move those files away")
+        why = (
+            f"holds files emoset-peft did not write ({shown})"
+            if foreign
+            else f"holds no {MARKER} marker, so emoset-peft cannot prove it wrote its files"
+        )
+        raise EmoSetError(
+            f"{out} {why}; nothing in it is touched, not even with "
+            "overwrite=true: pick another output_dir, or move those files away"
+        )
     if not finished and checkpoint is None:
         return "clean"  # an earlier attempt stopped before its first checkpoint: nothing to lose
     if config.overwrite:
         return "overwrite"
     if not config.resume:
         state = "a finished run" if finished else "a run"
-        raise EmoSetError(f"{out} already holds {state}; pass resume=true to continue it, "
-                          "overwrite=true to replace it, or another output_dir")
+        raise EmoSetError(
+            f"{out} already holds {state}; pass resume=true to continue it, "
+            "overwrite=true to replace it, or another output_dir"
+        )
     if finished:
-        raise EmoSetError(f"{out} holds a finished run (metrics.json exists); nothing to resume. "
-                          "Pass overwrite=true to run it again")
+        raise EmoSetError(
+            f"{out} holds a finished run (metrics.json exists); nothing to resume. "
+            "Pass overwrite=true to run it again"
+        )
     saved = out / "config.yaml"
     first_line = saved.read_text().splitlines()[0] if saved.exists() else ""
     if config.fingerprint() not in first_line:
-        raise EmoSetError(f"{saved} was written by a different config; resume needs the same "
-                          "recipe and overrides (or pass overwrite=true)")
+        raise EmoSetError(
+            f"{saved} was written by a different config; resume needs the same "
+            "recipe and overrides (or pass overwrite=true)"
+        )
     return "resume"
 
 
@@ -152,8 +182,7 @@ def _written_by_us(name: str) -> bool:
     # utils.storage's ".adapter.<host>.<pid>.tmp"
     if not (name.startswith(".") and name.endswith(".tmp")):
         return False
-    return any(name.startswith((f".{written}.", f"{written}."))
-               for written in WRITTEN)
+    return any(name.startswith((f".{written}.", f"{written}.")) for written in WRITTEN)
 
 
 def _remove_written(out: Path) -> None:

@@ -27,8 +27,7 @@ class SoloAccelerator:
         self.device = device
         self.mixed_precision = mixed_precision
         self._dtype = precision_dtype(mixed_precision)
-        self._scaler = (torch.amp.GradScaler(device.type)
-                        if mixed_precision == "fp16" else None)
+        self._scaler = torch.amp.GradScaler(device.type) if mixed_precision == "fp16" else None
 
     def prepare(self, *objects):
         prepared = []
@@ -61,8 +60,10 @@ class SoloAccelerator:
         return contextlib.nullcontext()
 
     def register_for_checkpointing(self, *objects) -> None:
-        raise EmoSetError("train.checkpoint_every does not apply to study cells: a study resumes "
-                          "by skipping finished cells; remove it from the study's base recipe")
+        raise EmoSetError(
+            "train.checkpoint_every does not apply to study cells: a study resumes "
+            "by skipping finished cells; remove it from the study's base recipe"
+        )
 
     def log(self, values, step=None) -> None:
         pass

@@ -81,9 +81,12 @@ def build_optimizer(model, cfg: TrainConfig, device: torch.device):
     decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases, norms, scalars
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, fused=device.type == "cuda",
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        fused=device.type == "cuda",
     )
     return optimizer, params
 
@@ -92,7 +95,8 @@ def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     """Cosine decay after a linear warmup. Not passed to ``accelerator.prepare``: accelerate
     would step it once per process per step."""
     return get_cosine_schedule_with_warmup(
-        optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+        optimizer, int(cfg.warmup_ratio * total_steps), total_steps
+    )
 
 
 def compile_model(model) -> None:
@@ -100,16 +104,27 @@ def compile_model(model) -> None:
     # Measured with ViT-S/16 + LoRA on 2 CPU cores: 0.95x eager in fp32 on an AVX2 EPYC
     # (75 s compile), 0.80x of the fast-kernel eager step in bf16 on an AMX Xeon (29 s).
     # There inductor's in-graph dropout RNG is the cost: without dropout it runs 1.13x eager.
-    log.info("train.compile=true: compiling the model with torch.compile; the first step "
-             "and the first evaluation are slow while it compiles (about a minute on a "
-             "2-core CPU)")
+    log.info(
+        "train.compile=true: compiling the model with torch.compile; the first step "
+        "and the first evaluation are slow while it compiles (about a minute on a "
+        "2-core CPU)"
+    )
     model.compile()
 
 
-def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normalizer,
-        image_size: int, *, out_dir: Path | None = None, resume_from: Path | None = None,
-        show_progress: bool = True,
-        on_step: Callable[[int, float], None] | None = None) -> FitResult:
+def fit(
+    model,
+    data: RunData,
+    cfg: TrainConfig,
+    accelerator,
+    normalizer: Normalizer,
+    image_size: int,
+    *,
+    out_dir: Path | None = None,
+    resume_from: Path | None = None,
+    show_progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> FitResult:
     """Train ``model`` (already built, not yet prepared) on ``data.train``; returns the result.
 
     The model comes back unwrapped-compatible: its trainable weights are the selected ones.
@@ -127,16 +142,30 @@ def fit(model, data: RunData, cfg: TrainConfig, accelerator, normalizer: Normali
 class TrainingLoop:
     """One ``fit`` call in parts: setup (here), ``train_step``, ``select``, ``checkpoint``."""
 
-    def __init__(self, model, data: RunData, cfg: TrainConfig, accelerator,
-                 normalizer: Normalizer, image_size: int, *, out_dir: Path | None = None):
+    def __init__(
+        self,
+        model,
+        data: RunData,
+        cfg: TrainConfig,
+        accelerator,
+        normalizer: Normalizer,
+        image_size: int,
+        *,
+        out_dir: Path | None = None,
+    ):
         self.data, self.cfg, self.accelerator = data, cfg, accelerator
         self.normalizer, self.image_size, self.out_dir = normalizer, image_size, out_dir
         self.writes = out_dir is not None and accelerator.is_main_process
-        self.stream = TrainStream(data.train, cfg.batch_size, seed=cfg.seed,
-                                  rank=accelerator.process_index,
-                                  world_size=accelerator.num_processes)
-        self.total_steps = step_budget(len(data.train), self.stream.per_process,
-                                       accelerator.num_processes, cfg)
+        self.stream = TrainStream(
+            data.train,
+            cfg.batch_size,
+            seed=cfg.seed,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+        )
+        self.total_steps = step_budget(
+            len(data.train), self.stream.per_process, accelerator.num_processes, cfg
+        )
         self.eval_every = cfg.eval_every or max(1, self.total_steps // 10)
         optimizer, self.params = build_optimizer(model, cfg, accelerator.device)
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
@@ -151,12 +180,18 @@ class TrainingLoop:
 
     def resume(self, checkpoint: Path) -> None:
         self.state, self.best_weights = load_checkpoint(
-            self.accelerator, checkpoint, model=self.unwrapped, optimizer=self.optimizer,
-            scheduler=self.scheduler)
+            self.accelerator,
+            checkpoint,
+            model=self.unwrapped,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+        )
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
         if self.writes:  # drop evaluations logged after the checkpoint
-            atomic_write_text(self.out_dir / "log.jsonl", "".join(
-                json.dumps(entry) + "\n" for entry in self.state.history))
+            atomic_write_text(
+                self.out_dir / "log.jsonl",
+                "".join(json.dumps(entry) + "\n" for entry in self.state.history),
+            )
 
     def train_step(self) -> None:
         """One optimizer step: ``grad_accum`` micro-batches, clipping, update, method hooks."""
@@ -165,13 +200,13 @@ class TrainingLoop:
         cfg, accelerator, step = self.cfg, self.accelerator, self.state.step
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.grad_accum):
-            pixels, labels = self.stream.batch(step * cfg.grad_accum + micro, self.normalizer,
-                                               self.image_size)
+            pixels, labels = self.stream.batch(
+                step * cfg.grad_accum + micro, self.normalizer, self.image_size
+            )
             sync = micro == cfg.grad_accum - 1
             with _maybe_no_sync(accelerator, self.model, sync), accelerator.autocast():
                 logits = self.model(pixel_values=pixels).logits
-                loss = F.cross_entropy(logits.float(), labels,
-                                       label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
                 loss = loss + extra_loss(self.model)
                 accelerator.backward(loss / cfg.grad_accum)
             loss_sum += loss.detach() / cfg.grad_accum  # stays on the device
@@ -191,19 +226,28 @@ class TrainingLoop:
         their mean; None when there were none."""
         mean = self.losses.read()
         if mean is not None:
-            self.accelerator.log({"train_loss": mean, "lr": self.scheduler.get_last_lr()[0]},
-                                 step=self.state.step)
+            self.accelerator.log(
+                {"train_loss": mean, "lr": self.scheduler.get_last_lr()[0]}, step=self.state.step
+            )
         return mean
 
     def select(self) -> bool:
         """Evaluate on the selection set, keep the best weights; True when patience ran out."""
         cfg, data, state, step = self.cfg, self.data, self.state, self.state.step
-        metrics, probs = evaluate(self.model, data.selection, data.class_names, self.accelerator,
-                                  self.normalizer, self.image_size, cfg.eval_batch_size,
-                                  merge_adapters=not cfg.compile)
+        metrics, probs = evaluate(
+            self.model,
+            data.selection,
+            data.class_names,
+            self.accelerator,
+            self.normalizer,
+            self.image_size,
+            cfg.eval_batch_size,
+            merge_adapters=not cfg.compile,
+        )
         if not math.isfinite(metrics["loss"]):  # weights blew up after the last checked step
-            raise TrainingDiverged(diverged_message(step, f"validation loss {metrics['loss']}",
-                                                    cfg))
+            raise TrainingDiverged(
+                diverged_message(step, f"validation loss {metrics['loss']}", cfg)
+            )
         score = selection_score(metrics, cfg.select_metric)
         entry = {"step": step, **log_entry(metrics, "val")}
         state.history.append(entry)
@@ -217,16 +261,30 @@ class TrainingLoop:
         return cfg.patience is not None and state.evals_since_best >= cfg.patience
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.accelerator, self.out_dir / "checkpoints", self.state.step,
-                        self.state, self.best_weights, model=self.unwrapped,
-                        optimizer=self.optimizer, scheduler=self.scheduler,
-                        keep=self.cfg.keep_checkpoints)
+        save_checkpoint(
+            self.accelerator,
+            self.out_dir / "checkpoints",
+            self.state.step,
+            self.state,
+            self.best_weights,
+            model=self.unwrapped,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            keep=self.cfg.keep_checkpoints,
+        )
 
-    def run(self, *, show_progress: bool = True,
-            on_step: Callable[[int, float], None] | None = None) -> FitResult:
+    def run(
+        self, *, show_progress: bool = True, on_step: Callable[[int, float], None] | None = None
+    ) -> FitResult:
         cfg, state, total = self.cfg, self.state, self.total_steps
-        bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
-                   disable=not (show_progress and self.accelerator.is_main_process), leave=False)
+        bar = tqdm(
+            total=total,
+            initial=state.step,
+            desc="train",
+            unit="step",
+            disable=not (show_progress and self.accelerator.is_main_process),
+            leave=False,
+        )
         self.model.train()
         stopped_early = False
         started = time.perf_counter() - state.train_seconds
@@ -241,20 +299,27 @@ class TrainingLoop:
             if step % LOG_EVERY == 0 or step == total:
                 loss = self.read_losses()
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                img_s=f"{self.images_seen / elapsed:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                    img_s=f"{self.images_seen / elapsed:.0f}",
+                )
                 self.images_seen, window_start = 0, time.perf_counter()
             if self.data.selection is not None and (step % self.eval_every == 0 or step == total):
                 self.read_losses()  # never evaluate (or keep) weights from a non-finite step
                 stopped_early = self.select()
             state.train_seconds = time.perf_counter() - started
-            if cfg.checkpoint_every and self.out_dir is not None and (
-                    step % cfg.checkpoint_every == 0 and step < total):
+            if (
+                cfg.checkpoint_every
+                and self.out_dir is not None
+                and (step % cfg.checkpoint_every == 0 and step < total)
+            ):
                 self.read_losses()
                 self.checkpoint()
             if stopped_early:
-                log.info("early stop at step %d: no improvement in %d evaluations", step,
-                         cfg.patience)
+                log.info(
+                    "early stop at step %d: no improvement in %d evaluations", step, cfg.patience
+                )
                 break
         bar.close()
         self.read_losses()
@@ -266,11 +331,14 @@ class TrainingLoop:
         if self.best_weights is not None:
             load_trainable_state(self.unwrapped, self.best_weights)
         selected = self.data.selection is not None
-        return FitResult(steps=state.step,
-                         best_step=state.best_step if selected else state.step,
-                         best_validation=state.best_validation if selected else None,
-                         train_seconds=state.train_seconds, stopped_early=stopped_early,
-                         history=state.history)
+        return FitResult(
+            steps=state.step,
+            best_step=state.best_step if selected else state.step,
+            best_validation=state.best_validation if selected else None,
+            train_seconds=state.train_seconds,
+            stopped_early=stopped_early,
+            history=state.history,
+        )
 
 
 def selection_predictions_path(out_dir: Path, step: int) -> Path:
@@ -281,8 +349,13 @@ def selection_predictions_path(out_dir: Path, step: int) -> Path:
 def save_selection_predictions(out_dir: Path, step: int, data: RunData, probs) -> None:
     from emoset_peft.engine.metrics import write_predictions
 
-    write_predictions(selection_predictions_path(out_dir, step), data.selection.image_ids,
-                      data.selection.labels, probs, data.class_names)
+    write_predictions(
+        selection_predictions_path(out_dir, step),
+        data.selection.image_ids,
+        data.selection.labels,
+        probs,
+        data.class_names,
+    )
 
 
 def _maybe_no_sync(accelerator, model, sync: bool):

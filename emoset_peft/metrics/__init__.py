@@ -30,6 +30,16 @@ def module_path(name: str):
 
 
 __all__ = [
-    "METRICS", "Metric", "compute_all", "get", "log_entry", "module_path", "prefixed", "register",
-    "result_columns", "selection_choices", "selection_score", "summary_line",
+    "METRICS",
+    "Metric",
+    "compute_all",
+    "get",
+    "log_entry",
+    "module_path",
+    "prefixed",
+    "register",
+    "result_columns",
+    "selection_choices",
+    "selection_score",
+    "summary_line",
 ]

@@ -42,8 +42,9 @@ def predictions(probs: np.ndarray) -> np.ndarray:
 
 def confusion_matrix(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts of images, row = true class, column = predicted class."""
-    return np.bincount(labels * num_classes + preds,
-                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
@@ -54,8 +55,13 @@ def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     precision = _safe_divide(true_positives, predicted)
     recall = _safe_divide(true_positives, support)
     f1 = _safe_divide(2 * precision * recall, precision + recall)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support,
-            "predicted": predicted}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support,
+        "predicted": predicted,
+    }
 
 
 def _scores(probs, labels) -> dict[str, np.ndarray]:

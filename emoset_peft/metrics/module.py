@@ -32,11 +32,15 @@ class EmotionMetric(evaluate.Metric):
     def _info(self):
         metric = get(self.METRIC)
         return evaluate.MetricInfo(
-            description=metric.description, citation="", inputs_description=_INPUTS,
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("float64")),
-                "references": datasets.Value("int64"),
-            }),
+            description=metric.description,
+            citation="",
+            inputs_description=_INPUTS,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float64")),
+                    "references": datasets.Value("int64"),
+                }
+            ),
         )
 
     def _compute(self, predictions, references, class_names=EMOTIONS):

@@ -53,19 +53,60 @@ def register(metric: Metric) -> Metric:
 
 
 # The order is the order of metrics.json, log lines and results.csv columns.
-register(Metric("accuracy", functions.accuracy, True, "accuracy",
-                "Share of images whose highest-scoring emotion is the true one."))
-register(Metric("macro_f1", functions.macro_f1, True, "macro-F1",
-                "Unweighted mean F1 over the emotions that occur in labels or predictions."))
-register(Metric("balanced_accuracy", functions.balanced_accuracy, True, "balanced accuracy",
-                "Unweighted mean recall over the emotions that occur in the labels."))
-register(Metric("valence_accuracy", functions.valence_accuracy, True,
-                "valence accuracy (2-class)",
-                "Accuracy after mapping true and predicted emotion to positive/negative valence."))
-register(Metric("top2_accuracy", functions.top2_accuracy, True, "top-2 accuracy",
-                "Share of images whose true emotion is among the two highest scores."))
-register(Metric("ece", functions.ece, False, "ECE",
-                f"Expected calibration error, {functions.ECE_BINS} equal-width confidence bins."))
+register(
+    Metric(
+        "accuracy",
+        functions.accuracy,
+        True,
+        "accuracy",
+        "Share of images whose highest-scoring emotion is the true one.",
+    )
+)
+register(
+    Metric(
+        "macro_f1",
+        functions.macro_f1,
+        True,
+        "macro-F1",
+        "Unweighted mean F1 over the emotions that occur in labels or predictions.",
+    )
+)
+register(
+    Metric(
+        "balanced_accuracy",
+        functions.balanced_accuracy,
+        True,
+        "balanced accuracy",
+        "Unweighted mean recall over the emotions that occur in the labels.",
+    )
+)
+register(
+    Metric(
+        "valence_accuracy",
+        functions.valence_accuracy,
+        True,
+        "valence accuracy (2-class)",
+        "Accuracy after mapping true and predicted emotion to positive/negative valence.",
+    )
+)
+register(
+    Metric(
+        "top2_accuracy",
+        functions.top2_accuracy,
+        True,
+        "top-2 accuracy",
+        "Share of images whose true emotion is among the two highest scores.",
+    )
+)
+register(
+    Metric(
+        "ece",
+        functions.ece,
+        False,
+        "ECE",
+        f"Expected calibration error, {functions.ECE_BINS} equal-width confidence bins.",
+    )
+)
 
 
 def get(name: str) -> Metric:
@@ -109,5 +150,6 @@ def result_columns(split: str = "test") -> tuple[str, ...]:
 
 def summary_line(metrics: Mapping) -> str:
     """One evaluation's metrics in words, e.g. ``accuracy 0.4000  macro-F1 0.3810  ...``."""
-    return "  ".join(metric.format(metrics[name]) for name, metric in METRICS.items()
-                     if name in metrics)
+    return "  ".join(
+        metric.format(metrics[name]) for name, metric in METRICS.items() if name in metrics
+    )

@@ -57,8 +57,19 @@ def _enable_checkpointing(network: nn.Module) -> None:
         network.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _assemble(network, spec, options, info, record, *, targets, layers, quantize, gradient_checkpointing,
-              total_steps) -> EmoSetModel:
+def _assemble(
+    network,
+    spec,
+    options,
+    info,
+    record,
+    *,
+    targets,
+    layers,
+    quantize,
+    gradient_checkpointing,
+    total_steps,
+) -> EmoSetModel:
     """Freeze what ``spec`` does not train and attach its trainable parts; returns the EmoSetModel."""
     head = getattr(network, info.architecture.head)
     for param in network.parameters():
@@ -72,22 +83,32 @@ def _assemble(network, spec, options, info, record, *, targets, layers, quantize
     site = Site(info.architecture, targets, layers, total_steps, record)
     network, modules = spec.attach(network, options, site)
     device = next(network.parameters()).device
-    return EmoSetModel(network, record, {name: module.to(device) for name, module in modules.items()})
+    return EmoSetModel(
+        network, record, {name: module.to(device) for name, module in modules.items()}
+    )
 
 
 def _check_method_fit(spec, info, *, targets, layers, quantize, head_init, total_steps):
     """EmoSetError for option combinations that do not fit, before any weights are loaded."""
     if spec.needs_total_steps and not total_steps:
-        raise EmoSetError(f"method {spec.name!r} needs total_steps= (the number of optimizer steps of the run)")
+        raise EmoSetError(
+            f"method {spec.name!r} needs total_steps= (the number of optimizer steps of the run)"
+        )
     if targets is not None and not spec.takes_targets:
-        raise EmoSetError(f"targets= only applies to the PEFT methods ({', '.join(methods.named(lambda s: s.takes_targets))}); "
-                          f"method {spec.name!r} does not take it")
+        raise EmoSetError(
+            f"targets= only applies to the PEFT methods ({', '.join(methods.named(lambda s: s.takes_targets))}); "
+            f"method {spec.name!r} does not take it"
+        )
     if layers is not None and not spec.takes_layers:
-        raise EmoSetError(f"layers= applies to {', '.join(methods.named(lambda s: s.takes_layers))}; "
-                          f"method {spec.name!r} does not take it")
+        raise EmoSetError(
+            f"layers= applies to {', '.join(methods.named(lambda s: s.takes_layers))}; "
+            f"method {spec.name!r} does not take it"
+        )
     quant.check_quantizable(spec, quantize)
     if head_init not in (None, "text"):
-        raise EmoSetError(f"head_init={head_init!r}: use 'text' (CLIP text-embedding head) or leave it out")
+        raise EmoSetError(
+            f"head_init={head_init!r}: use 'text' (CLIP text-embedding head) or leave it out"
+        )
     wants_text = spec.text_head or head_init == "text"
     if wants_text and not info.clip_text_tower:
         what = f"method {spec.name!r}" if spec.text_head else "head_init='text'"
@@ -123,9 +144,20 @@ def build_model(
     spec = methods.get_method(method)
     options = methods.make_options(spec, method_options)
     info, config = backbones.describe_backbone(backbone)
-    return _build(spec, options, info, config, num_labels, id2label=id2label, targets=targets, layers=layers,
-                  quantize=quantize, gradient_checkpointing=gradient_checkpointing, total_steps=total_steps,
-                  head_init=head_init)
+    return _build(
+        spec,
+        options,
+        info,
+        config,
+        num_labels,
+        id2label=id2label,
+        targets=targets,
+        layers=layers,
+        quantize=quantize,
+        gradient_checkpointing=gradient_checkpointing,
+        total_steps=total_steps,
+        head_init=head_init,
+    )
 
 
 def build_model_from_config(
@@ -147,26 +179,79 @@ def build_model_from_config(
     spec = methods.get_method(method)
     options = methods.make_options(spec, method_options)
     info = backbones.describe_config(config, None)
-    return _build(spec, options, info, config, num_labels, id2label=id2label, targets=targets, layers=layers,
-                  quantize=None, gradient_checkpointing=False, total_steps=total_steps, head_init=None)
+    return _build(
+        spec,
+        options,
+        info,
+        config,
+        num_labels,
+        id2label=id2label,
+        targets=targets,
+        layers=layers,
+        quantize=None,
+        gradient_checkpointing=False,
+        total_steps=total_steps,
+        head_init=None,
+    )
 
 
-def _build(spec, options, info, config, num_labels, *, id2label, targets, layers, quantize,
-           gradient_checkpointing, total_steps, head_init) -> EmoSetModel:
+def _build(
+    spec,
+    options,
+    info,
+    config,
+    num_labels,
+    *,
+    id2label,
+    targets,
+    layers,
+    quantize,
+    gradient_checkpointing,
+    total_steps,
+    head_init,
+) -> EmoSetModel:
     """The one build path; ``info.source`` None means random weights from ``config`` alone."""
-    _check_method_fit(spec, info, targets=targets, layers=layers, quantize=quantize, head_init=head_init,
-                      total_steps=total_steps)
+    _check_method_fit(
+        spec,
+        info,
+        targets=targets,
+        layers=layers,
+        quantize=quantize,
+        head_init=head_init,
+        total_steps=total_steps,
+    )
     label_map, _ = backbones.label_maps(num_labels, id2label)
     network = _base_network(info, config, label_map, quantize)
     if info.source is not None and (spec.text_head or head_init == "text"):
         templates = options.templates if spec.text_head else zeroshot.DEFAULT_TEMPLATES
         names = [label_map[i] for i in range(num_labels)]
         text_embeds, scale = zeroshot.class_text_embeddings(info.source, names, templates)
-        zeroshot.set_text_head(network.classifier, text_embeds.to(network.classifier.weight.dtype), scale)
-    record = _new_record(spec, options, info, network, label_map, layers=layers, quantize=quantize,
-                         head_init=head_init, total_steps=total_steps)
-    model = _assemble(network, spec, options, info, record, targets=targets, layers=layers, quantize=quantize,
-                      gradient_checkpointing=gradient_checkpointing, total_steps=total_steps)
+        zeroshot.set_text_head(
+            network.classifier, text_embeds.to(network.classifier.weight.dtype), scale
+        )
+    record = _new_record(
+        spec,
+        options,
+        info,
+        network,
+        label_map,
+        layers=layers,
+        quantize=quantize,
+        head_init=head_init,
+        total_steps=total_steps,
+    )
+    model = _assemble(
+        network,
+        spec,
+        options,
+        info,
+        record,
+        targets=targets,
+        layers=layers,
+        quantize=quantize,
+        gradient_checkpointing=gradient_checkpointing,
+        total_steps=total_steps,
+    )
     log_parameter_counts(model)
     return model
 
@@ -182,7 +267,9 @@ def _base_network(info, config, label_map, quantize) -> nn.Module:
     return network
 
 
-def _new_record(spec, options, info, network, label_map, *, layers, quantize, head_init, total_steps) -> dict:
+def _new_record(
+    spec, options, info, network, label_map, *, layers, quantize, head_init, total_steps
+) -> dict:
     """What ``emoset_peft.json`` says about a model (targets are filled in by ``_attach``)."""
     return {
         "library": "emoset_peft",
@@ -197,7 +284,9 @@ def _new_record(spec, options, info, network, label_map, *, layers, quantize, he
         "id2label": {str(i): name for i, name in label_map.items()},
         "options": dataclasses.asdict(options),
         "targets": None,
-        "layers": [layers] if isinstance(layers, int) else (list(layers) if layers is not None else None),
+        "layers": [layers]
+        if isinstance(layers, int)
+        else (list(layers) if layers is not None else None),
         "target_modules": None,
         "quantize": quantize,
         "head_init": head_init,
@@ -231,9 +320,18 @@ class Loading:
     def assemble(self, network: nn.Module) -> EmoSetModel:
         """``network`` with the method attached as ``build_model`` did, before training."""
         spec = methods.get_method(self.record["method"])
-        return _assemble(network, spec, self.options, self.info, self.record, targets=None,
-                         layers=self.record.get("layers"), quantize=None, gradient_checkpointing=False,
-                         total_steps=None)
+        return _assemble(
+            network,
+            spec,
+            self.options,
+            self.info,
+            self.record,
+            targets=None,
+            layers=self.record.get("layers"),
+            quantize=None,
+            gradient_checkpointing=False,
+            total_steps=None,
+        )
 
     def wrap(self, network: nn.Module) -> EmoSetModel:
         return EmoSetModel(network, self.record)

@@ -20,8 +20,14 @@ from torch import nn
 class AdaptFormer(nn.Module):
     """One bottleneck adapter per hooked MLP; ``attach(mlps)`` hooks them in depth order."""
 
-    def __init__(self, num_layers: int, hidden_size: int, bottleneck: int = 64, scale: float = 0.1,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        bottleneck: int = 64,
+        scale: float = 0.1,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.down = nn.ModuleList(nn.Linear(hidden_size, bottleneck) for _ in range(num_layers))
         self.up = nn.ModuleList(nn.Linear(bottleneck, hidden_size) for _ in range(num_layers))
@@ -49,8 +55,10 @@ class AdaptFormer(nn.Module):
         if len(mlps) != len(self.down):
             raise ValueError(f"AdaptFormer has {len(self.down)} adapters for {len(mlps)} MLPs")
         self.detach()
-        self._handles = [mlp.register_forward_hook(functools.partial(self._add, index), with_kwargs=True)
-                         for index, mlp in enumerate(mlps)]
+        self._handles = [
+            mlp.register_forward_hook(functools.partial(self._add, index), with_kwargs=True)
+            for index, mlp in enumerate(mlps)
+        ]
 
     def detach(self) -> None:
         for handle in self._handles:

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 # A Hub id: "name" or "owner/name" (letters, digits, - _ .), never a path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
+
 @dataclass(frozen=True)
 class Backbone:
     """A resolved backbone: where it loads from and what kind of encoder it is."""
@@ -74,8 +75,11 @@ def resolve_source(backbone: str | os.PathLike) -> str:
     if path.is_dir():
         return str(path.resolve())
     if path.exists() or text.startswith((".", "~")) or ".." in text or not _HUB_ID.fullmatch(text):
-        what = f"{path.resolve()} is a file, not a folder" if path.exists() else \
-            f"the folder {path.resolve()} does not exist"
+        what = (
+            f"{path.resolve()} is a file, not a folder"
+            if path.exists()
+            else f"the folder {path.resolve()} does not exist"
+        )
         raise EmoSetError(
             f"backbone {text!r}: no such folder, and not a Hugging Face Hub id (owner/name): "
             f"{what}; give a local folder holding config.json and weights, or a Hub id such as "
@@ -91,7 +95,9 @@ def _load_failure(source: str, what: str, err: Exception) -> EmoSetError:
         else "check the Hub id and the network (set HF_HUB_OFFLINE=1 to use only the local cache)"
     )
     reason = " ".join(str(err).split())  # transformers' messages span lines; ours is one
-    return EmoSetError(f"backbone {source!r}: could not load {what} ({type(err).__name__}: {reason}); {hint}")
+    return EmoSetError(
+        f"backbone {source!r}: could not load {what} ({type(err).__name__}: {reason}); {hint}"
+    )
 
 
 def load_config(source: str) -> PretrainedConfig:
@@ -171,14 +177,18 @@ def label_maps(num_labels: int, id2label) -> tuple[dict[int, str], dict[str, int
     if id2label is None:
         defaults = {len(EMOTIONS): EMOTIONS, len(VALENCES): VALENCES}
         if num_labels not in defaults:
-            raise EmoSetError(f"num_labels={num_labels}: give id2label= (the class names in index order)")
+            raise EmoSetError(
+                f"num_labels={num_labels}: give id2label= (the class names in index order)"
+            )
         id2label = defaults[num_labels]
     if isinstance(id2label, dict):
         mapping = {int(k): str(v) for k, v in id2label.items()}
     else:
         mapping = dict(enumerate(str(name) for name in id2label))
     if sorted(mapping) != list(range(num_labels)):
-        raise EmoSetError(f"id2label must name classes 0..{num_labels - 1}, got indices {sorted(mapping)}")
+        raise EmoSetError(
+            f"id2label must name classes 0..{num_labels - 1}, got indices {sorted(mapping)}"
+        )
     return mapping, {name: index for index, name in mapping.items()}
 
 
@@ -229,8 +239,9 @@ def load_classifier(
     return network
 
 
-def _read_classifier(info: Backbone, config: PretrainedConfig, id2label: dict[int, str], *,
-                     quantization_config=None) -> nn.Module:
+def _read_classifier(
+    info: Backbone, config: PretrainedConfig, id2label: dict[int, str], *, quantization_config=None
+) -> nn.Module:
     kwargs = {"trust_remote_code": False, "use_safetensors": True}
     if quantization_config is not None:
         from emoset_peft.models.quant import kbit_device_map
@@ -239,13 +250,15 @@ def _read_classifier(info: Backbone, config: PretrainedConfig, id2label: dict[in
         kwargs["device_map"] = kbit_device_map()
     try:
         with quiet_transformers():
-            return info.architecture.loader.load(info.source, config, id2label, info.clip_projection,
-                                                 **kwargs)
+            return info.architecture.loader.load(
+                info.source, config, id2label, info.clip_projection, **kwargs
+            )
     except (OSError, ValueError) as err:
         raise _load_failure(info.source, "the weights", err) from err
 
 
-def classifier_from_config(info: Backbone, config: PretrainedConfig, id2label: dict[int, str]) -> nn.Module:
+def classifier_from_config(
+    info: Backbone, config: PretrainedConfig, id2label: dict[int, str]
+) -> nn.Module:
     """The same classifier with random weights, from a config alone (no download)."""
     return info.architecture.loader.build(config, id2label, info.clip_projection)
-

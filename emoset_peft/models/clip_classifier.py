@@ -39,7 +39,9 @@ class EmoSetCLIPForImageClassification(CLIPVisionModelWithProjection):
         CLIPPreTrainedModel.__init__(self, config)
         self.vision_model = CLIPVisionModel._from_config(config)
         if getattr(config, "emoset_use_projection", True):
-            self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+            self.visual_projection = nn.Linear(
+                config.hidden_size, config.projection_dim, bias=False
+            )
             feature_dim = config.projection_dim
         else:
             self.visual_projection = nn.Identity()
@@ -60,9 +62,11 @@ class EmoSetCLIPForImageClassification(CLIPVisionModelWithProjection):
         logits = self.classifier(features)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
-
 
 
 def clip_vision_config(config: PretrainedConfig, projection: bool) -> CLIPVisionConfig:

@@ -42,19 +42,30 @@ class InputSpec:
     crop_ratio: float = DEFAULT_EVAL_CROP_RATIO
 
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "crop_ratio": self.crop_ratio}
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_ratio": self.crop_ratio,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> InputSpec:
         # Folders saved before crop_ratio was recorded were all decoded at the default.
-        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]),
-                   float(data.get("crop_ratio", DEFAULT_EVAL_CROP_RATIO)))
+        return cls(
+            int(data["image_size"]),
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            float(data.get("crop_ratio", DEFAULT_EVAL_CROP_RATIO)),
+        )
 
 
 def _labels(id2label: dict[int, str]) -> dict:
-    return {"num_labels": len(id2label), "id2label": id2label,
-            "label2id": {v: k for k, v in id2label.items()}}
+    return {
+        "num_labels": len(id2label),
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
 
 
 class AutoClassifierLoader:
@@ -74,7 +85,8 @@ class AutoClassifierLoader:
     def load(self, source: str, config, id2label: dict[int, str], projection, **kwargs):
         # A checkpoint that already has a head (e.g. 1000 ImageNet classes) gets a new one.
         return self.classifier_class().from_pretrained(
-            source, ignore_mismatched_sizes=True, **_labels(id2label), **kwargs)
+            source, ignore_mismatched_sizes=True, **_labels(id2label), **kwargs
+        )
 
     def build(self, config, id2label: dict[int, str], projection):
         """The same classifier with random weights, from the config alone."""
@@ -110,7 +122,8 @@ class CLIPClassifierLoader(AutoClassifierLoader):
 
     def load(self, source: str, config, id2label: dict[int, str], projection, **kwargs):
         return self.classifier_class().from_pretrained(
-            source, config=self._config(config, id2label, projection), **kwargs)
+            source, config=self._config(config, id2label, projection), **kwargs
+        )
 
     def build(self, config, id2label: dict[int, str], projection):
         return self.classifier_class()(self._config(config, id2label, projection))
@@ -147,8 +160,9 @@ class Family:
     role_suffixes: dict[str, tuple[str, ...]] = field(hash=False)
     stats: tuple[tuple[float, float, float], tuple[float, float, float]] = IMAGENET_STATS
     pooled_feature: str = "[CLS] token"
-    loader: AutoClassifierLoader = field(default_factory=AutoClassifierLoader, hash=False,
-                                         compare=False)
+    loader: AutoClassifierLoader = field(
+        default_factory=AutoClassifierLoader, hash=False, compare=False
+    )
     text_tower_types: tuple[str, ...] = ()
     interpolates_positions: bool = False  # False: input size = the config's image_size
     eval_crop_ratio: float = DEFAULT_EVAL_CROP_RATIO
@@ -167,9 +181,12 @@ class Family:
             # e.g. facebook/dinov2-base: config 518 (pretraining), preprocessor crop 224.
             size = _processor_size(processor) or size
         mean, std = self.stats
-        return InputSpec(size, tuple(float(x) for x in processor.get("image_mean") or mean),
-                         tuple(float(x) for x in processor.get("image_std") or std),
-                         self.eval_crop_ratio)
+        return InputSpec(
+            size,
+            tuple(float(x) for x in processor.get("image_mean") or mean),
+            tuple(float(x) for x in processor.get("image_std") or std),
+            self.eval_crop_ratio,
+        )
 
 
 def _processor_size(processor: dict) -> int | None:
@@ -188,20 +205,46 @@ def _processor_size(processor: dict) -> int | None:
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        Family("vit", ("vit",), r"(?:vit\.)?(?:layers|encoder\.layer)\.(\d+)", _VIT_LIKE,
-               stats=HALF_STATS, pooled_feature="[CLS] token after the final layer norm"),
-        Family("dinov2", ("dinov2",), r"(?:dinov2\.)?encoder\.layer\.(\d+)",
-               {**_VIT_LIKE, "mlp_in": ("mlp.fc1", "mlp.weights_in"),
-                "mlp_out": ("mlp.fc2", "mlp.weights_out")},
-               pooled_feature="[CLS] token concatenated with the mean patch token",
-               interpolates_positions=True),
+        Family(
+            "vit",
+            ("vit",),
+            r"(?:vit\.)?(?:layers|encoder\.layer)\.(\d+)",
+            _VIT_LIKE,
+            stats=HALF_STATS,
+            pooled_feature="[CLS] token after the final layer norm",
+        ),
+        Family(
+            "dinov2",
+            ("dinov2",),
+            r"(?:dinov2\.)?encoder\.layer\.(\d+)",
+            {
+                **_VIT_LIKE,
+                "mlp_in": ("mlp.fc1", "mlp.weights_in"),
+                "mlp_out": ("mlp.fc2", "mlp.weights_out"),
+            },
+            pooled_feature="[CLS] token concatenated with the mean patch token",
+            interpolates_positions=True,
+        ),
         # 5.x CLIPVisionModel has no ``vision_model.`` level; CLIPModel and 4.x do.
-        Family("clip", ("clip", "clip_vision_model"), r"(?:vision_model\.)?encoder\.layers\.(\d+)",
-               _CLIP_LIKE, stats=OPENAI_CLIP_STATS,
-               pooled_feature="[CLS] token -> visual_projection (if any) -> unit-RMS embedding",
-               loader=CLIPClassifierLoader(), text_tower_types=("clip",)),
-        Family("siglip", ("siglip",), r"(?:vision_model\.)?encoder\.layers\.(\d+)", _CLIP_LIKE,
-               stats=HALF_STATS, pooled_feature="mean of the patch tokens", has_cls_token=False),
+        Family(
+            "clip",
+            ("clip", "clip_vision_model"),
+            r"(?:vision_model\.)?encoder\.layers\.(\d+)",
+            _CLIP_LIKE,
+            stats=OPENAI_CLIP_STATS,
+            pooled_feature="[CLS] token -> visual_projection (if any) -> unit-RMS embedding",
+            loader=CLIPClassifierLoader(),
+            text_tower_types=("clip",),
+        ),
+        Family(
+            "siglip",
+            ("siglip",),
+            r"(?:vision_model\.)?encoder\.layers\.(\d+)",
+            _CLIP_LIKE,
+            stats=HALF_STATS,
+            pooled_feature="mean of the patch tokens",
+            has_cls_token=False,
+        ),
     )
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES.values() for t in f.model_types)

@@ -15,8 +15,15 @@ from emoset_peft.errors import EmoSetError
 FORMAT_VERSION = 1
 RECORD_NAME = "emoset_peft.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-_RECORD_KEYS = {"method": str, "kind": str, "backbone": str, "model_type": str, "id2label": dict,
-                "options": dict, "input_spec": dict}
+_RECORD_KEYS = {
+    "method": str,
+    "kind": str,
+    "backbone": str,
+    "model_type": str,
+    "id2label": dict,
+    "options": dict,
+    "input_spec": dict,
+}
 
 
 def check_adapter_folder(path: str | Path) -> None:
@@ -31,8 +38,10 @@ def check_adapter_folder(path: str | Path) -> None:
 
     path = Path(path)
     if not path.is_dir():
-        raise EmoSetError(f"{path}: no such folder; give a folder written by "
-                          "EmoSetModel.save_pretrained (a run's adapter/ folder)")
+        raise EmoSetError(
+            f"{path}: no such folder; give a folder written by "
+            "EmoSetModel.save_pretrained (a run's adapter/ folder)"
+        )
     record_file = path / RECORD_NAME
     if not record_file.is_file():
         return
@@ -60,7 +69,8 @@ def check_adapter_folder(path: str | Path) -> None:
             raise EmoSetError(
                 f"{weights_file} is missing and the folder holds only the pickle file(s) "
                 f"{', '.join(pickles)}, which emoset_peft never loads (unpickling can run code); "
-                "use a folder saved as safetensors by emoset_peft, from a source you trust")
+                "use a folder saved as safetensors by emoset_peft, from a source you trust"
+            )
         raise EmoSetError(f"{weights_file} is missing; {fix}")
     from safetensors import SafetensorError, safe_open
 
@@ -68,8 +78,9 @@ def check_adapter_folder(path: str | Path) -> None:
         with safe_open(str(weights_file), framework="pt") as handle:
             handle.keys()
     except (SafetensorError, OSError) as err:
-        raise EmoSetError(f"{weights_file} is not a readable safetensors file ({err}); "
-                          f"{fix}") from None
+        raise EmoSetError(
+            f"{weights_file} is not a readable safetensors file ({err}); {fix}"
+        ) from None
 
 
 def _read_json_object(file: Path, fix: str) -> dict:
@@ -105,5 +116,7 @@ def read_record(path: str | Path) -> dict:
             f"(<= {FORMAT_VERSION}); upgrade emoset_peft"
         )
     if record.get("method") not in methods.REGISTRY:
-        raise EmoSetError(f"{file}: unknown method {record.get('method')!r}; methods: {', '.join(methods.METHODS)}")
+        raise EmoSetError(
+            f"{file}: unknown method {record.get('method')!r}; methods: {', '.join(methods.METHODS)}"
+        )
     return record

@@ -39,22 +39,27 @@ _MASK_BITS = 16  # random bits per element: drop probabilities resolve to 1/65,5
 
 
 def _train_on_cpu(query, key, value) -> bool:
-    return (query.device.type == "cpu" and torch.is_grad_enabled()
-            and (query.requires_grad or key.requires_grad or value.requires_grad))
+    return (
+        query.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and (query.requires_grad or key.requires_grad or value.requires_grad)
+    )
 
 
-def fast_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                   **kwargs):
+def fast_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' attention signature ([batch, heads, tokens, head_dim] in, [batch, tokens,
     heads, head_dim] out): matmul + softmax in the input dtype while training on a CPU, SDPA
     otherwise (and for what this path does not cover: causal, boolean masks, grouped heads)."""
-    plain = (not _train_on_cpu(query, key, value)
-             or kwargs.get("is_causal", getattr(module, "is_causal", False))
-             or (attention_mask is not None and attention_mask.dtype == torch.bool)
-             or key.shape[1] != query.shape[1])
+    plain = (
+        not _train_on_cpu(query, key, value)
+        or kwargs.get("is_causal", getattr(module, "is_causal", False))
+        or (attention_mask is not None and attention_mask.dtype == torch.bool)
+        or key.shape[1] != query.shape[1]
+    )
     if plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     # Scaling q (tokens x head_dim) is cheaper than scaling the scores (tokens x tokens).
@@ -76,14 +81,20 @@ class FastDropout(nn.Dropout):
     """``nn.Dropout`` whose CPU masks come from numpy's PCG64 instead of ``bernoulli_``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.training or self.p == 0 or self.p >= 1 or x.device.type != "cpu"
-                or torch.compiler.is_compiling()):  # inductor fuses its own RNG into the graph
+        if (
+            not self.training
+            or self.p == 0
+            or self.p >= 1
+            or x.device.type != "cpu"
+            or torch.compiler.is_compiling()
+        ):  # inductor fuses its own RNG into the graph
             return super().forward(x)
         drop = int(round(self.p * (1 << _MASK_BITS)))  # masks drop exactly drop / 65,536
         seed = int(torch.randint(0, 2**62, (1,)).item())  # follows torch.manual_seed
         count = x.numel()
         words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw(
-            -(-count // 4))  # 4 x 16 bits per 64-bit word
+            -(-count // 4)
+        )  # 4 x 16 bits per 64-bit word
         # int16 because torch has no comparison for uint16: u - 32768 >= drop - 32768.
         bits = torch.from_numpy(words.view(np.int16)[:count]).view(x.shape)
         keep = bits >= drop - (1 << (_MASK_BITS - 1))

@@ -66,10 +66,15 @@ class MethodSpec:
     mergeable: ClassVar[bool] = True  # merge_and_unload gives a plain transformers classifier
     plain_peft: ClassVar[bool] = False  # the folder loads with plain peft (README recipe)
     modules: ClassVar[tuple[str, ...]] = ()  # EmoSetModel submodules it adds, saved under "<name>."
-    folder_files: ClassVar[tuple[tuple[str, ...], str]] = ((), WEIGHTS_NAME)  # (JSON files, weights)
+    folder_files: ClassVar[tuple[tuple[str, ...], str]] = (
+        (),
+        WEIGHTS_NAME,
+    )  # (JSON files, weights)
 
     # -- building ---------------------------------------------------------------------------
-    def attach(self, network: nn.Module, options, site: Site) -> tuple[nn.Module, dict[str, nn.Module]]:
+    def attach(
+        self, network: nn.Module, options, site: Site
+    ) -> tuple[nn.Module, dict[str, nn.Module]]:
         """Add the method to ``network`` (frozen as ``freezes_backbone`` / ``trains_head`` say):
         returns the network (possibly wrapped) and the new modules by attribute name."""
         return network, {}
@@ -224,8 +229,13 @@ class AdaptFormerSpec(_AddsComputation):
         from emoset_peft.models.adaptformer import AdaptFormer
 
         mlps = _mlp_modules(network, site.architecture, site.layers)
-        adapter = AdaptFormer(len(mlps), _vision_config(network).hidden_size, options.bottleneck,
-                              options.scale, options.dropout)
+        adapter = AdaptFormer(
+            len(mlps),
+            _vision_config(network).hidden_size,
+            options.bottleneck,
+            options.scale,
+            options.dropout,
+        )
         adapter.attach(mlps)
         return network, {"adaptformer": adapter}
 
@@ -258,7 +268,10 @@ def _attention_modules(network, arch) -> list:
 
 def _mlp_modules(network, arch, layers) -> list:
     """Per chosen layer, the MLP module (the common parent of its mlp_in and mlp_out projections)."""
-    inputs, outputs = _parents(network, arch, "mlp_in", layers), _parents(network, arch, "mlp_out", layers)
+    inputs, outputs = (
+        _parents(network, arch, "mlp_in", layers),
+        _parents(network, arch, "mlp_out", layers),
+    )
     if inputs != outputs:
         raise EmoSetError(
             f"the MLP of this {arch.name} backbone is not one module ({inputs[0]} / {outputs[0]}); "

@@ -32,8 +32,9 @@ _SPECS: tuple[MethodSpec, ...] = (
     *PEFT_SPECS,
     PrefixSpec("prefix", opts.PrefixOptions, "learned key/value prefixes in every attention layer"),
     PromptSpec("vpt", opts.VPTOptions, "visual prompt tokens (shallow or deep)"),
-    AdaptFormerSpec("adaptformer", opts.AdaptFormerOptions,
-                    "scaled bottleneck adapter parallel to every MLP"),
+    AdaptFormerSpec(
+        "adaptformer", opts.AdaptFormerOptions, "scaled bottleneck adapter parallel to every MLP"
+    ),
     BitFitSpec("bitfit", opts.NoOptions, "every bias term and the head"),
     MethodSpec("linear", opts.NoOptions, "the head only (linear probe)"),
     FullSpec("full", opts.NoOptions, "every weight (full fine-tuning baseline)"),
@@ -44,7 +45,9 @@ METHODS: tuple[str, ...] = tuple(REGISTRY)
 # Methods whose adapter layers fold into the base weights (merged_for_inference, merge_and_unload).
 MERGEABLE: tuple[str, ...] = tuple(spec.name for spec in _SPECS if spec.folds)
 # method -> bitsandbytes modes it trains on (checked on the CPU).
-QUANTIZABLE: dict[str, tuple[str, ...]] = {spec.name: spec.quantize for spec in _SPECS if spec.quantize}
+QUANTIZABLE: dict[str, tuple[str, ...]] = {
+    spec.name: spec.quantize for spec in _SPECS if spec.quantize
+}
 
 
 def get_method(name: str) -> MethodSpec:

@@ -116,10 +116,14 @@ def make_options(spec: MethodSpec, given: dict):
         if isinstance(default, bool) != isinstance(value, bool) or (
             isinstance(default, (int, float)) and not isinstance(value, (int, float))
         ):
-            raise EmoSetError(f"method {spec.name!r}: option {name}={value!r} should be like {default!r}")
+            raise EmoSetError(
+                f"method {spec.name!r}: option {name}={value!r} should be like {default!r}"
+            )
         if isinstance(default, int) and not isinstance(default, bool):
             if not float(value).is_integer():
-                raise EmoSetError(f"method {spec.name!r}: option {name}={value!r} should be an integer")
+                raise EmoSetError(
+                    f"method {spec.name!r}: option {name}={value!r} should be an integer"
+                )
             setattr(options, name, int(value))  # 4.0 from a YAML file -> 4
         elif isinstance(default, float):
             setattr(options, name, float(value))
@@ -129,8 +133,18 @@ def make_options(spec: MethodSpec, given: dict):
     return options
 
 
-POSITIVE_OPTIONS = ("r", "init_r", "alpha", "block_size", "prefix_length", "reparam_hidden",
-                    "num_prompts", "delta_t", "bottleneck", "scale")
+POSITIVE_OPTIONS = (
+    "r",
+    "init_r",
+    "alpha",
+    "block_size",
+    "prefix_length",
+    "reparam_hidden",
+    "num_prompts",
+    "delta_t",
+    "bottleneck",
+    "scale",
+)
 
 
 def _check_option_ranges(spec: MethodSpec, options) -> None:

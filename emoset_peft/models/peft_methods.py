@@ -46,9 +46,15 @@ class PeftSpec(MethodSpec):
         names = [name for name, _ in network.named_modules()]
         wanted = list(site.targets) if site.targets is not None else list(self.roles)
         target_modules = roles.resolve_targets(names, arch, wanted, site.layers)
-        feedforward = [n for n, role in roles.roles_of(target_modules, arch).items() if role == "mlp_out"]
-        common = {"target_modules": target_modules, "modules_to_save": [arch.head], "task_type": None,
-                  "feedforward_modules": feedforward}
+        feedforward = [
+            n for n, role in roles.roles_of(target_modules, arch).items() if role == "mlp_out"
+        ]
+        common = {
+            "target_modules": target_modules,
+            "modules_to_save": [arch.head],
+            "task_type": None,
+            "feedforward_modules": feedforward,
+        }
         config = self.peft_config(options, common, site.total_steps)
         site.record.update(target_modules=target_modules, targets=wanted)
         return peft.get_peft_model(network, config), {}
@@ -62,8 +68,10 @@ class PeftSpec(MethodSpec):
                 raise
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             names = ", ".join(f.name for f in dataclasses.fields(options)) or "none"
-            raise EmoSetError(f"model.options for method {self.name!r} rejected by peft: {reason} "
-                              f"(its options: {names})") from None
+            raise EmoSetError(
+                f"model.options for method {self.name!r} rejected by peft: {reason} "
+                f"(its options: {names})"
+            ) from None
 
     def save(self, model, path) -> None:
         model.network.save_pretrained(str(path), safe_serialization=True)
@@ -72,7 +80,8 @@ class PeftSpec(MethodSpec):
         import peft
 
         network = peft.PeftModel.from_pretrained(
-            loading.classifier(), str(loading.path), is_trainable=loading.trainable)
+            loading.classifier(), str(loading.path), is_trainable=loading.trainable
+        )
         return loading.wrap(network)
 
     def merge_and_unload(self, model):
@@ -147,8 +156,15 @@ def _without_feedforward(common: dict) -> dict:
 def _lora(o, common, total_steps, *, dora: bool):
     import peft
 
-    return peft.LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, use_rslora=o.rslora,
-                           use_dora=dora, bias="none", **_without_feedforward(common))
+    return peft.LoraConfig(
+        r=o.r,
+        lora_alpha=o.alpha,
+        lora_dropout=o.dropout,
+        use_rslora=o.rslora,
+        use_dora=dora,
+        bias="none",
+        **_without_feedforward(common),
+    )
 
 
 def _adalora(o, common, total_steps):
@@ -157,11 +173,21 @@ def _adalora(o, common, total_steps):
     tinit = o.tinit if o.tinit is not None else total_steps // 10
     tfinal = o.tfinal if o.tfinal is not None else total_steps // 5
     if tinit >= total_steps - tfinal:
-        raise EmoSetError(f"adalora: tinit={tinit} must be < total_steps - tfinal = {total_steps - tfinal}")
+        raise EmoSetError(
+            f"adalora: tinit={tinit} must be < total_steps - tfinal = {total_steps - tfinal}"
+        )
     return peft.AdaLoraConfig(
-        target_r=o.r, init_r=o.init_r, lora_alpha=o.alpha, lora_dropout=o.dropout, tinit=tinit,
-        tfinal=tfinal, deltaT=o.delta_t, orth_reg_weight=o.orth_reg_weight, total_step=total_steps,
-        **_without_feedforward(common))
+        target_r=o.r,
+        init_r=o.init_r,
+        lora_alpha=o.alpha,
+        lora_dropout=o.dropout,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=o.delta_t,
+        orth_reg_weight=o.orth_reg_weight,
+        total_step=total_steps,
+        **_without_feedforward(common),
+    )
 
 
 def _ia3(o, common, total_steps):
@@ -173,46 +199,95 @@ def _ia3(o, common, total_steps):
 def _loha(o, common, total_steps):
     import peft
 
-    return peft.LoHaConfig(r=o.r, alpha=o.alpha, rank_dropout=o.rank_dropout,
-                           module_dropout=o.module_dropout, **_without_feedforward(common))
+    return peft.LoHaConfig(
+        r=o.r,
+        alpha=o.alpha,
+        rank_dropout=o.rank_dropout,
+        module_dropout=o.module_dropout,
+        **_without_feedforward(common),
+    )
 
 
 def _lokr(o, common, total_steps):
     import peft
 
-    return peft.LoKrConfig(r=o.r, alpha=o.alpha, rank_dropout=o.rank_dropout,
-                           module_dropout=o.module_dropout, decompose_factor=o.decompose_factor,
-                           **_without_feedforward(common))
+    return peft.LoKrConfig(
+        r=o.r,
+        alpha=o.alpha,
+        rank_dropout=o.rank_dropout,
+        module_dropout=o.module_dropout,
+        decompose_factor=o.decompose_factor,
+        **_without_feedforward(common),
+    )
 
 
 def _oft(o, common, total_steps):
     import peft
 
-    return peft.OFTConfig(r=0, oft_block_size=o.block_size, module_dropout=o.dropout, coft=o.coft,
-                          **_without_feedforward(common))
+    return peft.OFTConfig(
+        r=0,
+        oft_block_size=o.block_size,
+        module_dropout=o.dropout,
+        coft=o.coft,
+        **_without_feedforward(common),
+    )
 
 
 def _vera(o, common, total_steps):
     import peft
 
-    return peft.VeraConfig(r=o.r, vera_dropout=o.dropout, d_initial=o.d_initial, save_projection=True,
-                           **_without_feedforward(common))
+    return peft.VeraConfig(
+        r=o.r,
+        vera_dropout=o.dropout,
+        d_initial=o.d_initial,
+        save_projection=True,
+        **_without_feedforward(common),
+    )
 
 
 QV = ("q", "v")
 PEFT_SPECS = (
-    PeftSpec("lora", opts.LoraOptions, "low-rank updates of q and v", roles=QV, quantize=BOTH,
-             config=functools.partial(_lora, dora=False)),
+    PeftSpec(
+        "lora",
+        opts.LoraOptions,
+        "low-rank updates of q and v",
+        roles=QV,
+        quantize=BOTH,
+        config=functools.partial(_lora, dora=False),
+    ),
     # DoRA on 8-bit layers fails inside bitsandbytes 0.50's CPU int8 matmul.
-    PeftSpec("dora", opts.LoraOptions, "LoRA with a learned magnitude per output", roles=QV,
-             quantize=("4bit",), config=functools.partial(_lora, dora=True)),
-    PeftSpec("ia3", opts.NoOptions, "learned scaling of k, v and the MLP input of fc2",
-             roles=("k", "v", "mlp_out"), quantize=BOTH, config=_ia3),
+    PeftSpec(
+        "dora",
+        opts.LoraOptions,
+        "LoRA with a learned magnitude per output",
+        roles=QV,
+        quantize=("4bit",),
+        config=functools.partial(_lora, dora=True),
+    ),
+    PeftSpec(
+        "ia3",
+        opts.NoOptions,
+        "learned scaling of k, v and the MLP input of fc2",
+        roles=("k", "v", "mlp_out"),
+        quantize=BOTH,
+        config=_ia3,
+    ),
     PeftSpec("loha", opts.LycorisOptions, "low-rank Hadamard product", roles=QV, config=_loha),
     PeftSpec("lokr", opts.LoKrOptions, "low-rank Kronecker product", roles=QV, config=_lokr),
     PeftSpec("oft", opts.OFTOptions, "block-diagonal orthogonal rotation", roles=QV, config=_oft),
-    PeftSpec("vera", opts.VeraOptions, "shared random low-rank matrices, learned scales", roles=QV,
-             config=_vera),
-    AdaLoraSpec("adalora", opts.AdaLoraOptions, "LoRA with SVD rank budget (needs total_steps)",
-                roles=QV, quantize=BOTH, config=_adalora),
+    PeftSpec(
+        "vera",
+        opts.VeraOptions,
+        "shared random low-rank matrices, learned scales",
+        roles=QV,
+        config=_vera,
+    ),
+    AdaLoraSpec(
+        "adalora",
+        opts.AdaLoraOptions,
+        "LoRA with SVD rank budget (needs total_steps)",
+        roles=QV,
+        quantize=BOTH,
+        config=_adalora,
+    ),
 )

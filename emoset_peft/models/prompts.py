@@ -166,7 +166,9 @@ class VisualPrompts(nn.Module):
     def _replace(self, layer, module, args, kwargs):
         hidden = _hidden_states(args, kwargs)
         at, n = self.insert_at, self.num_prompts
-        hidden = torch.cat([hidden[:, :at], self._prompt(layer, hidden), hidden[:, at + n :]], dim=1)
+        hidden = torch.cat(
+            [hidden[:, :at], self._prompt(layer, hidden), hidden[:, at + n :]], dim=1
+        )
         return _with_hidden_states(args, kwargs, hidden)
 
     def _strip(self, module, args, kwargs, output):

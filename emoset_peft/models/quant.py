@@ -49,7 +49,9 @@ def quantization_config(mode: str, compute_dtype: torch.dtype = torch.bfloat16):
     from transformers import BitsAndBytesConfig
 
     if mode not in QUANTIZE_MODES:
-        raise EmoSetError(f"quantize={mode!r}: choose one of {', '.join(QUANTIZE_MODES)} (or leave it out)")
+        raise EmoSetError(
+            f"quantize={mode!r}: choose one of {', '.join(QUANTIZE_MODES)} (or leave it out)"
+        )
     if mode == "8bit":
         _quiet_int8_cast_warning()
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_KEEP_FULL_PRECISION)
@@ -78,9 +80,13 @@ def check_quantizable(spec: methods.MethodSpec, mode: str | None) -> None:
     if mode is None:
         return
     if mode not in QUANTIZE_MODES:
-        raise EmoSetError(f"quantize={mode!r}: choose one of {', '.join(QUANTIZE_MODES)} (or leave it out)")
+        raise EmoSetError(
+            f"quantize={mode!r}: choose one of {', '.join(QUANTIZE_MODES)} (or leave it out)"
+        )
     if mode not in spec.quantize:
-        fits = ", ".join(f"{name} ({'/'.join(modes)})" for name, modes in methods.QUANTIZABLE.items())
+        fits = ", ".join(
+            f"{name} ({'/'.join(modes)})" for name, modes in methods.QUANTIZABLE.items()
+        )
         raise EmoSetError(
             f"quantize={mode!r} does not fit method {spec.name!r}: adapters on quantized layers work for "
             f"{fits}; drop quantize= for this method"

@@ -22,8 +22,18 @@ from emoset_peft.models.families import (
     family_for,
 )
 
-__all__ = ["ARCHITECTURES", "ROLES", "SUPPORTED_MODEL_TYPES", "Architecture", "architecture_for",
-           "layer_names", "normalize_layers", "resolve_targets", "roles_of", "split_layer_name"]
+__all__ = [
+    "ARCHITECTURES",
+    "ROLES",
+    "SUPPORTED_MODEL_TYPES",
+    "Architecture",
+    "architecture_for",
+    "layer_names",
+    "normalize_layers",
+    "resolve_targets",
+    "roles_of",
+    "split_layer_name",
+]
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "out", "mlp_in", "mlp_out")
 
@@ -75,7 +85,9 @@ def normalize_layers(layers: Iterable[int] | None, num_layers: int) -> list[int]
             )
         chosen.add(index % num_layers)
     if not chosen:
-        raise EmoSetError("layers= is empty; give at least one layer index or leave it out for all layers")
+        raise EmoSetError(
+            "layers= is empty; give at least one layer index or leave it out for all layers"
+        )
     return sorted(chosen)
 
 
@@ -126,7 +138,9 @@ def resolve_targets(
 def roles_of(names: Iterable[str], architecture: str | Architecture) -> dict[str, str]:
     """Full module name -> its role, for names inside the encoder layers that have one."""
     arch = _as_architecture(architecture)
-    suffix_role = {suffix: role for role, suffixes in arch.role_suffixes.items() for suffix in suffixes}
+    suffix_role = {
+        suffix: role for role, suffixes in arch.role_suffixes.items() for suffix in suffixes
+    }
     out = {}
     for name in names:
         where = split_layer_name(name, arch)

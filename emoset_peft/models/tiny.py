@@ -17,7 +17,11 @@ KINDS = ("vit", "clip", "clip_vision", "dinov2", "siglip")
 
 def _byte_alphabet() -> list[str]:
     """GPT-2/CLIP byte-level alphabet: a printable stand-in character for each of the 256 bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), 256),
+    ]
     others = [b for b in range(256) if b not in printable]
     return [chr(c) for c in printable] + [chr(256 + i) for i in range(len(others))]
 
@@ -108,7 +112,8 @@ def save_tiny_backbone(
         processor = ViTImageProcessor(size={"height": image_size, "width": image_size})
     else:
         processor = CLIPImageProcessor(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
         )
         if kind == "clip_vision":
             model = CLIPVisionModel(CLIPVisionConfig(**vision))

@@ -44,7 +44,9 @@ class EmoSetModel(nn.Module):
     name (``prefix``, ``prompts``, ``adaptformer``); saved under that name.
     """
 
-    def __init__(self, network: nn.Module, record: dict, modules: dict[str, nn.Module] | None = None):
+    def __init__(
+        self, network: nn.Module, record: dict, modules: dict[str, nn.Module] | None = None
+    ):
         super().__init__()
         self.network = network
         for name, module in (modules or {}).items():
@@ -108,7 +110,11 @@ class EmoSetModel(nn.Module):
         }
 
     def save_pretrained(
-        self, save_directory: str | Path, *, is_main_process: bool = True, safe_serialization: bool = True
+        self,
+        save_directory: str | Path,
+        *,
+        is_main_process: bool = True,
+        safe_serialization: bool = True,
     ) -> None:
         """Write the adapter (or prefix / prompts / full weights), the head and the label map.
 

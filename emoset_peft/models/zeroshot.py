@@ -63,7 +63,9 @@ def _compute_text_embeddings(source, class_names, templates) -> tuple[torch.Tens
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         with quiet_transformers():
-            clip = CLIPModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True).eval()
+            clip = CLIPModel.from_pretrained(
+                source, trust_remote_code=False, use_safetensors=True
+            ).eval()
     except (OSError, ValueError) as err:
         raise EmoSetError(
             f"backbone {source!r}: the zero-shot head needs CLIP's text tower and tokenizer, "
@@ -73,7 +75,9 @@ def _compute_text_embeddings(source, class_names, templates) -> tuple[torch.Tens
     for name in class_names:
         texts = [t.format(name.replace("_", " ")) for t in templates]
         tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        out = clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        out = clip.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        )
         # transformers 5 returns a model output whose pooler_output is projected; 4.x a tensor.
         embeds = out if isinstance(out, torch.Tensor) else out.pooler_output
         rows.append(F.normalize(F.normalize(embeds.float(), dim=-1).mean(dim=0), dim=-1))
@@ -81,7 +85,9 @@ def _compute_text_embeddings(source, class_names, templates) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def set_text_head(classifier: torch.nn.Linear, text_embeds: torch.Tensor, logit_scale: float) -> None:
+def set_text_head(
+    classifier: torch.nn.Linear, text_embeds: torch.Tensor, logit_scale: float
+) -> None:
     """Make ``classifier`` (on unit-RMS image embeddings) compute logit_scale * cosine similarity."""
     if tuple(classifier.weight.shape) != tuple(text_embeds.shape):
         raise EmoSetError(

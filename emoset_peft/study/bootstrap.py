@@ -71,8 +71,7 @@ def union_keys(cells: Iterable) -> list:
     return sorted({key for cell in cells for key in cell.replicates})
 
 
-def make_draws(n_images: int, replicate_keys: Sequence, n_boot: int = 2000,
-               seed: int = 0) -> Draws:
+def make_draws(n_images: int, replicate_keys: Sequence, n_boot: int = 2000, seed: int = 0) -> Draws:
     """``n_boot`` joint draws of test images (multinomial counts) and replicate keys.
 
     Images and keys use separate random streams of ``seed``, so the image draws do not change
@@ -80,8 +79,9 @@ def make_draws(n_images: int, replicate_keys: Sequence, n_boot: int = 2000,
     """
     if n_images < 1 or n_boot < 1:
         raise ValueError(f"need n_images >= 1 and n_boot >= 1, got {n_images}, {n_boot}")
-    image_stream, key_stream = (np.random.default_rng(s)
-                                for s in np.random.SeedSequence(seed).spawn(2))
+    image_stream, key_stream = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+    )
     weights = np.empty((n_boot, n_images), np.float32)
     rows = max(1, 2**22 // n_images)  # ~32 MB of int64 indices at a time
     for start in range(0, n_boot, rows):
@@ -89,7 +89,7 @@ def make_draws(n_images: int, replicate_keys: Sequence, n_boot: int = 2000,
         picks = image_stream.integers(0, n_images, size=(block, n_images))
         picks += (np.arange(block) * n_images)[:, None]
         counts = np.bincount(picks.ravel(), minlength=block * n_images)
-        weights[start:start + block] = counts.reshape(block, n_images)
+        weights[start : start + block] = counts.reshape(block, n_images)
     keys = list(replicate_keys)
     index = key_stream.integers(0, max(len(keys), 1), size=(n_boot, len(keys)))
     return Draws(weights, keys, index, int(n_boot), int(seed))
@@ -106,8 +106,9 @@ def _as_weights(weights, n_images: int) -> tuple[np.ndarray, bool]:
     return weights, False
 
 
-def metric_from_predictions(predictions: np.ndarray, labels, metric: str,
-                            weights=None) -> np.ndarray:
+def metric_from_predictions(
+    predictions: np.ndarray, labels, metric: str, weights=None
+) -> np.ndarray:
     """``metric`` of each row of ``predictions`` [R, n] (class indices) against ``labels`` [n].
 
     Returns [R] without ``weights``, [B, R] with image weights [B, n]. Macro-F1 follows
@@ -150,12 +151,10 @@ def _macro_f1(predictions: np.ndarray, labels: np.ndarray, weights: np.ndarray) 
     support = support.astype(np.float64)[:, None, :]
     denominator = support + predicted_counts
     # F1 = 2PR/(P+R) = 2 TP / (support + predicted); 0 when a class has no true positive.
-    f1 = np.divide(2 * tp_counts, denominator, out=np.zeros_like(tp_counts),
-                   where=denominator > 0)
+    f1 = np.divide(2 * tp_counts, denominator, out=np.zeros_like(tp_counts), where=denominator > 0)
     seen = denominator > 0
     n_seen = seen.sum(axis=-1)
-    return np.divide((f1 * seen).sum(axis=-1), n_seen, out=np.zeros(n_seen.shape),
-                     where=n_seen > 0)
+    return np.divide((f1 * seen).sum(axis=-1), n_seen, out=np.zeros(n_seen.shape), where=n_seen > 0)
 
 
 def replicate_metric(cell, labels, metric: str, weights=None) -> np.ndarray:
@@ -232,9 +231,17 @@ def variance_parts(values, boot, keys: Sequence | None = None) -> dict:
     else:
         seed = own_test = seed_only = np.full(image_total.shape, np.nan)
     image = np.maximum(image_total - np.nan_to_num(own_test), 0.0)
-    return {"mean": values.mean(axis=-1), "seed": seed, "image": image, "own_test": own_test,
-            "image_total": image_total, "seed_only": seed_only, "n_replicates": n_rep,
-            "df": df, "units": units}
+    return {
+        "mean": values.mean(axis=-1),
+        "seed": seed,
+        "image": image,
+        "own_test": own_test,
+        "image_total": image_total,
+        "seed_only": seed_only,
+        "n_replicates": n_rep,
+        "df": df,
+        "units": units,
+    }
 
 
 def crossed_grid(keys: Sequence) -> np.ndarray | None:
@@ -287,8 +294,9 @@ def _half_width(parts: dict, alpha):
     return np.sqrt(np.maximum(t**2 * parts["seed"] + z**2 * parts["image"], images_only))
 
 
-def two_level_interval(parts: dict, confidence: float = CONFIDENCE,
-                       bounds: tuple[float, float] = (0.0, 1.0)) -> tuple:
+def two_level_interval(
+    parts: dict, confidence: float = CONFIDENCE, bounds: tuple[float, float] = (0.0, 1.0)
+) -> tuple:
     """(low, high) arrays: mean +- sqrt(t_{R-1}^2 A + z^2 F), clipped to ``bounds``.
 
     Never narrower than the test-image resampling alone gives (mean +- z sqrt(I)): seeds that

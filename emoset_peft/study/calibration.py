@@ -32,26 +32,41 @@ def negative_log_likelihood(probabilities, labels) -> np.ndarray:
     probabilities = _normalised(probabilities)
     labels = np.asarray(labels, dtype=np.int64)
     eps = np.finfo(np.float64).eps
-    chosen = np.take_along_axis(probabilities, np.broadcast_to(
-        labels[:, None], probabilities.shape[:-1] + (1,)), axis=-1)[..., 0]
+    chosen = np.take_along_axis(
+        probabilities, np.broadcast_to(labels[:, None], probabilities.shape[:-1] + (1,)), axis=-1
+    )[..., 0]
     return -np.log(np.clip(chosen, eps, 1 - eps)).mean(axis=-1)
 
 
 def cell_calibration(cell, labels, bins: int = ECE_BINS) -> dict:
     """NLL and ECE of one cell: per replicate, their mean and SD over replicates."""
-    entry = {"method": cell.method, "per_class": cell.per_class,
-             "n_replicates": len(cell.replicates), "nll": None, "ece": None, "nll_sd": None,
-             "ece_sd": None, "replicates": {}, "bins": bins, "reason": None}
+    entry = {
+        "method": cell.method,
+        "per_class": cell.per_class,
+        "n_replicates": len(cell.replicates),
+        "nll": None,
+        "ece": None,
+        "nll_sd": None,
+        "ece_sd": None,
+        "replicates": {},
+        "bins": bins,
+        "reason": None,
+    }
     if cell.probabilities is None:
         entry["reason"] = "no class probabilities were saved for this cell"
         return entry
     nll = negative_log_likelihood(cell.probabilities, labels)
     ece = expected_calibration_error(cell.probabilities, labels, bins)
-    entry.update(nll=float(nll.mean()), ece=float(ece.mean()),
-                 nll_sd=float(nll.std(ddof=1)) if nll.size > 1 else None,
-                 ece_sd=float(ece.std(ddof=1)) if ece.size > 1 else None,
-                 replicates={_key_text(key): {"nll": float(n), "ece": float(e)}
-                             for key, n, e in zip(cell.replicates, nll, ece)})
+    entry.update(
+        nll=float(nll.mean()),
+        ece=float(ece.mean()),
+        nll_sd=float(nll.std(ddof=1)) if nll.size > 1 else None,
+        ece_sd=float(ece.std(ddof=1)) if ece.size > 1 else None,
+        replicates={
+            _key_text(key): {"nll": float(n), "ece": float(e)}
+            for key, n, e in zip(cell.replicates, nll, ece)
+        },
+    )
     if nll.size == 1:
         entry["reason"] = "1 replicate: no spread between seeds"
     return entry
@@ -103,8 +118,10 @@ def cell_slices(study, method: str, per_class, attribute_labels=None) -> dict:
     if cell is None:
         result["reason"] = f"no cell {method} at k = {per_class}"
         return result
-    per_replicate = [attribute_slices(row == study.labels, study.attributes, attribute_labels)
-                     for row in np.asarray(cell.predictions)]
+    per_replicate = [
+        attribute_slices(row == study.labels, study.attributes, attribute_labels)
+        for row in np.asarray(cell.predictions)
+    ]
     result["attributes"] = slice_table(per_replicate)
     return result
 
@@ -129,8 +146,12 @@ def slice_table(per_replicate: list[dict]) -> dict:
             n = int(np.rint(np.mean([float(entry["n"]) for entry in entries])))
             low, high = wilson_interval(float(values.mean()), n)
             result.setdefault(attribute, {})[name] = {
-                "n": n, "accuracy": float(values.mean()), "ci_low": low, "ci_high": high,
+                "n": n,
+                "accuracy": float(values.mean()),
+                "ci_low": low,
+                "ci_high": high,
                 "sd": float(values.std(ddof=1)) if values.size > 1 else None,
-                "n_replicates": int(values.size), "small": n < SMALL_SLICE,
+                "n_replicates": int(values.size),
+                "small": n < SMALL_SLICE,
             }
     return result

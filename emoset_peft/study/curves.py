@@ -48,8 +48,12 @@ MIN_PI_REPLICATES = 5  # a probability of improvement from fewer replicates is a
 CONFIDENCE = 0.95
 
 
-def interval(values: np.ndarray, n_replicates: int, center: float | None = None,
-             bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float | None, float | None]:
+def interval(
+    values: np.ndarray,
+    n_replicates: int,
+    center: float | None = None,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> tuple[float | None, float | None]:
     """95% percentile interval of bootstrap ``values`` (NaN draws left out), widened for few seeds.
 
     Resampling R replicates shrinks the seed part of the spread by (R - 1) / R, so with
@@ -111,15 +115,24 @@ def learning_curves(study, draws, metric: str = "accuracy", methods=None) -> Cur
         resampled = np.full((draws.n_boot, len(method_ks), len(keys)), np.nan)
         for row, k in enumerate(method_ks):
             cell = study.cells[(method, k)]
-            columns = [column[tuple(key) if isinstance(key, list) else key]
-                       for key in cell.replicates]
+            columns = [
+                column[tuple(key) if isinstance(key, list) else key] for key in cell.replicates
+            ]
             values[row, columns] = replicate_metric(cell, study.labels, metric)
             resampled[:, row, columns] = replicate_metric(
-                cell, study.labels, metric, weights=draws.image_weights)
+                cell, study.labels, metric, weights=draws.image_weights
+            )
         ks[method], point[method], boot[method] = method_ks, values, resampled
-    return Curves(metric=metric, keys=keys, ks=ks, point=point, boot=boot,
-                  replicate_index=np.asarray(draws.replicate_index), n_boot=int(draws.n_boot),
-                  seed=int(draws.seed))
+    return Curves(
+        metric=metric,
+        keys=keys,
+        ks=ks,
+        point=point,
+        boot=boot,
+        replicate_index=np.asarray(draws.replicate_index),
+        n_boot=int(draws.n_boot),
+        seed=int(draws.seed),
+    )
 
 
 def _is_curve_k(k) -> bool:
@@ -144,10 +157,14 @@ def compared_methods(curves: Curves, methods=None) -> tuple[list[str], dict[str,
     the others to that one k, so it is left out instead (and named).
     """
     methods = curves.methods if methods is None else list(methods)
-    left_out = {m: f"measured at k = {curves.ks[m][0]} only: no curve" for m in methods
-                if m in curves.ks and len(curves.ks[m]) < 2}
-    left_out.update({m: "no k >= 1 (zero-shot or full data only)" for m in methods
-                     if m not in curves.ks})
+    left_out = {
+        m: f"measured at k = {curves.ks[m][0]} only: no curve"
+        for m in methods
+        if m in curves.ks and len(curves.ks[m]) < 2
+    }
+    left_out.update(
+        {m: "no k >= 1 (zero-shot or full data only)" for m in methods if m not in curves.ks}
+    )
     return [m for m in methods if m not in left_out], left_out
 
 
@@ -161,10 +178,12 @@ def resampled_mean(per_key: np.ndarray, replicate_index: np.ndarray) -> np.ndarr
     ``per_key`` is ``[B, ..., K]`` (a value per draw and key); returns ``[B, ...]``, NaN for a
     draw that picked no present replicate.
     """
-    index = replicate_index.reshape(replicate_index.shape[:1] + (1,) * (per_key.ndim - 2)
-                                    + replicate_index.shape[1:])
-    picked = np.take_along_axis(per_key, np.broadcast_to(
-        index, per_key.shape[:-1] + replicate_index.shape[1:]), axis=-1)
+    index = replicate_index.reshape(
+        replicate_index.shape[:1] + (1,) * (per_key.ndim - 2) + replicate_index.shape[1:]
+    )
+    picked = np.take_along_axis(
+        per_key, np.broadcast_to(index, per_key.shape[:-1] + replicate_index.shape[1:]), axis=-1
+    )
     present = np.isfinite(picked)
     count = present.sum(axis=-1)
     total = np.where(present, picked, 0.0).sum(axis=-1)
@@ -204,14 +223,24 @@ def aulc(curves: Curves, methods=None) -> dict:
     """
     methods, left_out = compared_methods(curves, methods)
     ks = common_ks(curves, methods)
-    result = {"metric": curves.metric, "ks_used": ks, "reason": None, "methods": {},
-              "pairs": [], "left_out": left_out, "n_boot": curves.n_boot, "seed": curves.seed}
+    result = {
+        "metric": curves.metric,
+        "ks_used": ks,
+        "reason": None,
+        "methods": {},
+        "pairs": [],
+        "left_out": left_out,
+        "n_boot": curves.n_boot,
+        "seed": curves.seed,
+    }
     if len(methods) == 0:
         result["reason"] = "no method has a learning curve (k >= 1)"
         return result
     if len(ks) < 2:
-        result["reason"] = (f"an area under the curve needs >= 2 k values (>= 1, not 'all') that "
-                            f"every method has; common k: {ks or 'none'}")
+        result["reason"] = (
+            f"an area under the curve needs >= 2 k values (>= 1, not 'all') that "
+            f"every method has; common k: {ks or 'none'}"
+        )
         return result
     weights = trapezoid_weights(ks)
     per_method = {}
@@ -222,61 +251,97 @@ def aulc(curves: Curves, methods=None) -> dict:
         per_method[method] = (point, boot)
         complete = np.flatnonzero(np.isfinite(point))
         if complete.size == 0:
-            result["methods"][method] = {"aulc": None, "ci_low": None, "ci_high": None,
-                                         "n_replicates": 0, "replicates": {}, "reliable": False,
-                                         "reason": f"no replicate has every k in {ks}"}
+            result["methods"][method] = {
+                "aulc": None,
+                "ci_low": None,
+                "ci_high": None,
+                "n_replicates": 0,
+                "replicates": {},
+                "reliable": False,
+                "reason": f"no replicate has every k in {ks}",
+            }
             continue
-        entry = summarize_replicates(point[complete], boot[:, complete], bounds=(0.0, 1.0),
-                                     kind="AULC interval",
-                                     keys=[curves.keys[i] for i in complete])
+        entry = summarize_replicates(
+            point[complete],
+            boot[:, complete],
+            bounds=(0.0, 1.0),
+            kind="AULC interval",
+            keys=[curves.keys[i] for i in complete],
+        )
         entry["reason"] = entry.pop("note")
         result["methods"][method] = {
-            "aulc": entry.pop("mean"), **entry,
+            "aulc": entry.pop("mean"),
+            **entry,
             "replicates": {_key_text(curves.keys[i]): float(point[i]) for i in complete},
         }
     for i, a in enumerate(methods):
-        for b in methods[i + 1:]:
+        for b in methods[i + 1 :]:
             result["pairs"].append(_aulc_pair(curves, a, b, per_method, result["methods"]))
     return result
 
 
 def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) -> dict:
-    entry = {"a": a, "b": b, "difference": None, "ci_low": None, "ci_high": None,
-             "p_value": None, "p_reason": None, "n_paired": 0, "reliable": False, "reason": None,
-             "probability_of_improvement": None, "poi_ci_low": None, "poi_ci_high": None,
-             "poi_reason": None}
+    entry = {
+        "a": a,
+        "b": b,
+        "difference": None,
+        "ci_low": None,
+        "ci_high": None,
+        "p_value": None,
+        "p_reason": None,
+        "n_paired": 0,
+        "reliable": False,
+        "reason": None,
+        "probability_of_improvement": None,
+        "poi_ci_low": None,
+        "poi_ci_high": None,
+        "poi_reason": None,
+    }
     (point_a, boot_a), (point_b, boot_b) = per_method[a], per_method[b]
     common = np.flatnonzero(np.isfinite(point_a) & np.isfinite(point_b))
     if common.size == 0:
         entry["reason"] = entry["p_reason"] = entry["poi_reason"] = (
-            "no replicate (data_seed, train_seed) has a complete curve for both methods")
+            "no replicate (data_seed, train_seed) has a complete curve for both methods"
+        )
         return entry
     values, boot = point_a[common] - point_b[common], boot_a[:, common] - boot_b[:, common]
     keys = [curves.keys[i] for i in common]
-    difference = summarize_replicates(values, boot, bounds=(-1.0, 1.0),
-                                      kind="difference interval", keys=keys)
+    difference = summarize_replicates(
+        values, boot, bounds=(-1.0, 1.0), kind="difference interval", keys=keys
+    )
     n = int(common.size)
-    entry.update(difference=difference["mean"], ci_low=difference["ci_low"],
-                 ci_high=difference["ci_high"], n_paired=n, reliable=difference["reliable"],
-                 reason=difference["note"])
+    entry.update(
+        difference=difference["mean"],
+        ci_low=difference["ci_low"],
+        ci_high=difference["ci_high"],
+        n_paired=n,
+        reliable=difference["reliable"],
+        reason=difference["note"],
+    )
     if n >= MIN_PAIRS_FOR_P:
         entry["p_value"] = float(two_level_p_value(variance_parts(values, boot, keys)))
     else:
         entry["p_reason"] = f"{n} pair(s): too few seeds for a p-value (needs >= {MIN_PAIRS_FOR_P})"
     n_a, n_b = summary[a]["n_replicates"], summary[b]["n_replicates"]
     if min(n_a, n_b) < MIN_PI_REPLICATES:
-        entry["poi_reason"] = (f"{a} has {n_a} and {b} has {n_b} replicates with a complete "
-                               f"curve; a probability of improvement needs >= "
-                               f"{MIN_PI_REPLICATES} on both sides")
+        entry["poi_reason"] = (
+            f"{a} has {n_a} and {b} has {n_b} replicates with a complete "
+            f"curve; a probability of improvement needs >= "
+            f"{MIN_PI_REPLICATES} on both sides"
+        )
         return entry
     entry["probability_of_improvement"] = float(
-        probability_of_improvement(point_a[None], point_b[None])[0])
+        probability_of_improvement(point_a[None], point_b[None])[0]
+    )
     index = curves.replicate_index  # the same key draw for both methods
     draws_a = np.take_along_axis(boot_a, index, axis=1)
     draws_b = np.take_along_axis(boot_b, index, axis=1)
     entry["poi_ci_low"], entry["poi_ci_high"] = interval(
-        probability_of_improvement(draws_a, draws_b), min(n_a, n_b),
-        entry["probability_of_improvement"], (0.0, 1.0))
+        probability_of_improvement(draws_a, draws_b),
+        min(n_a, n_b),
+        entry["probability_of_improvement"],
+        (0.0, 1.0),
+    )
     return entry
 
 
@@ -290,8 +355,9 @@ def probability_of_improvement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     x, y = a[:, :, None], b[:, None, :]
     with np.errstate(invalid="ignore"):
         score = np.where(valid, (x > y) + 0.5 * (x == y), 0.0).sum(axis=(1, 2))
-        return np.where(valid.any(axis=(1, 2)), score / np.maximum(valid.sum(axis=(1, 2)), 1),
-                        np.nan)
+        return np.where(
+            valid.any(axis=(1, 2)), score / np.maximum(valid.sum(axis=(1, 2)), 1), np.nan
+        )
 
 
 def _key_text(key) -> str:
@@ -329,12 +395,16 @@ def _k_text(log2_k: float, ks: list[int]) -> dict:
         return {"k": None, "bound": ">", "text": f"> {ks[-1]}"}
     if log2_k <= np.log2(ks[0]):
         return {"k": float(ks[0]), "bound": "<=", "text": f"<= {ks[0]}"}
-    k = float(2.0 ** log2_k)
+    k = float(2.0**log2_k)
     return {"k": k, "bound": None, "text": f"{k:.3g}"}
 
 
-def data_efficiency(curves: Curves, target: float | None = None,
-                    fraction: float = DEFAULT_TARGET_FRACTION, methods=None) -> dict:
+def data_efficiency(
+    curves: Curves,
+    target: float | None = None,
+    fraction: float = DEFAULT_TARGET_FRACTION,
+    methods=None,
+) -> dict:
     """The k each method needs to reach one absolute ``target`` value of the metric.
 
     Default target: ``fraction`` of the best method's mean at the largest common k (reported
@@ -345,25 +415,38 @@ def data_efficiency(curves: Curves, target: float | None = None,
     """
     methods, left_out = compared_methods(curves, methods)
     ks = common_ks(curves, methods)
-    result = {"metric": curves.metric, "ks_used": ks, "target": None, "target_source": None,
-              "fraction": None, "reason": None, "methods": {}, "left_out": left_out,
-              "n_boot": curves.n_boot, "seed": curves.seed}
+    result = {
+        "metric": curves.metric,
+        "ks_used": ks,
+        "target": None,
+        "target_source": None,
+        "fraction": None,
+        "reason": None,
+        "methods": {},
+        "left_out": left_out,
+        "n_boot": curves.n_boot,
+        "seed": curves.seed,
+    }
     if len(ks) < 2:
-        result["reason"] = (f"needs >= 2 k values (>= 1, not 'all') that every method has; "
-                            f"common k: {ks or 'none'}")
+        result["reason"] = (
+            f"needs >= 2 k values (>= 1, not 'all') that every method has; common k: {ks or 'none'}"
+        )
         return result
     means = {m: np.nanmean(curves.point[m][_rows(curves, m, ks)], axis=1) for m in methods}
     if target is None:
         best = max(methods, key=lambda m: means[m][-1])
         target = fraction * float(means[best][-1])
-        result.update(fraction=fraction, target_source=(
-            f"{fraction:g} x {best}'s mean at k = {ks[-1]} ({means[best][-1]:.4f})"))
+        result.update(
+            fraction=fraction,
+            target_source=(f"{fraction:g} x {best}'s mean at k = {ks[-1]} ({means[best][-1]:.4f})"),
+        )
     else:
         result["target_source"] = "given"
     result["target"] = float(target)
     for method in methods:
-        boot_curve = resampled_mean(curves.boot[method][:, _rows(curves, method, ks)],
-                                    curves.replicate_index)  # [B, len(ks)]
+        boot_curve = resampled_mean(
+            curves.boot[method][:, _rows(curves, method, ks)], curves.replicate_index
+        )  # [B, len(ks)]
         n = int(np.min(np.isfinite(curves.point[method][_rows(curves, method, ks)]).sum(axis=1)))
         point = float(k_needed(means[method], ks, target))
         draws = k_needed(boot_curve[np.isfinite(boot_curve).all(axis=1)], ks, target)
@@ -376,7 +459,8 @@ def data_efficiency(curves: Curves, target: float | None = None,
             "ci_low": None if low is None else _k_text(low, ks),
             "ci_high": None if high is None else _k_text(high, ks),
             "mean_curve": {str(k): float(v) for k, v in zip(ks, means[method])},
-            "n_replicates": n, **dict(zip(("reliable", "reason"), reliability(n))),
+            "n_replicates": n,
+            **dict(zip(("reliable", "reason"), reliability(n))),
         }
     return result
 
@@ -396,12 +480,17 @@ def study_curves(study, draws, metrics=("accuracy", "macro_f1"), methods=None) -
     from emoset_peft.study.fits import scaling_fits
     from emoset_peft.study.variance import cell_variance_splits
 
-    result = {"n_boot": int(draws.n_boot), "seed": int(draws.seed), "metrics": {},
-              "calibration": calibration_table(study)}
+    result = {
+        "n_boot": int(draws.n_boot),
+        "seed": int(draws.seed),
+        "metrics": {},
+        "calibration": calibration_table(study),
+    }
     for metric in metrics:
         curves = learning_curves(study, draws, metric, methods)
         result["metrics"][metric] = {
-            "aulc": aulc(curves), "data_efficiency": data_efficiency(curves),
+            "aulc": aulc(curves),
+            "data_efficiency": data_efficiency(curves),
             "scaling_fits": scaling_fits(curves),
             "variance_split": cell_variance_splits(study, metric),
         }

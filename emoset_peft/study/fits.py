@@ -73,7 +73,7 @@ def fit_curves(ks, error: np.ndarray, free_c: bool = True) -> dict[str, np.ndarr
     grid = np.arange(0.0, B_MAX + B_STEP / 2, B_STEP)
     ratio = (np.sqrt(5) - 1) / 2
     for start in range(0, valid.size, CHUNK):
-        rows = valid[start:start + CHUNK]
+        rows = valid[start : start + CHUNK]
         y = flat[rows]
         sse_grid = _solve(grid[None, :], y[:, None, :], log_k, free_c)[0]
         centre = grid[np.argmin(sse_grid, axis=1)]
@@ -95,12 +95,16 @@ def power_law(k, a, b, c=0.0):
 
 def _guard(ks: list[int], counts: np.ndarray) -> str | None:
     if len(ks) < MIN_FIT_KS:
-        return (f"{len(ks)} distinct k ({', '.join(map(str, ks)) or 'none'}): a 3-parameter curve "
-                f"would pass through every point; a fit needs >= {MIN_FIT_KS}")
+        return (
+            f"{len(ks)} distinct k ({', '.join(map(str, ks)) or 'none'}): a 3-parameter curve "
+            f"would pass through every point; a fit needs >= {MIN_FIT_KS}"
+        )
     if counts.min() < MIN_FIT_REPLICATES:
         k = ks[int(np.argmin(counts))]
-        return (f"{int(counts.min())} replicate(s) at k = {k}: a fit needs >= "
-                f"{MIN_FIT_REPLICATES} at every k to say how much it varies between seeds")
+        return (
+            f"{int(counts.min())} replicate(s) at k = {k}: a fit needs >= "
+            f"{MIN_FIT_REPLICATES} at every k to say how much it varies between seeds"
+        )
     return None
 
 
@@ -109,14 +113,16 @@ def _params(fit: dict, draws: dict, n: int, names: tuple[str, ...]) -> dict:
     upper = {"b": B_MAX}  # the exponent is capped where the fit is; c is unbounded above
     for param in names[1:]:  # b, c: the shape of the curve; a only scales it
         entry[f"{param}_ci_low"], entry[f"{param}_ci_high"] = interval(
-            draws[param], n, entry[param], (0.0, upper.get(param, np.inf)))
+            draws[param], n, entry[param], (0.0, upper.get(param, np.inf))
+        )
     entry["sse"] = float(fit["sse"])
     notes = []
     if fit["a"] <= 1e-12:
         notes.append("the fitted curve is flat (a = 0): b is not identified")
     elif fit["b"] >= B_MAX - 1e-6:
-        notes.append(f"b sits at the search bound {B_MAX:g}: the error stops falling after the "
-                     "first k")
+        notes.append(
+            f"b sits at the search bound {B_MAX:g}: the error stops falling after the first k"
+        )
     entry["note"] = "; ".join(notes) or None
     return entry
 
@@ -132,18 +138,29 @@ def compare_offset(sse_free: float, sse_zero: float, n_points: int) -> dict:
     p_value = float(stats.f.sf(f_stat, 1, df)) if np.isfinite(f_stat) else 0.0
     test = f"F = {f_stat:.3g} on 1 and {df} df, p = {p_value:.2g}"
     if p_value < 0.05:
-        text = (f"a free c fits better than c = 0 ({test}; AIC {aic_zero - aic_free:.2f} lower): "
-                "the curve levels off above zero error")
+        text = (
+            f"a free c fits better than c = 0 ({test}; AIC {aic_zero - aic_free:.2f} lower): "
+            "the curve levels off above zero error"
+        )
     elif aic_free < aic_zero:
-        text = (f"c = 0 is not rejected at the 5% level ({test}), though AIC prefers a free c by "
-                f"{aic_zero - aic_free:.2f}: the data hint at, but do not establish, an "
-                "irreducible error")
+        text = (
+            f"c = 0 is not rejected at the 5% level ({test}), though AIC prefers a free c by "
+            f"{aic_zero - aic_free:.2f}: the data hint at, but do not establish, an "
+            "irreducible error"
+        )
     else:
-        text = (f"c = 0 is not rejected ({test}; AIC of the free c {aic_free - aic_zero:+.2f}): "
-                "the data cannot tell an irreducible error from a slower decay")
-    return {"f_statistic": float(f_stat) if np.isfinite(f_stat) else None,  # inf: exact fit
-            "df": [1, df], "p_value": p_value,
-            "aic_free_c": float(aic_free), "aic_c_zero": float(aic_zero), "text": text}
+        text = (
+            f"c = 0 is not rejected ({test}; AIC of the free c {aic_free - aic_zero:+.2f}): "
+            "the data cannot tell an irreducible error from a slower decay"
+        )
+    return {
+        "f_statistic": float(f_stat) if np.isfinite(f_stat) else None,  # inf: exact fit
+        "df": [1, df],
+        "p_value": p_value,
+        "aic_free_c": float(aic_free),
+        "aic_c_zero": float(aic_zero),
+        "text": text,
+    }
 
 
 def _extrapolation(ks, mean_error, boot_error, n) -> dict:
@@ -155,14 +172,22 @@ def _extrapolation(ks, mean_error, boot_error, n) -> dict:
         fit = fit_curves(fitted_ks, mean_error[:-1], free_c)
         predicted = 1 - power_law(held, fit["a"], fit["b"], fit["c"])
         draws = fit_curves(fitted_ks, boot_error[:, :-1], free_c)
-        draw_error = 100 * ((boot_error[:, -1]) - power_law(held, draws["a"], draws["b"],
-                                                              draws["c"]))
+        draw_error = 100 * (
+            (boot_error[:, -1]) - power_law(held, draws["a"], draws["b"], draws["c"])
+        )
         error_pp = float(100 * (predicted - observed))
         low, high = interval(draw_error, n, error_pp)
-        result[name] = {"predicted": float(predicted), "error_pp": error_pp,
-                        "error_pp_ci_low": low, "error_pp_ci_high": high}
-    result["note"] = (f"the free-c curve passes exactly through the {len(fitted_ks)} fitted "
-                      "points" if len(fitted_ks) == 3 else None)
+        result[name] = {
+            "predicted": float(predicted),
+            "error_pp": error_pp,
+            "error_pp_ci_low": low,
+            "error_pp_ci_high": high,
+        }
+    result["note"] = (
+        f"the free-c curve passes exactly through the {len(fitted_ks)} fitted points"
+        if len(fitted_ks) == 3
+        else None
+    )
     return result
 
 
@@ -176,19 +201,29 @@ def scaling_fits(curves: Curves, methods=None, max_draws: int | None = FIT_DRAWS
     """
     methods = curves.methods if methods is None else list(methods)
     n_draws = curves.n_boot if max_draws is None else min(max_draws, curves.n_boot)
-    result = {"metric": curves.metric, "model": "error(k) = a * k^-b + c, error = 1 - metric",
-              "n_boot": n_draws, "seed": curves.seed, "methods": {}}
+    result = {
+        "metric": curves.metric,
+        "model": "error(k) = a * k^-b + c, error = 1 - metric",
+        "n_boot": n_draws,
+        "seed": curves.seed,
+        "methods": {},
+    }
     for method in methods:
         ks, point = curves.ks[method], curves.point[method]
         counts = np.isfinite(point).sum(axis=1)
-        entry = {"ks": ks, "n_replicates": int(counts.min()) if counts.size else 0,
-                 "fitted": False, "reason": _guard(ks, counts)}
+        entry = {
+            "ks": ks,
+            "n_replicates": int(counts.min()) if counts.size else 0,
+            "fitted": False,
+            "reason": _guard(ks, counts),
+        }
         result["methods"][method] = entry
         if entry["reason"]:
             continue
         mean_error = 1 - np.nanmean(point, axis=1)
-        boot_error = 1 - resampled_mean(curves.boot[method][:n_draws],
-                                        curves.replicate_index[:n_draws])
+        boot_error = 1 - resampled_mean(
+            curves.boot[method][:n_draws], curves.replicate_index[:n_draws]
+        )
         n = entry["n_replicates"]
         free, zero = fit_curves(ks, mean_error, True), fit_curves(ks, mean_error, False)
         free_draws = fit_curves(ks, boot_error, True)

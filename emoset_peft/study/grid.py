@@ -55,7 +55,9 @@ class StudyConfig:
     train_seeds: list[int] | None = None
     large_per_class: list[int | str] = field(default_factory=list)
     report: bool = True  # write report.md when the grid is done
-    allow_grid_change: bool = False  # reuse a folder whose grid differs (finished cells still count)
+    allow_grid_change: bool = (
+        False  # reuse a folder whose grid differs (finished cells still count)
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,9 @@ def expand(study: StudyConfig) -> list[Cell]:
     for method, overrides in study.methods.items():
         overrides = overrides or {}
         if not isinstance(overrides, dict):
-            raise EmoSetError(f"study.methods.{method} must be a mapping of overrides, got {overrides!r}")
+            raise EmoSetError(
+                f"study.methods.{method} must be a mapping of overrides, got {overrides!r}"
+            )
         zero_shot = not methods.trains(overrides.get("model", {}).get("method", method))
         ks = [0] if zero_shot else [k for k in study.per_class if k != 0]
         for k in ks:
@@ -138,8 +142,9 @@ def expand(study: StudyConfig) -> list[Cell]:
                 raw.setdefault("data", {}).update(per_class=k, data_seed=data_seed)
                 raw.setdefault("train", {})["seed"] = train_seed
                 config = from_dict(RunConfig, raw, where=f"study.methods.{method}")
-                cell = Cell(method, k, seed, config, large=k in study.large_per_class,
-                            crossed=crossed)
+                cell = Cell(
+                    method, k, seed, config, large=k in study.large_per_class, crossed=crossed
+                )
                 config.output_dir = str(Path(study.output_dir) / "cells" / cell.name)
                 validate(config)
                 cells.append(cell)

@@ -78,17 +78,28 @@ def reliability(n_replicates: int, kind: str = "interval") -> tuple[bool, str | 
     if n_replicates < 1:
         return False, "no replicates"
     if n_replicates == 1:
-        return False, (f"1 seed: the seed-to-seed spread is unknown, so this {kind} covers "
-                       "test-image noise only; another seed may land outside it")
+        return False, (
+            f"1 seed: the seed-to-seed spread is unknown, so this {kind} covers "
+            "test-image noise only; another seed may land outside it"
+        )
     if n_replicates == 2:
-        return False, (f"2 seeds: the seed spread rests on a single difference, so this {kind} "
-                       "is a rough guess (a t quantile with 1 degree of freedom makes it wide); "
-                       "run 3 or more seeds")
+        return False, (
+            f"2 seeds: the seed spread rests on a single difference, so this {kind} "
+            "is a rough guess (a t quantile with 1 degree of freedom makes it wide); "
+            "run 3 or more seeds"
+        )
     return True, None
 
 
-def summarize_replicates(values, boot, *, bounds=(0.0, 1.0), confidence: float = CONFIDENCE,
-                         kind: str = "interval", keys=None) -> dict:
+def summarize_replicates(
+    values,
+    boot,
+    *,
+    bounds=(0.0, 1.0),
+    confidence: float = CONFIDENCE,
+    kind: str = "interval",
+    keys=None,
+) -> dict:
     """The two-level summary of one statistic from its per-replicate values [R] and their
     test-image resamples [B, R] (any statistic that averages over replicates: a metric, a
     difference, an area under a learning curve). JSON-ready dict of floats/None:
@@ -109,21 +120,34 @@ def _summarize(values, boot, bounds, confidence=CONFIDENCE, kind="interval", key
     known = (seed_part or 0.0) + image_part
     reliable, note = reliability(n_rep, kind)
     if reliable and parts["units"] < 3:  # crossed seeds: 2 data (or training) seeds
-        reliable, note = False, (
-            f"crossed seeds with only {parts['units']} data or training seeds: the spread of "
-            f"that factor rests on a single difference, so this {kind} is a rough guess")
+        reliable, note = (
+            False,
+            (
+                f"crossed seeds with only {parts['units']} data or training seeds: the spread of "
+                f"that factor rests on a single difference, so this {kind} is a rough guess"
+            ),
+        )
     if reliable and float(high) - float(low) <= 0.0:
-        reliable, note = False, (
-            f"no variation over seeds or test-image resamples (e.g. every image right, or two "
-            f"methods with identical predictions), so this {kind} has no width; the test set "
-            "is still a sample (for accuracy see the Wilson SE)")
+        reliable, note = (
+            False,
+            (
+                f"no variation over seeds or test-image resamples (e.g. every image right, or two "
+                f"methods with identical predictions), so this {kind} has no width; the test set "
+                "is still a sample (for accuracy see the Wilson SE)"
+            ),
+        )
     summary = {
-        "mean": _float(parts["mean"]), "ci_low": _float(low), "ci_high": _float(high),
+        "mean": _float(parts["mean"]),
+        "ci_low": _float(low),
+        "ci_high": _float(high),
         "seed_sd": _float(values.std(ddof=1)) if n_rep >= 2 else None,
-        "var_seed": _float(seed_part), "var_image": _float(image_part),
+        "var_seed": _float(seed_part),
+        "var_image": _float(image_part),
         "share_seed": _float(seed_part / known) if seed_part is not None and known > 0 else None,
         "share_image": _float(image_part / known) if n_rep >= 2 and known > 0 else None,
-        "n_replicates": n_rep, "reliable": reliable, "note": note,
+        "n_replicates": n_rep,
+        "reliable": reliable,
+        "note": note,
     }
     return summary, parts
 
@@ -143,11 +167,16 @@ def _cell_summary(cell, labels, metric, boot=None, weights=None):
     entry, parts = _summarize(values, boot, (0.0, 1.0), keys=cell.replicates)
     n_images = int(np.asarray(labels).shape[0])
     return {
-        "method": cell.method, "per_class": cell.per_class, "metric": metric, **entry,
+        "method": cell.method,
+        "per_class": cell.per_class,
+        "metric": metric,
+        **entry,
         "n_images": n_images,
         "wilson_se": wilson_se(entry["mean"], n_images) if metric == "accuracy" else None,
-        "per_replicate": [{"data_seed": k[0], "train_seed": k[1], "value": float(v)}
-                          for k, v in zip(cell.replicates, values)],
+        "per_replicate": [
+            {"data_seed": k[0], "train_seed": k[1], "value": float(v)}
+            for k, v in zip(cell.replicates, values)
+        ],
     }, parts
 
 
@@ -168,8 +197,10 @@ def guarded_t_test(a_values, b_values) -> dict:
     if n < MIN_PAIRS_FOR_P:
         return {"p": None, "reason": f"{n} pair{'s' if n != 1 else ''}: too few for a t-test"}
     if np.std(a - b, ddof=1) <= SPREAD_NOISE:
-        return {"p": None, "reason": "all pairs differ by exactly the same amount: "
-                                     "no spread to test"}
+        return {
+            "p": None,
+            "reason": "all pairs differ by exactly the same amount: no spread to test",
+        }
     return {"p": float(stats.ttest_rel(a, b).pvalue), "reason": None}
 
 
@@ -208,20 +239,41 @@ def adjust_family(comparisons: list[dict]) -> list[dict]:
     return comparisons
 
 
-def compare_cells(cell: CellPredictions, baseline: CellPredictions, labels, metric: str,
-                  boot_cell, boot_baseline, seeds_planned=(3, 5, 10, 20),
-                  target_half_width: float = 0.01) -> dict:
+def compare_cells(
+    cell: CellPredictions,
+    baseline: CellPredictions,
+    labels,
+    metric: str,
+    boot_cell,
+    boot_baseline,
+    seeds_planned=(3, 5, 10, 20),
+    target_half_width: float = 0.01,
+) -> dict:
     """Paired difference ``cell - baseline`` over the replicate keys both have (see module
     docstring). ``boot_*`` are the cells' per-replicate metrics on the same image resamples."""
     common = [key for key in cell.replicates if key in set(baseline.replicates)]
-    head = {"method": cell.method, "baseline": baseline.method, "per_class": cell.per_class,
-            "metric": metric, "n_pairs": len(common), "n_images": int(np.shape(labels)[0])}
+    head = {
+        "method": cell.method,
+        "baseline": baseline.method,
+        "per_class": cell.per_class,
+        "metric": metric,
+        "n_pairs": len(common),
+        "n_images": int(np.shape(labels)[0]),
+    }
     if not common:
-        return {**head, "diff": None, "ci_low": None, "ci_high": None, "p_value": None,
-                "p_reason": "no seed in common", "reliable": False,
-                "note": "the two cells share no (data_seed, train_seed) pair", "mcnemar": None,
-                "t_test": {"p": None, "reason": "0 pairs: too few for a t-test"},
-                "planning": None}
+        return {
+            **head,
+            "diff": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p_value": None,
+            "p_reason": "no seed in common",
+            "reliable": False,
+            "note": "the two cells share no (data_seed, train_seed) pair",
+            "mcnemar": None,
+            "t_test": {"p": None, "reason": "0 pairs: too few for a t-test"},
+            "planning": None,
+        }
     rows_a = [cell.replicates.index(key) for key in common]
     rows_b = [baseline.replicates.index(key) for key in common]
     values_a = replicate_metric(cell, labels, metric)[rows_a]
@@ -233,31 +285,56 @@ def compare_cells(cell: CellPredictions, baseline: CellPredictions, labels, metr
         p_value, p_reason = float(two_level_p_value(parts)), None
     else:
         p_value = None
-        p_reason = (f"{n} pair{'s' if n != 1 else ''}: too few seeds for a p-value across "
-                    "seeds (see the per-seed McNemar tests)")
+        p_reason = (
+            f"{n} pair{'s' if n != 1 else ''}: too few seeds for a p-value across "
+            "seeds (see the per-seed McNemar tests)"
+        )
     mcnemar = None
     if metric == "accuracy":
         correct_a = cell.correct(labels)[rows_a]
         correct_b = baseline.correct(labels)[rows_b]
-        mcnemar = [{"data_seed": key[0], "train_seed": key[1], **mcnemar_exact(a, b)}
-                   for key, a, b in zip(common, correct_a, correct_b)]
-    return {**head, "diff": entry.pop("mean"), **entry, "p_value": p_value, "p_reason": p_reason,
-            "mcnemar": mcnemar, "t_test": guarded_t_test(values_a, values_b),
-            "planning": plan_from_parts(parts, seeds_planned, target_half_width, paired=True)}
+        mcnemar = [
+            {"data_seed": key[0], "train_seed": key[1], **mcnemar_exact(a, b)}
+            for key, a, b in zip(common, correct_a, correct_b)
+        ]
+    return {
+        **head,
+        "diff": entry.pop("mean"),
+        **entry,
+        "p_value": p_value,
+        "p_reason": p_reason,
+        "mcnemar": mcnemar,
+        "t_test": guarded_t_test(values_a, values_b),
+        "planning": plan_from_parts(parts, seeds_planned, target_half_width, paired=True),
+    }
 
 
-def study_inference(study: StudyPredictions, *, baseline: str | None = None,
-                    metrics: Sequence[str] = METRICS, n_boot: int = 2000, seed: int = 0,
-                    seeds_planned: Sequence[int] = (3, 5, 10, 20),
-                    target_half_width: float = 0.01) -> dict:
+def study_inference(
+    study: StudyPredictions,
+    *,
+    baseline: str | None = None,
+    metrics: Sequence[str] = METRICS,
+    n_boot: int = 2000,
+    seed: int = 0,
+    seeds_planned: Sequence[int] = (3, 5, 10, 20),
+    target_half_width: float = 0.01,
+) -> dict:
     """Everything above for a loaded study, as one JSON-serialisable dict:
     ``{n_boot, seed, confidence, n_images, baseline, cells, comparisons, planning, problems}``.
 
     ``baseline`` defaults to the first method; comparisons are made at every k the baseline
     ran. The image draws use ``seed``, so the same study always gives the same numbers."""
-    out = {"n_boot": int(n_boot), "seed": int(seed), "confidence": CONFIDENCE,
-           "n_images": len(study.image_ids), "baseline": None, "cells": [], "comparisons": [],
-           "planning": [], "problems": list(study.problems)}
+    out = {
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "confidence": CONFIDENCE,
+        "n_images": len(study.image_ids),
+        "baseline": None,
+        "cells": [],
+        "comparisons": [],
+        "planning": [],
+        "problems": list(study.problems),
+    }
     if not study.cells:
         return out
     labels = study.labels
@@ -265,19 +342,35 @@ def study_inference(study: StudyPredictions, *, baseline: str | None = None,
     methods = list(dict.fromkeys(method for method, _ in study.cells))
     out["baseline"] = baseline = baseline or methods[0]
     for metric in metrics:
-        boots = {key: replicate_metric(cell, labels, metric, draws.image_weights)
-                 for key, cell in study.cells.items()}
+        boots = {
+            key: replicate_metric(cell, labels, metric, draws.image_weights)
+            for key, cell in study.cells.items()
+        }
         for key, cell in study.cells.items():
             entry, parts = _cell_summary(cell, labels, metric, boot=boots[key])
             out["cells"].append(entry)
-            out["planning"].append({
-                "method": cell.method, "per_class": cell.per_class, "metric": metric,
-                **plan_from_parts(parts, seeds_planned, target_half_width, paired=False)})
+            out["planning"].append(
+                {
+                    "method": cell.method,
+                    "per_class": cell.per_class,
+                    "metric": metric,
+                    **plan_from_parts(parts, seeds_planned, target_half_width, paired=False),
+                }
+            )
         for (method, k), cell in study.cells.items():
             if method == baseline or (baseline, k) not in study.cells:
                 continue
-            out["comparisons"].append(compare_cells(
-                cell, study.cells[(baseline, k)], labels, metric, boots[(method, k)],
-                boots[(baseline, k)], seeds_planned, target_half_width))
+            out["comparisons"].append(
+                compare_cells(
+                    cell,
+                    study.cells[(baseline, k)],
+                    labels,
+                    metric,
+                    boots[(method, k)],
+                    boots[(baseline, k)],
+                    seeds_planned,
+                    target_half_width,
+                )
+            )
     adjust_family(out["comparisons"])
     return out

@@ -41,22 +41,36 @@ def project(per_seed_var: float, shared_var: float, n_seeds, *, two_cells: bool)
     seed_part = per_seed_var / n_seeds
     half = np.sqrt(t_level**2 * seed_part + z_level**2 * shared_var)
     factor = 2.0 if two_cells else 1.0
-    mdd = np.sqrt(factor * ((t_level + t_power) ** 2 * seed_part
-                            + (z_level + z_power) ** 2 * shared_var))
+    mdd = np.sqrt(
+        factor * ((t_level + t_power) ** 2 * seed_part + (z_level + z_power) ** 2 * shared_var)
+    )
     return {"half_width": half, "mdd": mdd}
 
 
-def plan_from_parts(parts: dict, seeds_planned: Sequence[int] = (3, 5, 10, 20),
-                    target_half_width: float = 0.01, *, paired: bool) -> dict:
+def plan_from_parts(
+    parts: dict,
+    seeds_planned: Sequence[int] = (3, 5, 10, 20),
+    target_half_width: float = 0.01,
+    *,
+    paired: bool,
+) -> dict:
     """The planning table for one cell (``paired=False``) or one paired difference.
 
     ``parts`` comes from ``bootstrap.variance_parts`` (scalars). JSON-ready; with fewer than 2
     seeds there is nothing to project from and the fields are None with a ``note``.
     """
     n_rep = int(parts["n_replicates"])
-    out = {"n_replicates": n_rep, "target_half_width": target_half_width, "seed_sd": None,
-           "test_sd_per_seed": None, "test_sd_shared": None, "dominant": None,
-           "by_seeds": None, "seeds_for_target": None, "note": None}
+    out = {
+        "n_replicates": n_rep,
+        "target_half_width": target_half_width,
+        "seed_sd": None,
+        "test_sd_per_seed": None,
+        "test_sd_shared": None,
+        "dominant": None,
+        "by_seeds": None,
+        "seeds_for_target": None,
+        "note": None,
+    }
     if n_rep < 2:
         out["note"] = "1 seed: the seed-to-seed spread is unknown, so there is nothing to project"
         return out
@@ -64,8 +78,11 @@ def plan_from_parts(parts: dict, seeds_planned: Sequence[int] = (3, 5, 10, 20),
     own_var = n_rep * float(parts["own_test"])  # each seed's own test-image noise
     shared_var = float(parts["image"])  # test-image noise all seeds share
     per_seed = seed_var + own_var
-    out.update(seed_sd=float(np.sqrt(seed_var)), test_sd_per_seed=float(np.sqrt(own_var)),
-               test_sd_shared=float(np.sqrt(shared_var)))
+    out.update(
+        seed_sd=float(np.sqrt(seed_var)),
+        test_sd_per_seed=float(np.sqrt(own_var)),
+        test_sd_shared=float(np.sqrt(shared_var)),
+    )
     # Which noise makes up more of the half-width at the current seed count: the spread
     # seeds add, or the test images (each seed's own test noise plus the shared part).
     t_level, _, z_level, _ = _quantiles(np.array([n_rep]))
@@ -74,16 +91,20 @@ def plan_from_parts(parts: dict, seeds_planned: Sequence[int] = (3, 5, 10, 20),
     out["dominant"] = "seeds" if seed_term >= test_term else "test images"
     planned = np.asarray(list(seeds_planned), dtype=np.float64)
     table = project(per_seed, shared_var, planned, two_cells=not paired)
-    out["by_seeds"] = [{"seeds": int(n), "half_width": float(h), "mdd_80": float(m)}
-                       for n, h, m in zip(planned, table["half_width"], table["mdd"])]
+    out["by_seeds"] = [
+        {"seeds": int(n), "half_width": float(h), "mdd_80": float(m)}
+        for n, h, m in zip(planned, table["half_width"], table["mdd"])
+    ]
     notes = []
     if n_rep == 2:
         notes.append("based on 2 seeds: the seed spread is a rough guess")
     floor = float(stats.norm.isf((1 - CONFIDENCE) / 2) * np.sqrt(shared_var))
     if floor >= target_half_width:
-        notes.append(f"+-{100 * target_half_width:g} pp not reachable: the test images alone give "
-                     f"+-{100 * floor:.2f} pp whatever the number of seeds (a larger test set "
-                     "is needed)")
+        notes.append(
+            f"+-{100 * target_half_width:g} pp not reachable: the test images alone give "
+            f"+-{100 * floor:.2f} pp whatever the number of seeds (a larger test set "
+            "is needed)"
+        )
     else:
         candidates = np.arange(2, MAX_SEEDS + 1, dtype=np.float64)
         widths = project(per_seed, shared_var, candidates, two_cells=not paired)["half_width"]
@@ -93,7 +114,9 @@ def plan_from_parts(parts: dict, seeds_planned: Sequence[int] = (3, 5, 10, 20),
         else:
             notes.append(f"+-{100 * target_half_width:g} pp needs more than {MAX_SEEDS} seeds")
     if paired is False:
-        notes.append("MDD assumes the other method has the same noise and shares none of it "
-                     "(pairing on seeds and images usually does better; see the comparisons)")
+        notes.append(
+            "MDD assumes the other method has the same noise and shares none of it "
+            "(pairing on seeds and images usually does better; see the comparisons)"
+        )
     out["note"] = "; ".join(notes) or None
     return out

@@ -141,17 +141,22 @@ def load_predictions(
         keys = sorted(replicates)
         files = [replicates[key] for key in keys]
         cells[cell_key] = CellPredictions(
-            method=cell_key[0], per_class=cell_key[1], replicates=keys,
+            method=cell_key[0],
+            per_class=cell_key[1],
+            replicates=keys,
             predictions=np.stack([f.predictions for f in files]).astype(np.int16),
             probabilities=np.stack([f.probabilities for f in files]) if probabilities else None,
         )
-    return StudyPredictions(reference.image_ids, reference.labels, reference.class_names, cells,
-                            None, problems)
+    return StudyPredictions(
+        reference.image_ids, reference.labels, reference.class_names, cells, None, problems
+    )
 
 
 def _describe(row: Mapping) -> str:
-    return (f"{row.get('method', '?')} k={row.get('per_class', '?')} "
-            f"seed={row.get('seed', '?')} ({row.get('run_dir') or 'no run_dir'})")
+    return (
+        f"{row.get('method', '?')} k={row.get('per_class', '?')} "
+        f"seed={row.get('seed', '?')} ({row.get('run_dir') or 'no run_dir'})"
+    )
 
 
 def _read_file(path: Path) -> _File:
@@ -163,7 +168,7 @@ def _read_file(path: Path) -> _File:
         missing = [c for c in ("image_id", "label") if c not in columns]
         if missing or not prob_columns:
             raise ValueError(f"no {', '.join(missing) or 'prob_<class>'} column")
-        class_names = [c[len(PROB_PREFIX):] for c in prob_columns]
+        class_names = [c[len(PROB_PREFIX) :] for c in prob_columns]
         predicted_column = next((c for c in ("predicted", "prediction") if c in columns), None)
         records = list(reader)
     if not records:
@@ -178,8 +183,9 @@ def _read_file(path: Path) -> _File:
     if predicted_column is None:
         predictions = probs.argmax(axis=1)
     else:
-        predictions = np.array([_class_index(r[predicted_column], index, predicted_column)
-                                for r in records])
+        predictions = np.array(
+            [_class_index(r[predicted_column], index, predicted_column) for r in records]
+        )
     return _File(path, image_ids, labels, predictions.astype(np.int16), probs, class_names)
 
 
@@ -213,12 +219,15 @@ def _check_same_images(reference: _File, other: _File, study_dir: Path) -> None:
     elif other.image_ids != reference.image_ids:
         extra = sorted(set(other.image_ids) - set(reference.image_ids))[:3]
         absent = sorted(set(reference.image_ids) - set(other.image_ids))[:3]
-        what = (f"{len(other.image_ids)} test images (expected {len(reference.image_ids)}; "
-                f"not in the first: {extra}, missing: {absent})")
+        what = (
+            f"{len(other.image_ids)} test images (expected {len(reference.image_ids)}; "
+            f"not in the first: {extra}, missing: {absent})"
+        )
     elif not np.array_equal(other.labels, reference.labels):
         first = int(np.flatnonzero(other.labels != reference.labels)[0])
         what = f"a different label for image {other.image_ids[first]!r}"
     if what is not None:
         raise EmoSetError(
             f"{shown(other.path)} has {what} than {shown(reference.path)}: all cells of a study "
-            "must be scored on the same test images; rerun that cell or remove its row")
+            "must be scored on the same test images; rerun that cell or remove its row"
+        )

@@ -54,8 +54,14 @@ CONFIG_FILE = "study.yaml"
 ALL = "all"
 CURVE_FIGURES = {metric: f"{metric}_vs_k.png" for metric in METRICS}
 
-__all__ = ["Study", "build_figures", "default_baseline", "load_study", "render_markdown",
-           "write_report"]
+__all__ = [
+    "Study",
+    "build_figures",
+    "default_baseline",
+    "load_study",
+    "render_markdown",
+    "write_report",
+]
 
 
 @dataclass
@@ -86,19 +92,33 @@ def load_study(study_dir: str | os.PathLike) -> Study:
     directory = Path(study_dir)
     table = read_results_table(directory / RESULTS_FILE, directory)
     if not table.rows:
-        detail = (f" ({len(table.notes)} row(s) ignored, first: {table.notes[0].text()})"
-                  if table.notes else "")
-        raise EmoSetError(f"{table.path} has no usable result rows yet{detail}: wait for the "
-                          "first cell of the study to finish")
+        detail = (
+            f" ({len(table.notes)} row(s) ignored, first: {table.notes[0].text()})"
+            if table.notes
+            else ""
+        )
+        raise EmoSetError(
+            f"{table.path} has no usable result rows yet{detail}: wait for the "
+            "first cell of the study to finish"
+        )
     problems = list(table.problems)
     for column in ("seed", "run_dir", "trainable_params", *METRICS.values()):
         if column not in table.columns:
             problems.append(f"{RESULTS_FILE} has no `{column}` column; what needs it is left out")
     config_path = directory / CONFIG_FILE
-    config_text = (config_path.read_text(encoding="utf-8", errors="replace")
-                   if config_path.is_file() else None)
-    return Study(directory, table.rows, table.columns, table.run_metrics, problems, config_text,
-                 notes=table.notes, failed=table.failed)
+    config_text = (
+        config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
+    )
+    return Study(
+        directory,
+        table.rows,
+        table.columns,
+        table.run_metrics,
+        problems,
+        config_text,
+        notes=table.notes,
+        failed=table.failed,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,8 +131,11 @@ def _k_order(k) -> tuple[int, int]:
 
 def _largest_k_with_metrics(study: Study, method: str, key: str):
     """The largest k of ``method`` whose runs have ``key`` in their test metrics."""
-    ks = {row["per_class"] for row, metrics in zip(study.rows, study.run_metrics)
-          if row["method"] == method and metrics and metrics.get("test", {}).get(key)}
+    ks = {
+        row["per_class"]
+        for row, metrics in zip(study.rows, study.run_metrics)
+        if row["method"] == method and metrics and metrics.get("test", {}).get(key)
+    }
     return max(ks, key=_k_order) if ks else None
 
 
@@ -156,10 +179,15 @@ def cost_table(study: Study) -> list[dict]:
     for method in study.methods:
         k = _reference_k(study.rows, [method])
         cell = [r for r in study.rows if r["method"] == method and r["per_class"] == k]
-        table.append({"method": method, "per_class": k,
-                      "trainable": _median(cell, "trainable_params"),
-                      "total": _median(cell, "total_params"),
-                      "seconds": _median(cell, "train_seconds")})
+        table.append(
+            {
+                "method": method,
+                "per_class": k,
+                "trainable": _median(cell, "trainable_params"),
+                "total": _median(cell, "total_params"),
+                "seconds": _median(cell, "train_seconds"),
+            }
+        )
     return table
 
 
@@ -167,8 +195,11 @@ def _params_points(study: Study, summary: Mapping) -> list[dict]:
     """Accuracy vs trainable parameters at the largest k all trained methods share."""
     if "trainable_params" not in study.columns:
         return []
-    trained = [m for m in study.methods
-               if any(r["method"] == m and r["per_class"] != 0 for r in study.rows)]
+    trained = [
+        m
+        for m in study.methods
+        if any(r["method"] == m and r["per_class"] != 0 for r in study.rows)
+    ]
     k = _reference_k(study.rows, trained)
     if k is None:
         return []
@@ -179,16 +210,24 @@ def _params_points(study: Study, summary: Mapping) -> list[dict]:
         zero_shot = entry["per_class"] == 0 and entry["method"] not in trained
         if entry["per_class"] != k and not zero_shot:
             continue
-        cell = [r for r in study.rows if r["method"] == entry["method"]
-                and r["per_class"] == entry["per_class"]]
+        cell = [
+            r
+            for r in study.rows
+            if r["method"] == entry["method"] and r["per_class"] == entry["per_class"]
+        ]
         params = 0.0 if zero_shot else _median(cell, "trainable_params")
         if not np.isfinite(params):
             continue  # parameter count not recorded: nowhere to put it on the x axis
-        points.append({**entry, "ci_low": entry["ci_low"] if entry["ci_low"] is not None
-                       else float("nan"), "ci_high": entry["ci_high"]
-                       if entry["ci_high"] is not None else float("nan"),
-                       "per_class": k, "params": params,
-                       "total_params": _median(cell, "total_params")})
+        points.append(
+            {
+                **entry,
+                "ci_low": entry["ci_low"] if entry["ci_low"] is not None else float("nan"),
+                "ci_high": entry["ci_high"] if entry["ci_high"] is not None else float("nan"),
+                "per_class": k,
+                "params": params,
+                "total_params": _median(cell, "total_params"),
+            }
+        )
     return points
 
 
@@ -209,39 +248,58 @@ def build_figures(study: Study, summary: Mapping) -> dict[str, object]:
         if not any(e["metric"] == metric and e["mean"] is not None for e in summary["cells"]):
             continue
         figures[file_name] = plots.plot_learning_curve(
-            summary["cells"], summary["replicates"], summary.get("paired", []), colours,
-            metric=metric, metric_label=METRIC_LABELS[metric], baseline=summary["baseline"],
+            summary["cells"],
+            summary["replicates"],
+            summary.get("paired", []),
+            colours,
+            metric=metric,
+            metric_label=METRIC_LABELS[metric],
+            baseline=summary["baseline"],
             title=f"{tables.capital(METRIC_LABELS[metric])} vs training images per class",
             chance=test_set["chance"] if metric == "accuracy" else None,
-            majority=test_set["majority"] if metric == "accuracy" else None)
+            majority=test_set["majority"] if metric == "accuracy" else None,
+        )
     points = _params_points(study, summary)
     if points:
         figures["accuracy_vs_params.png"] = plots.plot_metric_vs_params(
-            points, colours,
+            points,
+            colours,
             title=f"Test accuracy vs trainable parameters (k = {points[0]['per_class']} images "
-                  "per class)\nmean over seeds; error bars: 95% two-level bootstrap interval")
+            "per class)\nmean over seeds; error bars: 95% two-level bootstrap interval",
+        )
     reliability = summary.get("reliability") or []
     if reliability:
         figures["calibration.png"] = plots.plot_reliability(
-            reliability, colours, title="Reliability diagram: each method at its largest k\n"
-                                        "seeds pooled; point area ~ images in the bin")
-    slices = {f"{entry['method']} (k = {entry['per_class']})": entry["attributes"]
-              for entry in summary.get("slices") or [] if entry["attributes"]}
+            reliability,
+            colours,
+            title="Reliability diagram: each method at its largest k\n"
+            "seeds pooled; point area ~ images in the bin",
+        )
+    slices = {
+        f"{entry['method']} (k = {entry['per_class']})": entry["attributes"]
+        for entry in summary.get("slices") or []
+        if entry["attributes"]
+    }
     if slices:
-        slice_colours = dict(zip(slices, (colours[e["method"]] for e in summary["slices"]
-                                          if e["attributes"])))
+        slice_colours = dict(
+            zip(slices, (colours[e["method"]] for e in summary["slices"] if e["attributes"]))
+        )
         figures["attribute_slices.png"] = plots.plot_slices(
-            slices, slice_colours,
+            slices,
+            slice_colours,
             title="Test accuracy by image attribute (seeds averaged; bars: 95% Wilson interval "
-                  "over the slice's images)")
+            "over the slice's images)",
+        )
     for method in study.methods:
         k = _largest_k_with_metrics(study, method, "confusion_matrix")
         matrix, names, runs = pooled_confusion(study, method, k)
         if matrix is not None:
             figures[f"confusion_{_safe_name(method)}.png"] = plots.plot_confusion(
-                matrix, names,
+                matrix,
+                names,
                 title=f"{method}, k = {k}: confusion matrix, rows normalised\n"
-                      f"({runs} seed(s) pooled, {int(matrix.sum())} test predictions)")
+                f"({runs} seed(s) pooled, {int(matrix.sum())} test predictions)",
+            )
     return figures
 
 
@@ -256,16 +314,22 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
     seeds = sorted({str(r.get("seed")) for r in rows})
     n_test = summary["test_set"]["n_images"]
     boot = summary["bootstrap"]
-    lines = [f"# Scaling study report: {summary['study']}", "",
-             (f"{len(rows)} finished runs: {len(methods)} method(s) ({', '.join(methods)}) x "
-              f"k in {{{', '.join(map(str, ks))}}} images per class x {len(seeds)} seed(s), "
-              f"scored on {n_test or 'an unknown number of'} test images. k = 0 is zero-shot; "
-              "`all` is the full training split. Means are over seeds; 95% intervals cover both "
-              "the spread between seeds and the test-image noise (a two-level bootstrap: "
-              f"{boot['n_boot']} draws, RNG seed {boot['seed']}). Metrics are in %, differences "
-              "in percentage points (pp). Every number is also in summary.json; the per-cell "
-              "table in summary.csv. What each interval covers and why a number is withheld: "
-              "'How to read a report' in the README."), ""]
+    lines = [
+        f"# Scaling study report: {summary['study']}",
+        "",
+        (
+            f"{len(rows)} finished runs: {len(methods)} method(s) ({', '.join(methods)}) x "
+            f"k in {{{', '.join(map(str, ks))}}} images per class x {len(seeds)} seed(s), "
+            f"scored on {n_test or 'an unknown number of'} test images. k = 0 is zero-shot; "
+            "`all` is the full training split. Means are over seeds; 95% intervals cover both "
+            "the spread between seeds and the test-image noise (a two-level bootstrap: "
+            f"{boot['n_boot']} draws, RNG seed {boot['seed']}). Metrics are in %, differences "
+            "in percentage points (pp). Every number is also in summary.json; the per-cell "
+            "table in summary.csv. What each interval covers and why a number is withheld: "
+            "'How to read a report' in the README."
+        ),
+        "",
+    ]
     lines += tables.render_notes(summary)
     lines += tables.render_withheld(summary)
     lines += render_protocol(summary["protocol"], tables.table)
@@ -291,18 +355,36 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
     figure("accuracy_vs_params.png", "accuracy vs trainable parameters")
     confusion = [n for n in figure_names if n.startswith("confusion_")]
     if confusion:
-        lines += ["## Confusion matrices", "",
-                  "Each method at its largest k with metrics.json; seeds pooled.", ""]
+        lines += [
+            "## Confusion matrices",
+            "",
+            "Each method at its largest k with metrics.json; seeds pooled.",
+            "",
+        ]
         for name in confusion:
-            figure(name, name[len("confusion_"):-len(".png")])
+            figure(name, name[len("confusion_") : -len(".png")])
     if study.config_text is not None:
-        lines += ["## Study config", "", f"<details><summary>{CONFIG_FILE}</summary>", "",
-                  "```yaml", study.config_text.rstrip(), "```", "", "</details>", ""]
+        lines += [
+            "## Study config",
+            "",
+            f"<details><summary>{CONFIG_FILE}</summary>",
+            "",
+            "```yaml",
+            study.config_text.rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def write_report(study_dir: str | os.PathLike, baseline: str | None = None,
-                 n_boot: int = N_BOOT, seed: int = SEED) -> Path:
+def write_report(
+    study_dir: str | os.PathLike,
+    baseline: str | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> Path:
     """Write ``report.md``, its PNG figures, ``summary.json`` and ``summary.csv`` into
     ``study_dir``; return the report's path.
 
@@ -313,8 +395,10 @@ def write_report(study_dir: str | os.PathLike, baseline: str | None = None,
     """
     study = load_study(study_dir)
     if baseline is not None and baseline not in study.methods:
-        raise EmoSetError(f"baseline method {baseline!r} is not in {RESULTS_FILE}; choose one "
-                          f"of {', '.join(study.methods)}")
+        raise EmoSetError(
+            f"baseline method {baseline!r} is not in {RESULTS_FILE}; choose one "
+            f"of {', '.join(study.methods)}"
+        )
     summary = build_summary(study, baseline=baseline, n_boot=n_boot, seed=seed)
     summary["cost"] = cost_table(study)
     figures = build_figures(study, summary)

@@ -21,8 +21,7 @@ import yaml
 from emoset_peft.study.results import ALL
 
 
-def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dict | None]
-             ) -> dict:
+def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dict | None]) -> dict:
     """The protocol facts of a study as a JSON-ready dict (see ``render_protocol``)."""
     per_k: dict = {}
     manifests: dict[tuple, set[str]] = {}  # (k, data_seed) -> training image ids
@@ -33,14 +32,26 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
         if k == 0:
             continue  # zero-shot trains nothing and selects nothing
         metrics = metrics or {}
-        entry = per_k.setdefault(k, {"train": [], "validation": [], "steps": [], "best": [],
-                                     "selection": set(), "cells": 0})
+        entry = per_k.setdefault(
+            k,
+            {
+                "train": [],
+                "validation": [],
+                "steps": [],
+                "best": [],
+                "selection": set(),
+                "cells": 0,
+            },
+        )
         entry["cells"] += 1
         folder = directory / str(row.get("run_dir") or "")
         train = _number(metrics.get("train_images", row.get("train_images")))
         selection = metrics.get("selection")
-        validation = _number(selection.get("images") if isinstance(selection, Mapping)
-                             else (metrics.get("validation") or {}).get("num_images"))
+        validation = _number(
+            selection.get("images")
+            if isinstance(selection, Mapping)
+            else (metrics.get("validation") or {}).get("num_images")
+        )
         mode = _selection_mode(metrics, folder)
         if mode["mode"] == "none":
             validation = 0.0
@@ -52,8 +63,7 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
         modes.add(mode["mode"])
         test_evaluations.add(metrics.get("test_evaluations"))
         if k != ALL and row.get("run_dir"):
-            key = (k, row.get("data_seed") if row.get("data_seed") is not None
-                   else row.get("seed"))
+            key = (k, row.get("data_seed") if row.get("data_seed") is not None else row.get("seed"))
             if key not in manifests:
                 ids = _manifest_ids(folder)
                 if ids is not None:
@@ -64,22 +74,33 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
         train, validation = _median(entry["train"]), _median(entry["validation"])
         steps, best = np.array(entry["steps"]), np.array(entry["best"])
         finite = np.isfinite(steps) & np.isfinite(best) & (steps > 0)
-        table.append({
-            "per_class": k, "cells": entry["cells"], "train_images": train,
-            "validation_images": validation,
-            "validation_per_train": validation / train if train and math.isfinite(validation)
-            else None,
-            "selection": sorted(entry["selection"]),
-            "steps_min": _finite_or_none(np.nanmin(steps) if np.isfinite(steps).any() else None),
-            "steps_max": _finite_or_none(np.nanmax(steps) if np.isfinite(steps).any() else None),
-            "best_step_share_median": float(np.median(best[finite] / steps[finite]))
-            if finite.any() else None,
-            "best_step_share_min": float((best[finite] / steps[finite]).min())
-            if finite.any() else None,
-            "last_step_cells": int((best[finite] >= steps[finite]).sum()),
-            "step_cells": int(finite.sum()),
-            **_overlap(manifests, k),
-        })
+        table.append(
+            {
+                "per_class": k,
+                "cells": entry["cells"],
+                "train_images": train,
+                "validation_images": validation,
+                "validation_per_train": validation / train
+                if train and math.isfinite(validation)
+                else None,
+                "selection": sorted(entry["selection"]),
+                "steps_min": _finite_or_none(
+                    np.nanmin(steps) if np.isfinite(steps).any() else None
+                ),
+                "steps_max": _finite_or_none(
+                    np.nanmax(steps) if np.isfinite(steps).any() else None
+                ),
+                "best_step_share_median": float(np.median(best[finite] / steps[finite]))
+                if finite.any()
+                else None,
+                "best_step_share_min": float((best[finite] / steps[finite]).min())
+                if finite.any()
+                else None,
+                "last_step_cells": int((best[finite] >= steps[finite]).sum()),
+                "step_cells": int(finite.sum()),
+                **_overlap(manifests, k),
+            }
+        )
     recorded = {value for value in test_evaluations if value is not None}
     return {
         "selection_modes": sorted(modes),
@@ -107,8 +128,12 @@ def _selection_mode(metrics: Mapping, folder: Path) -> dict:
     per_class = data.get("selection_per_class", 20)  # config.py's default
     if mode != "fixed":
         return {"mode": mode, "text": mode}
-    return {"mode": "fixed", "text": "fixed (all of validation)" if per_class is None
-            else f"fixed ({per_class} per class)"}
+    return {
+        "mode": "fixed",
+        "text": "fixed (all of validation)"
+        if per_class is None
+        else f"fixed ({per_class} per class)",
+    }
 
 
 def _config_data(folder: Path) -> Mapping | None:
@@ -137,8 +162,11 @@ def _overlap(manifests: Mapping[tuple, set[str]], k) -> dict:
     if not pairs:
         return {"overlap_mean": None, "overlap_max": None, "overlap_pairs": 0}
     shares = [len(a & b) / max(min(len(a), len(b)), 1) for a, b in pairs]
-    return {"overlap_mean": float(np.mean(shares)), "overlap_max": float(np.max(shares)),
-            "overlap_pairs": len(pairs)}
+    return {
+        "overlap_mean": float(np.mean(shares)),
+        "overlap_max": float(np.max(shares)),
+        "overlap_pairs": len(pairs),
+    }
 
 
 def _nested(manifests: Mapping[tuple, set[str]]) -> bool | None:
@@ -156,16 +184,30 @@ def _nested(manifests: Mapping[tuple, set[str]]) -> bool | None:
 
 def _seed_design(rows: Sequence[Mapping]) -> dict:
     trained = [r for r in rows if r["per_class"] != 0]
-    data_seeds = sorted({r.get("data_seed") if r.get("data_seed") is not None else r.get("seed")
-                         for r in trained}, key=str)
-    train_seeds = sorted({r.get("train_seed") if r.get("train_seed") is not None
-                          else r.get("seed") for r in trained}, key=str)
+    data_seeds = sorted(
+        {r.get("data_seed") if r.get("data_seed") is not None else r.get("seed") for r in trained},
+        key=str,
+    )
+    train_seeds = sorted(
+        {
+            r.get("train_seed") if r.get("train_seed") is not None else r.get("seed")
+            for r in trained
+        },
+        key=str,
+    )
     pairs = {(r.get("data_seed"), r.get("train_seed")) for r in trained}
     equal = all(r.get("data_seed") in (None, r.get("train_seed")) for r in trained)
-    crossed = len(data_seeds) >= 2 and len(train_seeds) >= 2 and \
-        len(pairs) == len(data_seeds) * len(train_seeds)
-    return {"data_seeds": data_seeds, "train_seeds": train_seeds, "crossed": crossed,
-            "data_equals_train": equal}
+    crossed = (
+        len(data_seeds) >= 2
+        and len(train_seeds) >= 2
+        and len(pairs) == len(data_seeds) * len(train_seeds)
+    )
+    return {
+        "data_seeds": data_seeds,
+        "train_seeds": train_seeds,
+        "crossed": crossed,
+        "data_equals_train": equal,
+    }
 
 
 def _number(value) -> float:
@@ -194,30 +236,43 @@ def render_protocol(block: Mapping, table) -> list[str]:
     lines = ["## Protocol", ""]
     seeds = block["seeds"]
     if seeds["crossed"]:
-        design = (f"crossed: {len(seeds['data_seeds'])} data seeds (which training images) x "
-                  f"{len(seeds['train_seeds'])} training seeds (initialisation, order), so their "
-                  "variances can be told apart")
+        design = (
+            f"crossed: {len(seeds['data_seeds'])} data seeds (which training images) x "
+            f"{len(seeds['train_seeds'])} training seeds (initialisation, order), so their "
+            "variances can be told apart"
+        )
     elif seeds["data_equals_train"]:
-        design = (f"not crossed: each of the {len(seeds['data_seeds'])} seed(s) picks the "
-                  "training images and seeds training, so data-sampling and training variance "
-                  "are confounded")
+        design = (
+            f"not crossed: each of the {len(seeds['data_seeds'])} seed(s) picks the "
+            "training images and seeds training, so data-sampling and training variance "
+            "are confounded"
+        )
     else:
-        design = (f"not crossed: {len(seeds['data_seeds'])} data seed(s), "
-                  f"{len(seeds['train_seeds'])} training seed(s), not all combinations")
+        design = (
+            f"not crossed: {len(seeds['data_seeds'])} data seed(s), "
+            f"{len(seeds['train_seeds'])} training seed(s), not all combinations"
+        )
     lines.append(f"- Seeds: {design}.")
     nested = block["nested"]
-    lines.append("- Training subsets nested across k (each seed's k images lie inside its "
-                 f"larger-k images): {_yes_no(nested, 'unknown (no train_manifest.json)')}.")
+    lines.append(
+        "- Training subsets nested across k (each seed's k images lie inside its "
+        f"larger-k images): {_yes_no(nested, 'unknown (no train_manifest.json)')}."
+    )
     evaluations = block["test_evaluations"]
     if evaluations is None:
-        lines.append("- Test evaluations per cell: not recorded in metrics.json; the training "
-                     "loop scores the test split once, after model selection.")
+        lines.append(
+            "- Test evaluations per cell: not recorded in metrics.json; the training "
+            "loop scores the test split once, after model selection."
+        )
     else:
         shown = ", ".join(map(str, evaluations))
-        warning = "" if evaluations == [1] else " (**should be 1**: the test set was used more " \
+        warning = (
+            ""
+            if evaluations == [1]
+            else " (**should be 1**: the test set was used more "
             "than once, so the test numbers are optimistic)"
-        unrecorded = "; some cells do not record it" if block["test_evaluations_unrecorded"] \
-            else ""
+        )
+        unrecorded = "; some cells do not record it" if block["test_evaluations_unrecorded"] else ""
         lines.append(f"- Test evaluations per cell: {shown}{warning}{unrecorded}.")
     lines.append("")
     rows = []
@@ -226,23 +281,48 @@ def render_protocol(block: Mapping, table) -> list[str]:
         ratio_text = "n/a" if ratio is None else f"{ratio:.2f}"
         steps = _range(entry["steps_min"], entry["steps_max"])
         if entry["step_cells"]:
-            selected = (f"median {entry['best_step_share_median']:.0%} of budget (min "
-                        f"{entry['best_step_share_min']:.0%}); last step in "
-                        f"{entry['last_step_cells']}/{entry['step_cells']}")
+            selected = (
+                f"median {entry['best_step_share_median']:.0%} of budget (min "
+                f"{entry['best_step_share_min']:.0%}); last step in "
+                f"{entry['last_step_cells']}/{entry['step_cells']}"
+            )
         else:
             selected = "not recorded"
         if entry["overlap_pairs"]:
-            overlap = (f"{entry['overlap_mean']:.0%} mean, {entry['overlap_max']:.0%} max "
-                       f"({entry['overlap_pairs']} pair(s))")
+            overlap = (
+                f"{entry['overlap_mean']:.0%} mean, {entry['overlap_max']:.0%} max "
+                f"({entry['overlap_pairs']} pair(s))"
+            )
         else:
             overlap = "n/a (one seed or no train_manifest.json)"
-        rows.append([entry["per_class"], entry["cells"], _count(entry["train_images"]),
-                     _count(entry["validation_images"]), ratio_text,
-                     "; ".join(entry["selection"]), steps, selected, overlap])
+        rows.append(
+            [
+                entry["per_class"],
+                entry["cells"],
+                _count(entry["train_images"]),
+                _count(entry["validation_images"]),
+                ratio_text,
+                "; ".join(entry["selection"]),
+                steps,
+                selected,
+                overlap,
+            ]
+        )
     if rows:
-        lines += table(["k", "cells", "train images", "validation images",
-                        "validation / train", "selection", "step budget", "selected step",
-                        "training-image overlap between seeds"], rows)
+        lines += table(
+            [
+                "k",
+                "cells",
+                "train images",
+                "validation images",
+                "validation / train",
+                "selection",
+                "step budget",
+                "selected step",
+                "training-image overlap between seeds",
+            ],
+            rows,
+        )
     return lines
 
 

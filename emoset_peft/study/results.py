@@ -37,8 +37,18 @@ ALL = "all"  # per_class of a cell trained on the whole training split
 # Fractions in [0, 1]; the test ones are also in the cell's metrics.json under "test".
 # The test_<name> columns are those of the metric registry (emoset_peft/metrics/registry.py).
 METRIC_COLUMNS = {**dict(zip(result_columns("test"), METRICS)), "val_accuracy": None}
-INT_COLUMNS = ("seed", "data_seed", "train_seed", "trainable_params", "total_params",
-               "train_images", "steps", "best_step", "num_processes", "process_index")
+INT_COLUMNS = (
+    "seed",
+    "data_seed",
+    "train_seed",
+    "trainable_params",
+    "total_params",
+    "train_images",
+    "steps",
+    "best_step",
+    "num_processes",
+    "process_index",
+)
 FLOAT_COLUMNS = ("train_seconds", "eval_seconds", "cell_seconds")
 STATUSES = ("ok", "failed")
 # csv writes floats with repr (exact); a metrics.json value differing by more than this was edited.
@@ -104,8 +114,10 @@ def parse_per_class(value) -> int | str:
 def cell_label(row: dict) -> str:
     """``method k=K seed=S`` (with data/train seeds when they differ) for messages."""
     method, k = row.get("method") or "?", row.get("per_class") or "?"
-    seed, data_seed, train_seed = ("" if row.get(c) is None else str(row[c]).strip()
-                                   for c in ("seed", "data_seed", "train_seed"))
+    seed, data_seed, train_seed = (
+        "" if row.get(c) is None else str(row[c]).strip()
+        for c in ("seed", "data_seed", "train_seed")
+    )
     if data_seed and train_seed and data_seed != train_seed:
         return f"{method} k={k} data_seed={data_seed} train_seed={train_seed}"
     return f"{method} k={k} seed={seed or data_seed or train_seed or '?'}"
@@ -119,8 +131,9 @@ def _decode(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise EmoSetError(f"{path} could not be read ({err.strerror or err}); check its "
-                          "permissions") from None
+        raise EmoSetError(
+            f"{path} could not be read ({err.strerror or err}); check its permissions"
+        ) from None
     # Undecodable bytes become lone surrogates, so one bad row is found and named instead of
     # failing the whole file.
     return data.decode("utf-8", errors="surrogateescape")
@@ -143,9 +156,10 @@ def _parse(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], bool]:
         # An unterminated quote or a huge unquoted field: the rows before it are fine.
         records.append((start, str(err)))
         if not records[:-1]:
-            raise EmoSetError(f"{path} is not a CSV table ({err}); move it away and rerun "
-                              "`emoset-peft study` (finished cells are then trained again)") \
-                from None
+            raise EmoSetError(
+                f"{path} is not a CSV table ({err}); move it away and rerun "
+                "`emoset-peft study` (finished cells are then trained again)"
+            ) from None
     records = [(line, fields) for line, fields in records if fields != []]  # blank lines
     if not records:
         return [], [], True
@@ -159,10 +173,12 @@ def _parse(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], bool]:
 
 def _not_a_table(path: Path, header: list[str], missing: list[str]) -> str:
     if any(_bad_text(name) for name in header) or not header:
-        return (f"{path} is not a results table (its first line is not text with the columns "
-                f"{', '.join(REQUIRED_COLUMNS)}); move it away (e.g. to {path.name}.bad) and "
-                "rerun `emoset-peft study` with the same recipe: cells missing from results.csv "
-                "are trained again")
+        return (
+            f"{path} is not a results table (its first line is not text with the columns "
+            f"{', '.join(REQUIRED_COLUMNS)}); move it away (e.g. to {path.name}.bad) and "
+            "rerun `emoset-peft study` with the same recipe: cells missing from results.csv "
+            "are trained again"
+        )
     try:
         first = str(parse_per_class(header[1])) if len(header) > 1 else None
     except ValueError:
@@ -171,14 +187,18 @@ def _not_a_table(path: Path, header: list[str], missing: list[str]) -> str:
         # Imported here: the runner imports this module, and loads tqdm and the grid.
         from emoset_peft.study.runner import RESULT_COLUMNS
 
-        return (f"{path} has no header line (line 1 is a data row: "
-                f"{','.join(header[:3])},...); put the column names back as line 1 "
-                f"({','.join(RESULT_COLUMNS[:4])},... in the order the values are written)")
+        return (
+            f"{path} has no header line (line 1 is a data row: "
+            f"{','.join(header[:3])},...); put the column names back as line 1 "
+            f"({','.join(RESULT_COLUMNS[:4])},... in the order the values are written)"
+        )
     shown = ascii(",".join(header))[:80]  # ascii(): one line, whatever the bytes were
-    return (f"{path} is not a results table: its first line {shown} lacks the column(s) "
-            f"{', '.join(missing)}; pass the study folder that holds the study's results.csv, "
-            f"or move this file away (e.g. to {path.name}.bad) and rerun `emoset-peft study` "
-            "with the same recipe: cells missing from results.csv are trained again")
+    return (
+        f"{path} is not a results table: its first line {shown} lacks the column(s) "
+        f"{', '.join(missing)}; pass the study folder that holds the study's results.csv, "
+        f"or move this file away (e.g. to {path.name}.bad) and rerun `emoset-peft study` "
+        "with the same recipe: cells missing from results.csv are trained again"
+    )
 
 
 def read_result_rows(path: str | os.PathLike) -> list[dict]:
@@ -192,8 +212,11 @@ def read_result_rows(path: str | os.PathLike) -> list[dict]:
     header, records, ends_with_newline = _parse(path)
     rows = []
     for index, (_, fields) in enumerate(records):
-        if isinstance(fields, str) or len(fields) != len(header) \
-                or any(_bad_text(value) for value in fields):
+        if (
+            isinstance(fields, str)
+            or len(fields) != len(header)
+            or any(_bad_text(value) for value in fields)
+        ):
             continue
         row = dict(zip(header, fields))
         if index == len(records) - 1 and not ends_with_newline and _looks_cut(row, None):
@@ -202,15 +225,18 @@ def read_result_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def read_results_table(path: str | os.PathLike, study_dir: str | os.PathLike | None = None
-                       ) -> ResultsTable:
+def read_results_table(
+    path: str | os.PathLike, study_dir: str | os.PathLike | None = None
+) -> ResultsTable:
     """Read and validate results.csv; with ``study_dir``, check every row against its cell's
     metrics.json (``run_dir`` is relative to ``study_dir``). Raises EmoSetError when the file is
     missing or not a results table; every row-level problem becomes a ``RowNote``."""
     path = Path(path)
     if not path.is_file():
-        raise EmoSetError(f"{path} not found: run `emoset-peft study` first, or pass the folder "
-                          "that holds results.csv")
+        raise EmoSetError(
+            f"{path} not found: run `emoset-peft study` first, or pass the folder "
+            "that holds results.csv"
+        )
     header, records, ends_with_newline = _parse(path)
     table = ResultsTable(path, header)
     study = Path(study_dir) if study_dir is not None else None
@@ -226,25 +252,48 @@ def read_results_table(path: str | os.PathLike, study_dir: str | os.PathLike | N
         row = _typed(table, line, row)
         if row is None:
             continue
-        key = (row["method"], row["per_class"], *(row.get(c) for c in
-                                                   ("seed", "data_seed", "train_seed")))
+        key = (
+            row["method"],
+            row["per_class"],
+            *(row.get(c) for c in ("seed", "data_seed", "train_seed")),
+        )
         if key in kept:
             earlier = kept[key][0]
-            table.notes.append(RowNote(earlier, cell_label(kept[key][1]), "row",
-                                       f"the same cell again on line {line} (a re-run)",
-                                       "earlier row ignored"))
+            table.notes.append(
+                RowNote(
+                    earlier,
+                    cell_label(kept[key][1]),
+                    "row",
+                    f"the same cell again on line {line} (a re-run)",
+                    "earlier row ignored",
+                )
+            )
         kept[key] = (line, row, status)
     for line, row, status in sorted(kept.values(), key=lambda item: item[0]):
         if status == "failed":
-            table.failed.append(FailedCell(line, cell_label(row), row["method"], row["per_class"],
-                                           str(row.get("seed") or ""),
-                                           str(row.get("error") or "no error recorded"),
-                                           str(row.get("run_dir") or "")))
+            table.failed.append(
+                FailedCell(
+                    line,
+                    cell_label(row),
+                    row["method"],
+                    row["per_class"],
+                    str(row.get("seed") or ""),
+                    str(row.get("error") or "no error recorded"),
+                    str(row.get("run_dir") or ""),
+                )
+            )
             continue
         metrics = _check_metrics(table, study, line, row) if study is not None else None
         if not _usable(row["test_accuracy"]):
-            table.notes.append(RowNote(line, cell_label(row), "test_accuracy",
-                                       "no usable value here or in metrics.json", "row ignored"))
+            table.notes.append(
+                RowNote(
+                    line,
+                    cell_label(row),
+                    "test_accuracy",
+                    "no usable value here or in metrics.json",
+                    "row ignored",
+                )
+            )
             continue
         table.rows.append(row)
         table.run_metrics.append(metrics)
@@ -252,32 +301,64 @@ def read_results_table(path: str | os.PathLike, study_dir: str | os.PathLike | N
     return table
 
 
-def _whole_row(table: ResultsTable, header: list[str], line: int, fields: list[str] | str,
-               unterminated_last: bool, study: Path | None) -> dict | None:
+def _whole_row(
+    table: ResultsTable,
+    header: list[str],
+    line: int,
+    fields: list[str] | str,
+    unterminated_last: bool,
+    study: Path | None,
+) -> dict | None:
     if isinstance(fields, str):
-        table.notes.append(RowNote(line, "?", "row", f"not CSV from here on ({fields})",
-                                   "this and any later lines ignored"))
+        table.notes.append(
+            RowNote(
+                line,
+                "?",
+                "row",
+                f"not CSV from here on ({fields})",
+                "this and any later lines ignored",
+            )
+        )
         return None
     raw = dict(zip(header, fields))
     cell = cell_label(raw) if not any(_bad_text(v) for v in fields) else "?"
     if len(fields) < len(header):
-        why = ("truncated (the file ends inside this row)" if unterminated_last
-               else "truncated")
-        table.notes.append(RowNote(line, cell, "row", f"{why}: {len(fields)} of "
-                                   f"{len(header)} fields", "row ignored"))
+        why = "truncated (the file ends inside this row)" if unterminated_last else "truncated"
+        table.notes.append(
+            RowNote(
+                line, cell, "row", f"{why}: {len(fields)} of {len(header)} fields", "row ignored"
+            )
+        )
         return None
     if len(fields) > len(header):
-        table.notes.append(RowNote(line, cell, "row", f"{len(fields)} fields but the header has "
-                                   f"{len(header)}", "row ignored"))
+        table.notes.append(
+            RowNote(
+                line,
+                cell,
+                "row",
+                f"{len(fields)} fields but the header has {len(header)}",
+                "row ignored",
+            )
+        )
         return None
     bad = [name for name, value in raw.items() if _bad_text(value)]
     if bad:
-        table.notes.append(RowNote(line, cell, bad[0], "bytes that are not UTF-8 text (or NUL "
-                                   "bytes)", "row ignored"))
+        table.notes.append(
+            RowNote(
+                line, cell, bad[0], "bytes that are not UTF-8 text (or NUL bytes)", "row ignored"
+            )
+        )
         return None
     if unterminated_last and _looks_cut(raw, study):
-        table.notes.append(RowNote(line, cell, "row", "truncated (the file ends inside this "
-                                   "row without a line end)", "row ignored"))
+        table.notes.append(
+            RowNote(
+                line,
+                cell,
+                "row",
+                "truncated (the file ends inside this row without a line end)",
+                "row ignored",
+            )
+        )
         return None
     return raw
 
@@ -297,8 +378,15 @@ def _looks_cut(raw: dict, study: Path | None) -> bool:
 def _status(table: ResultsTable, line: int, row: dict) -> str | None:
     status = (row.get("status") or "ok").strip().lower()
     if status not in STATUSES:
-        table.notes.append(RowNote(line, cell_label(row), "status", f"unknown status "
-                                   f"{row['status']!r} (expected ok or failed)", "row ignored"))
+        table.notes.append(
+            RowNote(
+                line,
+                cell_label(row),
+                "status",
+                f"unknown status {row['status']!r} (expected ok or failed)",
+                "row ignored",
+            )
+        )
         return None
     return status
 
@@ -324,8 +412,15 @@ def _typed(table: ResultsTable, line: int, raw: dict) -> dict | None:
     try:
         per_class = parse_per_class(raw["per_class"])
     except ValueError:
-        table.notes.append(RowNote(line, cell, "per_class", f"{raw['per_class']!r} is neither "
-                                   "an integer >= 0 nor 'all'", "row ignored"))
+        table.notes.append(
+            RowNote(
+                line,
+                cell,
+                "per_class",
+                f"{raw['per_class']!r} is neither an integer >= 0 nor 'all'",
+                "row ignored",
+            )
+        )
         return None
     row: dict = {**raw, "method": raw["method"].strip(), "per_class": per_class}
     for column in (*METRIC_COLUMNS, *FLOAT_COLUMNS, *INT_COLUMNS):
@@ -387,9 +482,15 @@ def _check_metrics(table: ResultsTable, study: Path, line: int, row: dict) -> di
             earlier[0].reason += f"; {source} has {truth:.6g}"
             earlier[0].action = "metrics.json value used"
             continue
-        table.notes.append(RowNote(line, cell_label(row), column,
-                                   f"{value:.6g} here but {truth:.6g} in {source}",
-                                   "metrics.json value used"))
+        table.notes.append(
+            RowNote(
+                line,
+                cell_label(row),
+                column,
+                f"{value:.6g} here but {truth:.6g} in {source}",
+                "metrics.json value used",
+            )
+        )
     return metrics
 
 
@@ -404,12 +505,13 @@ def read_run_metrics(study: Path, row: dict, problems: list[str]) -> dict | None
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        problems.append(f"{shown} is missing (run {cell_label(row)}); the row's values are "
-                        "used unchecked and its confusion matrix is left out")
+        problems.append(
+            f"{shown} is missing (run {cell_label(row)}); the row's values are "
+            "used unchecked and its confusion matrix is left out"
+        )
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        problems.append(f"{shown} could not be read ({err}); the row's values are used "
-                        "unchecked")
+        problems.append(f"{shown} could not be read ({err}); the row's values are used unchecked")
         return None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("test", {}), dict):
         problems.append(f"{shown} is not a metrics object with a `test` mapping; ignored")

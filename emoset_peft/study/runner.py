@@ -35,11 +35,27 @@ log = logging.getLogger(__name__)
 # The test_<metric> columns come from the metric registry, in its order (an old results.csv
 # without a newer metric's column still reads: its rows get "" there when a cell is appended).
 RESULT_COLUMNS = (
-    "method", "per_class", "seed", "data_seed", "train_seed",
-    *result_columns("test"), "val_accuracy", "trainable_params", "total_params", "train_images",
-    "steps", "best_step", "train_seconds", "eval_seconds", "cell_seconds", "num_processes",
-    "process_index", "config_hash", "run_dir",
-    "status", "error",  # "ok" | "failed" (training diverged: the one-line reason in error)
+    "method",
+    "per_class",
+    "seed",
+    "data_seed",
+    "train_seed",
+    *result_columns("test"),
+    "val_accuracy",
+    "trainable_params",
+    "total_params",
+    "train_images",
+    "steps",
+    "best_step",
+    "train_seconds",
+    "eval_seconds",
+    "cell_seconds",
+    "num_processes",
+    "process_index",
+    "config_hash",
+    "run_dir",
+    "status",
+    "error",  # "ok" | "failed" (training diverged: the one-line reason in error)
 )
 
 
@@ -74,15 +90,23 @@ class CellContext:
         if key not in self._emoset:
             from emoset_peft.data.emoset import load_emoset
 
-            self._emoset[key] = load_emoset(data_cfg.root, cache_dir=data_cfg.cache_dir,
-                                            skip_missing=data_cfg.skip_missing,
-                                            follow_symlinks=data_cfg.follow_symlinks)
+            self._emoset[key] = load_emoset(
+                data_cfg.root,
+                cache_dir=data_cfg.cache_dir,
+                skip_missing=data_cfg.skip_missing,
+                follow_symlinks=data_cfg.follow_symlinks,
+            )
         return self._emoset[key]
 
 
-
-def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
-             show_progress: bool, process_index: int = 0) -> dict | None:
+def run_cell(
+    cell: Cell,
+    accelerator,
+    context: CellContext,
+    study_dir: Path,
+    show_progress: bool,
+    process_index: int = 0,
+) -> dict | None:
     """Train and test one cell; returns its results row (on the process that writes it).
 
     A cell whose training diverges (non-finite loss) gets a row with status=failed and the
@@ -103,14 +127,19 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
     accelerator.wait_for_everyone()
     emoset = context.emoset(config.data)
     spec = input_spec_for(config.model.backbone)
-    data = load_run_data(config.data, spec.image_size, crop_ratio=spec.crop_ratio, emoset=emoset,
-                         show_progress=False)
+    data = load_run_data(
+        config.data, spec.image_size, crop_ratio=spec.crop_ratio, emoset=emoset, show_progress=False
+    )
     if accelerator.is_main_process:
         write_run_record(out, data=data)  # train_manifest.json
     identity = {
-        "method": cell.method, "per_class": cell.per_class, "seed": cell.seed,
-        "data_seed": config.data.data_seed, "train_seed": config.train.seed,
-        "process_index": process_index, "config_hash": cell.config_hash,
+        "method": cell.method,
+        "per_class": cell.per_class,
+        "seed": cell.seed,
+        "data_seed": config.data.data_seed,
+        "train_seed": config.train.seed,
+        "process_index": process_index,
+        "config_hash": cell.config_hash,
         "run_dir": str(out.relative_to(study_dir)),
     }
     try:
@@ -119,8 +148,12 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
         if not accelerator.is_main_process:
             return None
         log.warning("cell %s failed: %s", cell.name, err)
-        return {**identity, "cell_seconds": round(time.perf_counter() - started, 3),
-                "status": "failed", "error": str(err)}
+        return {
+            **identity,
+            "cell_seconds": round(time.perf_counter() - started, 3),
+            "status": "failed",
+            "error": str(err),
+        }
     if not accelerator.is_main_process:
         return None
     test, validation = metrics["test"], metrics["validation"]
@@ -128,12 +161,17 @@ def run_cell(cell: Cell, accelerator, context: CellContext, study_dir: Path,
         **identity,
         **prefixed(test, "test"),
         "val_accuracy": (validation or {}).get("accuracy", ""),
-        "trainable_params": metrics["trainable_params"], "total_params": metrics["total_params"],
-        "train_images": metrics["train_images"], "steps": metrics["steps"],
-        "best_step": metrics["best_step"], "train_seconds": metrics["train_seconds"],
+        "trainable_params": metrics["trainable_params"],
+        "total_params": metrics["total_params"],
+        "train_images": metrics["train_images"],
+        "steps": metrics["steps"],
+        "best_step": metrics["best_step"],
+        "train_seconds": metrics["train_seconds"],
         "eval_seconds": metrics["test_eval_seconds"],
         "cell_seconds": round(time.perf_counter() - started, 3),
-        "num_processes": metrics["num_processes"], "status": "ok", "error": "",
+        "num_processes": metrics["num_processes"],
+        "status": "ok",
+        "error": "",
     }
 
 
@@ -148,18 +186,25 @@ def check_study_dir(study: StudyConfig, cells: list[Cell]) -> Path:
             raise EmoSetError(
                 f"{out} holds a study with a different grid (fingerprint "
                 f"{saved.get('grid_fingerprint')} != {fingerprint}); use another output_dir, or "
-                "pass allow_grid_change=true to keep its finished cells and run the rest")
+                "pass allow_grid_change=true to keep its finished cells and run the rest"
+            )
     _refuse_foreign(out)
     out.mkdir(parents=True, exist_ok=True)
-    content = {"grid_fingerprint": fingerprint, "cells": len(cells),
-               "study": {k: v for k, v in vars(study).items()}}
+    content = {
+        "grid_fingerprint": fingerprint,
+        "cells": len(cells),
+        "study": {k: v for k, v in vars(study).items()},
+    }
     atomic_write_text(marker, yaml.safe_dump(content, sort_keys=False))
     return out
 
 
 def _refuse_foreign(out: Path) -> None:
-    if out.is_dir() and not (out / "study.yaml").exists() and \
-            any(path.name != LOCK_NAME for path in out.iterdir()):
+    if (
+        out.is_dir()
+        and not (out / "study.yaml").exists()
+        and any(path.name != LOCK_NAME for path in out.iterdir())
+    ):
         raise EmoSetError(f"{out} is not empty and holds no study; pick another output_dir")
 
 
@@ -196,17 +241,32 @@ def _run_grid(study: StudyConfig, cells: list[Cell], state, out: Path, show_prog
     from emoset_peft.models.backbones import reuse_loaded_backbones
 
     results_path = out / "results.csv"
-    done = {(row["method"], str(row["per_class"]), str(row["seed"]), row["config_hash"])
-            for row in read_results(results_path)}
-    todo = [c for c in cells if (c.method, str(c.per_class), str(c.seed), c.config_hash) not in done]
-    mine = [c for c in todo if c.large] + shard([c for c in todo if not c.large],
-                                                state.process_index, state.num_processes)
+    done = {
+        (row["method"], str(row["per_class"]), str(row["seed"]), row["config_hash"])
+        for row in read_results(results_path)
+    }
+    todo = [
+        c for c in cells if (c.method, str(c.per_class), str(c.seed), c.config_hash) not in done
+    ]
+    mine = [c for c in todo if c.large] + shard(
+        [c for c in todo if not c.large], state.process_index, state.num_processes
+    )
     if state.is_main_process:
-        log.info("study %s: %d cells, %d finished, %d to run on %d process(es)", out, len(cells),
-                 len(cells) - len(todo), len(todo), state.num_processes)
-    bar = tqdm(total=len(mine), desc=f"study (rank {state.process_index})" if
-               state.num_processes > 1 else "study", unit="cell",
-               disable=not (show_progress and state.is_main_process), position=0)
+        log.info(
+            "study %s: %d cells, %d finished, %d to run on %d process(es)",
+            out,
+            len(cells),
+            len(cells) - len(todo),
+            len(todo),
+            state.num_processes,
+        )
+    bar = tqdm(
+        total=len(mine),
+        desc=f"study (rank {state.process_index})" if state.num_processes > 1 else "study",
+        unit="cell",
+        disable=not (show_progress and state.is_main_process),
+        position=0,
+    )
     with reuse_loaded_backbones():  # each backbone is read once per process, copied per cell
         _run_cells(mine, state, out, results_path, bar, show_progress)
     bar.close()
@@ -217,8 +277,9 @@ def _run_grid(study: StudyConfig, cells: list[Cell], state, out: Path, show_prog
         write_report(out)
 
 
-def _run_cells(cells: list[Cell], state, out: Path, results_path: Path, bar,
-               show_progress: bool) -> None:
+def _run_cells(
+    cells: list[Cell], state, out: Path, results_path: Path, bar, show_progress: bool
+) -> None:
     from emoset_peft.engine.precision import resolve_mixed_precision
     from emoset_peft.engine.recipe import make_accelerator
     from emoset_peft.engine.solo import SoloAccelerator
@@ -231,9 +292,16 @@ def _run_cells(cells: list[Cell], state, out: Path, results_path: Path, bar,
         else:
             device = _cpu_device() if cell.config.cpu else state.device
             accelerator = SoloAccelerator(
-                device, resolve_mixed_precision(cell.config.train.mixed_precision, device))
-        row = run_cell(cell, accelerator, context, out, show_progress and state.is_main_process,
-                       state.process_index)
+                device, resolve_mixed_precision(cell.config.train.mixed_precision, device)
+            )
+        row = run_cell(
+            cell,
+            accelerator,
+            context,
+            out,
+            show_progress and state.is_main_process,
+            state.process_index,
+        )
         accelerator.free_memory()
         if row is not None:
             append_result(results_path, row)

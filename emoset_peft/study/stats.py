@@ -124,8 +124,12 @@ def summarize_results(rows: Sequence[Mapping], metric: str = "test_accuracy") ->
     method (order of first appearance) then k (ascending, ``"all"`` last).
     """
     return [
-        {"method": method, "per_class": k, "metric": metric,
-         **summarize(row.get(metric) for row in group)}
+        {
+            "method": method,
+            "per_class": k,
+            "metric": metric,
+            **summarize(row.get(metric) for row in group),
+        }
         for (method, k), group in group_rows(rows).items()
     ]
 
@@ -159,8 +163,13 @@ def paired_difference(
         with warnings.catch_warnings():  # identical pairs: scipy warns and returns NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             p_value = float(stats.ttest_rel(a, b).pvalue)
-    return {"mean_diff": mean_diff, "ci_low": ci_low, "ci_high": ci_high, "n": n,
-            "p_value": p_value}
+    return {
+        "mean_diff": mean_diff,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "n": n,
+        "p_value": p_value,
+    }
 
 
 def values_by_seed(rows: Sequence[Mapping], metric: str) -> dict[str, float]:
@@ -187,8 +196,15 @@ def paired_comparisons(
         result = paired_difference(
             values_by_seed(group, metric), values_by_seed(groups[(baseline_method, k)], metric)
         )
-        comparisons.append({"method": method, "baseline": baseline_method, "per_class": k,
-                            "metric": metric, **result})
+        comparisons.append(
+            {
+                "method": method,
+                "baseline": baseline_method,
+                "per_class": k,
+                "metric": metric,
+                **result,
+            }
+        )
     return comparisons
 
 
@@ -244,14 +260,30 @@ def fit_power_law(
     Never raises: ``ok`` is False and ``reason`` says why when no fit is
     possible.
     """
-    result = {"ok": False, "reason": None, "model": None, "a": NAN, "b": NAN, "c": NAN,
-              "a_se": NAN, "b_se": NAN, "c_se": NAN, "rmse": NAN, "n_points": 0, "n_k": 0,
-              "b_boot_low": NAN, "b_boot_high": NAN, "n_bootstrap": 0}
+    result = {
+        "ok": False,
+        "reason": None,
+        "model": None,
+        "a": NAN,
+        "b": NAN,
+        "c": NAN,
+        "a_se": NAN,
+        "b_se": NAN,
+        "c_se": NAN,
+        "rmse": NAN,
+        "n_points": 0,
+        "n_k": 0,
+        "b_boot_low": NAN,
+        "b_boot_high": NAN,
+        "n_bootstrap": 0,
+    }
     k = np.array([to_float(v) for v in k])
     error = np.array([to_float(v) for v in error])
     if k.shape != error.shape or (seeds is not None and len(seeds) != k.size):
-        result["reason"] = (f"k, error and seeds differ in length ({k.size}, {error.size}, "
-                            f"{'-' if seeds is None else len(seeds)})")
+        result["reason"] = (
+            f"k, error and seeds differ in length ({k.size}, {error.size}, "
+            f"{'-' if seeds is None else len(seeds)})"
+        )
         return result
     keep = np.isfinite(k) & np.isfinite(error) & (k > 0)
     seed_array = np.asarray(list(seeds), dtype=object)[keep] if seeds is not None else None
@@ -259,8 +291,9 @@ def fit_power_law(
     n_k = int(np.unique(k).size)
     result.update(n_points=int(k.size), n_k=n_k)
     if n_k < 2 or k.size < 3:
-        result["reason"] = (f"too few points: {k.size} runs at {n_k} distinct k "
-                            "(need 3 runs at 2 or more k)")
+        result["reason"] = (
+            f"too few points: {k.size} runs at {n_k} distinct k (need 3 runs at 2 or more k)"
+        )
         return result
 
     attempts = [True, False] if n_k >= min_k_for_offset else [False]
@@ -276,21 +309,28 @@ def fit_power_law(
         result["reason"] = "fit failed (" + "; ".join(failures) + ")"
         return result
 
-    errors = np.sqrt(np.clip(np.diag(covariance), 0, None)) if np.all(np.isfinite(covariance)) \
+    errors = (
+        np.sqrt(np.clip(np.diag(covariance), 0, None))
+        if np.all(np.isfinite(covariance))
         else np.full(len(params), NAN)
+    )
     a, b = float(params[0]), float(params[1])
     c = float(params[2]) if with_offset else 0.0
     predicted = _power_law(k, a, b, c)
     result.update(
-        ok=True, model="a*k^-b+c" if with_offset else "a*k^-b", a=a, b=b, c=c,
-        a_se=float(errors[0]), b_se=float(errors[1]),
+        ok=True,
+        model="a*k^-b+c" if with_offset else "a*k^-b",
+        a=a,
+        b=b,
+        c=c,
+        a_se=float(errors[0]),
+        b_se=float(errors[1]),
         c_se=float(errors[2]) if with_offset else NAN,
         rmse=float(np.sqrt(np.mean((error - predicted) ** 2))),
         reason=None if not failures else "offset fit failed; fitted with c = 0",
     )
     if n_bootstrap > 0:
-        low, high, done = _bootstrap_b(k, error, seed_array, with_offset, n_bootstrap,
-                                       random_state)
+        low, high, done = _bootstrap_b(k, error, seed_array, with_offset, n_bootstrap, random_state)
         result.update(b_boot_low=low, b_boot_high=high, n_bootstrap=done)
     return result
 
@@ -335,7 +375,8 @@ def data_efficiency(
     """
     target = fraction * to_float(full_accuracy)
     points = sorted(
-        (int(k), to_float(acc)) for k, acc in per_class_to_accuracy.items()
+        (int(k), to_float(acc))
+        for k, acc in per_class_to_accuracy.items()
         if k != ALL and int(k) >= 1 and math.isfinite(to_float(acc))
     )
     if not math.isfinite(target) or not points:

@@ -40,8 +40,19 @@ SEED = 0
 # registry metrics get a table of results.csv means (``other_metrics``).
 METRICS = {name: f"test_{name}" for name in bootstrap.METRICS}
 METRIC_LABELS = {name: f"test {registry.get(name).display}" for name in METRICS}
-CSV_COLUMNS = ("method", "per_class", "metric", "mean", "ci_low", "ci_high", "seed_sd",
-               "test_se", "n_seeds", "n_test", "reliable")
+CSV_COLUMNS = (
+    "method",
+    "per_class",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "seed_sd",
+    "test_se",
+    "n_seeds",
+    "n_test",
+    "reliable",
+)
 
 
 class Withheld:
@@ -55,8 +66,9 @@ class Withheld:
         return reason
 
 
-def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
-                  seed: int = SEED) -> dict:
+def build_summary(
+    study, *, baseline: str | None = None, n_boot: int = N_BOOT, seed: int = SEED
+) -> dict:
     """The summary of a loaded ``report.Study`` (rows validated, metrics.json read)."""
     withheld = Withheld()
     predictions = load_predictions(study.directory, study.rows)
@@ -69,8 +81,11 @@ def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
     summary = {
         "format": FORMAT,
         "study": study.directory.resolve().name,
-        "bootstrap": {"n_boot": n_boot, "seed": seed,
-                      "resamples": "test images (jointly across cells) x seeds (by key)"},
+        "bootstrap": {
+            "n_boot": n_boot,
+            "seed": seed,
+            "resamples": "test images (jointly across cells) x seeds (by key)",
+        },
         "baseline": baseline,
         "methods": methods,
         "test_set": _test_set(predictions),
@@ -87,9 +102,12 @@ def build_summary(study, *, baseline: str | None = None, n_boot: int = N_BOOT,
         summary["reliability"] = reliability(predictions)
         summary["variance_split"] = variance.cell_variance_splits(predictions, "accuracy")
     else:
-        withheld.add("curves", "paired comparisons, AULC, data efficiency, scaling fits, "
-                     "calibration", "no cell has a readable predictions_test.csv, which these are "
-                     "computed from (image by image)")
+        withheld.add(
+            "curves",
+            "paired comparisons, AULC, data efficiency, scaling fits, calibration",
+            "no cell has a readable predictions_test.csv, which these are "
+            "computed from (image by image)",
+        )
     summary["slices"] = slices(study)
     summary["other_metrics"] = other_metrics(study)
     summary["withheld"] = withheld.items
@@ -114,9 +132,12 @@ def curve_summaries(predictions: StudyPredictions, draws, withheld: Withheld) ->
                 withheld.add("fits", f"{method} ({label})", f"no scaling fit: {fit['reason']}")
         for pair in out["aulc"][metric]["pairs"]:
             if pair.get("poi_reason") and metric == "accuracy":
-                withheld.add("aulc", f"{pair['a']} vs {pair['b']}",
-                             "no probability of improvement: it needs >= "
-                             f"{curves.MIN_PI_REPLICATES} seeds per method")
+                withheld.add(
+                    "aulc",
+                    f"{pair['a']} vs {pair['b']}",
+                    "no probability of improvement: it needs >= "
+                    f"{curves.MIN_PI_REPLICATES} seeds per method",
+                )
     return out
 
 
@@ -142,10 +163,23 @@ def reliability(predictions: StudyPredictions) -> list[dict]:
         hit_sum = np.bincount(which, correct.astype(np.float64), RELIABILITY_BINS)
         nonzero = np.maximum(count, 1)
         ece = float(np.abs(hit_sum - conf_sum).sum() / confidence.size)
-        out.append({"method": method, "per_class": k, "ece": ece, "bins": [
-            {"low": float(edges[i]), "high": float(edges[i + 1]), "count": int(count[i]),
-             "confidence": float(conf_sum[i] / nonzero[i]),
-             "accuracy": float(hit_sum[i] / nonzero[i])} for i in range(RELIABILITY_BINS)]})
+        out.append(
+            {
+                "method": method,
+                "per_class": k,
+                "ece": ece,
+                "bins": [
+                    {
+                        "low": float(edges[i]),
+                        "high": float(edges[i + 1]),
+                        "count": int(count[i]),
+                        "confidence": float(conf_sum[i] / nonzero[i]),
+                        "accuracy": float(hit_sum[i] / nonzero[i]),
+                    }
+                    for i in range(RELIABILITY_BINS)
+                ],
+            }
+        )
     return out
 
 
@@ -162,8 +196,9 @@ def slices(study) -> list[dict]:
         if not by_k:
             continue
         k = max(by_k, key=lambda k: (1, 0) if k == "all" else (0, k))
-        out.append({"method": method, "per_class": k,
-                    "attributes": calibration.slice_table(by_k[k])})
+        out.append(
+            {"method": method, "per_class": k, "attributes": calibration.slice_table(by_k[k])}
+        )
     return out
 
 
@@ -181,39 +216,58 @@ def _test_set(predictions: StudyPredictions) -> dict:
     if labels.size == 0:
         return {"n_images": None, "class_names": [], "chance": None, "majority": None}
     counts = np.bincount(labels, minlength=len(predictions.class_names))
-    return {"n_images": int(labels.size), "class_names": list(predictions.class_names),
-            "chance": 1.0 / len(predictions.class_names),
-            "majority": float(counts.max() / labels.size),
-            "majority_class": predictions.class_names[int(counts.argmax())]}
+    return {
+        "n_images": int(labels.size),
+        "class_names": list(predictions.class_names),
+        "chance": 1.0 / len(predictions.class_names),
+        "majority": float(counts.max() / labels.size),
+        "majority_class": predictions.class_names[int(counts.argmax())],
+    }
 
 
 def _replicates(study, predictions: StudyPredictions) -> list[dict]:
     """Each replicate's metrics per cell (the thin lines of the learning-curve figure)."""
     out = []
     for (method, k), cell in predictions.cells.items():
-        values = {metric: bootstrap.replicate_metric(cell, predictions.labels, metric)
-                  for metric in METRICS}
+        values = {
+            metric: bootstrap.replicate_metric(cell, predictions.labels, metric)
+            for metric in METRICS
+        }
         for index, (data_seed, train_seed) in enumerate(cell.replicates):
-            out.append({"method": method, "per_class": k, "data_seed": data_seed,
-                        "train_seed": train_seed,
-                        **{metric: float(values[metric][index]) for metric in METRICS}})
+            out.append(
+                {
+                    "method": method,
+                    "per_class": k,
+                    "data_seed": data_seed,
+                    "train_seed": train_seed,
+                    **{metric: float(values[metric][index]) for metric in METRICS},
+                }
+            )
     for row in study.rows:  # cells without prediction files: results.csv values
         if (row["method"], row["per_class"]) in predictions.cells:
             continue
         data_seed, train_seed = replicate_key(row)
-        out.append({"method": row["method"], "per_class": row["per_class"],
-                    "data_seed": data_seed, "train_seed": train_seed,
-                    **{metric: _float(row.get(column)) for metric, column in METRICS.items()}})
+        out.append(
+            {
+                "method": row["method"],
+                "per_class": row["per_class"],
+                "data_seed": data_seed,
+                "train_seed": train_seed,
+                **{metric: _float(row.get(column)) for metric, column in METRICS.items()},
+            }
+        )
     return out
 
 
-def inference_sections(study, predictions: StudyPredictions, baseline: str, n_boot: int,
-                       seed: int, withheld: Withheld) -> dict:
+def inference_sections(
+    study, predictions: StudyPredictions, baseline: str, n_boot: int, seed: int, withheld: Withheld
+) -> dict:
     """Per-cell intervals, paired comparisons (Holm/BH over the whole family) and planning from
     ``study/inference.py``, in the summary's shape; cells without prediction files get their
     mean and seed SD from results.csv and no interval."""
-    result = inference.study_inference(predictions, baseline=baseline, metrics=tuple(METRICS),
-                                       n_boot=n_boot, seed=seed)
+    result = inference.study_inference(
+        predictions, baseline=baseline, metrics=tuple(METRICS), n_boot=n_boot, seed=seed
+    )
     found = {(e["method"], e["per_class"], e["metric"]): e for e in result["cells"]}
     cells = []
     for metric, label in METRIC_LABELS.items():
@@ -221,9 +275,20 @@ def inference_sections(study, predictions: StudyPredictions, baseline: str, n_bo
             subject = f"{method} k={k} ({label})"
             entry = found.get((method, k, metric))
             if entry is None:
-                cells.append(_rows_only_cell(study, method, k, metric, withheld.add(
-                    "cells", subject, "no predictions_test.csv: its mean comes from results.csv "
-                    "and it has no interval (the test-image noise is unknown)")))
+                cells.append(
+                    _rows_only_cell(
+                        study,
+                        method,
+                        k,
+                        metric,
+                        withheld.add(
+                            "cells",
+                            subject,
+                            "no predictions_test.csv: its mean comes from results.csv "
+                            "and it has no interval (the test-image noise is unknown)",
+                        ),
+                    )
+                )
                 continue
             test_se = entry.get("wilson_se")
             if test_se is None and entry.get("var_image") is not None:
@@ -231,43 +296,83 @@ def inference_sections(study, predictions: StudyPredictions, baseline: str, n_bo
                 test_se = math.sqrt(entry["var_image"] * entry["n_replicates"])
             if not entry["reliable"] and entry["note"]:
                 withheld.add("cells", subject, entry["note"])
-            cells.append({
-                "method": method, "per_class": k, "metric": metric, "mean": entry["mean"],
-                "ci_low": entry["ci_low"], "ci_high": entry["ci_high"],
-                "seed_sd": entry["seed_sd"], "test_se": test_se,
-                "share_seed": entry["share_seed"], "share_test": entry["share_image"],
-                "n_seeds": entry["n_replicates"], "n_test": entry["n_images"],
-                "reliable": entry["reliable"], "note": entry["note"]})
+            cells.append(
+                {
+                    "method": method,
+                    "per_class": k,
+                    "metric": metric,
+                    "mean": entry["mean"],
+                    "ci_low": entry["ci_low"],
+                    "ci_high": entry["ci_high"],
+                    "seed_sd": entry["seed_sd"],
+                    "test_se": test_se,
+                    "share_seed": entry["share_seed"],
+                    "share_test": entry["share_image"],
+                    "n_seeds": entry["n_replicates"],
+                    "n_test": entry["n_images"],
+                    "reliable": entry["reliable"],
+                    "note": entry["note"],
+                }
+            )
     paired = []
     for entry in result["comparisons"]:
         t_test = entry.get("t_test") or {}
         if entry["p_value"] is None and entry.get("p_reason"):
-            withheld.add("paired", f"{entry['method']} vs {entry['baseline']} k="
-                         f"{entry['per_class']} ({METRIC_LABELS[entry['metric']]})",
-                         f"no p-value: {entry['p_reason']}")
-        paired.append({
-            "method": entry["method"], "baseline": entry["baseline"],
-            "per_class": entry["per_class"], "metric": entry["metric"],
-            "n_pairs": entry["n_pairs"], "diff": entry["diff"], "ci_low": entry["ci_low"],
-            "ci_high": entry["ci_high"], "p_boot": entry["p_value"],
-            "p_reason": entry.get("p_reason"), "p_holm": entry.get("p_holm"),
-            "p_bh": entry.get("p_bh"), "mcnemar": entry.get("mcnemar") or [],
-            "t_p": t_test.get("p"), "t_note": t_test.get("reason"),
-            "reliable": entry.get("reliable"), "note": entry.get("note"),
-            "planning": entry.get("planning")})
+            withheld.add(
+                "paired",
+                f"{entry['method']} vs {entry['baseline']} k="
+                f"{entry['per_class']} ({METRIC_LABELS[entry['metric']]})",
+                f"no p-value: {entry['p_reason']}",
+            )
+        paired.append(
+            {
+                "method": entry["method"],
+                "baseline": entry["baseline"],
+                "per_class": entry["per_class"],
+                "metric": entry["metric"],
+                "n_pairs": entry["n_pairs"],
+                "diff": entry["diff"],
+                "ci_low": entry["ci_low"],
+                "ci_high": entry["ci_high"],
+                "p_boot": entry["p_value"],
+                "p_reason": entry.get("p_reason"),
+                "p_holm": entry.get("p_holm"),
+                "p_bh": entry.get("p_bh"),
+                "mcnemar": entry.get("mcnemar") or [],
+                "t_p": t_test.get("p"),
+                "t_note": t_test.get("reason"),
+                "reliable": entry.get("reliable"),
+                "note": entry.get("note"),
+                "planning": entry.get("planning"),
+            }
+        )
     planning = [e for e in result["planning"] if e["metric"] == "accuracy"]
     return {"cells": cells, "paired": paired, "planning": planning}
 
 
 def _rows_only_cell(study, method, k, metric, note) -> dict:
-    values = [_float(r.get(METRICS[metric])) for r in study.rows
-              if r["method"] == method and r["per_class"] == k]
+    values = [
+        _float(r.get(METRICS[metric]))
+        for r in study.rows
+        if r["method"] == method and r["per_class"] == k
+    ]
     values = np.array([v for v in values if math.isfinite(v)])
-    return {"method": method, "per_class": k, "metric": metric,
-            "mean": float(values.mean()) if values.size else None, "ci_low": None,
-            "ci_high": None, "seed_sd": float(values.std(ddof=1)) if values.size > 1 else None,
-            "test_se": None, "share_seed": None, "share_test": None,
-            "n_seeds": int(values.size), "n_test": None, "reliable": False, "note": note}
+    return {
+        "method": method,
+        "per_class": k,
+        "metric": metric,
+        "mean": float(values.mean()) if values.size else None,
+        "ci_low": None,
+        "ci_high": None,
+        "seed_sd": float(values.std(ddof=1)) if values.size > 1 else None,
+        "test_se": None,
+        "share_seed": None,
+        "share_test": None,
+        "n_seeds": int(values.size),
+        "n_test": None,
+        "reliable": False,
+        "note": note,
+    }
 
 
 def _cells(rows: Sequence[Mapping]) -> list[tuple]:
@@ -286,8 +391,13 @@ def other_metrics(study) -> list[dict]:
         cells.setdefault((row["method"], row["per_class"]), []).append(row)
     methods = list(dict.fromkeys(row["method"] for row in study.rows))
     out = []
-    for (method, k), rows in sorted(cells.items(), key=lambda item: (
-            methods.index(item[0][0]), (1, 0) if item[0][1] == "all" else (0, int(item[0][1])))):
+    for (method, k), rows in sorted(
+        cells.items(),
+        key=lambda item: (
+            methods.index(item[0][0]),
+            (1, 0) if item[0][1] == "all" else (0, int(item[0][1])),
+        ),
+    ):
         entry = {"method": method, "per_class": k, "n_seeds": len(rows)}
         for name in names:
             values = np.array([_float(row.get(f"test_{name}")) for row in rows])
@@ -314,12 +424,12 @@ def write_summary(directory: Path, summary: Mapping) -> tuple[Path, Path]:
     json_path, csv_path = directory / "summary.json", directory / "summary.csv"
     atomic_write_json(json_path, _clean(summary))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     for entry in summary["cells"]:
-        writer.writerow({key: "" if entry.get(key) is None else entry[key]
-                         for key in CSV_COLUMNS})
+        writer.writerow({key: "" if entry.get(key) is None else entry[key] for key in CSV_COLUMNS})
     atomic_write_text(csv_path, buffer.getvalue())
     return json_path, csv_path
 

@@ -55,7 +55,9 @@ def current_umask() -> int:
 
 
 def atomic_write_json(path: str | Path, content: Any) -> None:
-    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    atomic_write_text(
+        path, json.dumps(content, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    )
 
 
 def _jsonable(value: Any) -> Any:

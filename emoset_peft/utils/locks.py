@@ -37,7 +37,9 @@ def file_lock(path: str | Path, *, wait: bool = True, record_holder: bool = Fals
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         if record_holder:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+            os.pwrite(
+                fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0
+            )
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
@@ -75,5 +77,7 @@ def _busy_message(folder: Path, what: str) -> str:
         who = f"pid {int(holder['pid'])} on {holder['host']}"
     except (OSError, ValueError, KeyError, TypeError):
         who = "a process that has not written its pid yet"
-    return (f"{folder} is in use by another emoset-peft {what} ({who}); wait for it to finish, "
-            "stop it, or pick another output_dir")
+    return (
+        f"{folder} is in use by another emoset-peft {what} ({who}); wait for it to finish, "
+        "stop it, or pick another output_dir"
+    )

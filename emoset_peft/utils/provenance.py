@@ -9,8 +9,16 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("emoset-peft", "torch", "torchvision", "transformers", "peft", "accelerate", "datasets",
-            "bitsandbytes")
+PACKAGES = (
+    "emoset-peft",
+    "torch",
+    "torchvision",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "bitsandbytes",
+)
 
 
 def provenance() -> dict:
@@ -33,8 +41,13 @@ def provenance() -> dict:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None

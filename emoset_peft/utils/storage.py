@@ -47,8 +47,9 @@ def disk_full_is_user_error(folder: str | Path, what: str, hint: str):
         if not is_disk_full(err):
             raise
         reason = os.strerror(err.errno) if isinstance(err, OSError) else str(err)
-        raise EmoSetError(f"the disk is full while writing {what} in {folder} ({reason}); "
-                          f"{hint}") from None
+        raise EmoSetError(
+            f"the disk is full while writing {what} in {folder} ({reason}); {hint}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -92,8 +93,9 @@ def remove_stale_temps(folder: Path, dry_run: bool = False) -> list[Path]:
         with contextlib.suppress(OSError):
             path.unlink()
             stale.append(path)
-            log.info("removed %s, left by a process (pid %s) that no longer runs",
-                     path, match["pid"])
+            log.info(
+                "removed %s, left by a process (pid %s) that no longer runs", path, match["pid"]
+            )
     return stale
 
 
@@ -117,15 +119,21 @@ def writable_cache_dir(root: Path, what: str, sub: str = "") -> Path:
     if problem is None:
         return folder
     fallback = fallback_cache_dir() / sub if sub else fallback_cache_dir()
-    if (_write_problem(fallback) is not None
-            or fallback_cache_dir().stat().st_uid != os.getuid()):
-        raise EmoSetError(f"cannot write the {what} in {folder} ({problem}) nor in {fallback}; "
-                          "set data.cache_dir or EMOSET_PEFT_CACHE to a writable folder")
+    if _write_problem(fallback) is not None or fallback_cache_dir().stat().st_uid != os.getuid():
+        raise EmoSetError(
+            f"cannot write the {what} in {folder} ({problem}) nor in {fallback}; "
+            "set data.cache_dir or EMOSET_PEFT_CACHE to a writable folder"
+        )
     if str(folder) not in _warned_fallbacks:
         _warned_fallbacks.add(str(folder))
-        log.warning("could not write the %s to %s (%s); using %s instead. Set data.cache_dir or "
-                    "EMOSET_PEFT_CACHE to a writable folder to keep it between runs.",
-                    what, folder, problem, fallback)
+        log.warning(
+            "could not write the %s to %s (%s); using %s instead. Set data.cache_dir or "
+            "EMOSET_PEFT_CACHE to a writable folder to keep it between runs.",
+            what,
+            folder,
+            problem,
+            fallback,
+        )
     return fallback
 
 
