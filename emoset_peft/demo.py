@@ -130,18 +130,19 @@ def pretrain_tiny_vit(
 
 def accuracy_by_k(rows: list[dict]) -> dict[str, dict]:
     """method -> {k: mean test accuracy over the cell's seeds} from results.csv rows."""
+    from emoset_peft.study.per_class import parse_per_class, per_class_sort_key
+
     sums: dict[str, dict] = {}
     for row in rows:
         if row.get("status", "ok") not in ("", "ok"):
             continue
-        k = int(row["per_class"]) if str(row["per_class"]).isdigit() else row["per_class"]
+        k = parse_per_class(row["per_class"])
         sums.setdefault(row["method"], {}).setdefault(k, []).append(float(row["test_accuracy"]))
-
-    def order(k):  # numbers first, in order, then "all"
-        return (not isinstance(k, int), k if isinstance(k, int) else 0, str(k))
-
     return {
-        method: {k: sum(v) / len(v) for k, v in sorted(ks.items(), key=lambda kv: order(kv[0]))}
+        method: {
+            k: sum(v) / len(v)
+            for k, v in sorted(ks.items(), key=lambda kv: per_class_sort_key(kv[0]))
+        }
         for method, ks in sums.items()
     }
 

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-from emoset_peft.study.results import ALL
+from emoset_peft.study.per_class import ALL, per_class_sort_key
 
 DPI = 150
 # The zero-shot (k = 0) and full-data ("all") points sit this far (in log2 units) left and right
@@ -73,7 +73,7 @@ def _k_axis(ks: Sequence) -> tuple[dict, list[float], list[str], tuple[float, fl
 
 def _sorted_k(entries: Sequence[Mapping]) -> list[Mapping]:
     """Ascending k, "all" last."""
-    return sorted(entries, key=lambda e: (1, 0) if e["per_class"] == ALL else (0, e["per_class"]))
+    return sorted(entries, key=lambda e: per_class_sort_key(e["per_class"]))
 
 
 def plot_learning_curve(

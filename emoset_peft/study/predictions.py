@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from emoset_peft.errors import EmoSetError
-from emoset_peft.study.stats import parse_per_class, per_class_sort_key
+from emoset_peft.study.per_class import parse_per_class, per_class_sort_key
 
 PREDICTIONS_FILE = "predictions_test.csv"
 PROB_PREFIX = "prob_"

@@ -29,6 +29,7 @@ from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS
 from emoset_peft.study import plots, report_curves
 from emoset_peft.study import report_tables as tables
+from emoset_peft.study.per_class import per_class_sort_key
 from emoset_peft.study.report_protocol import render_protocol
 from emoset_peft.study.results import (
     RESULTS_FILE,
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
 CONFIG_FILE = "study.yaml"
-ALL = "all"
 CURVE_FIGURES = {metric: f"{metric}_vs_k.png" for metric in METRICS}
 
 __all__ = [
@@ -125,10 +125,6 @@ def load_study(study_dir: str | os.PathLike) -> Study:
 # Helpers over the rows
 
 
-def _k_order(k) -> tuple[int, int]:
-    return (1, 0) if k == ALL else (0, int(k))
-
-
 def _largest_k_with_metrics(study: Study, method: str, key: str):
     """The largest k of ``method`` whose runs have ``key`` in their test metrics."""
     ks = {
@@ -136,7 +132,7 @@ def _largest_k_with_metrics(study: Study, method: str, key: str):
         for row, metrics in zip(study.rows, study.run_metrics)
         if row["method"] == method and metrics and metrics.get("test", {}).get(key)
     }
-    return max(ks, key=_k_order) if ks else None
+    return max(ks, key=per_class_sort_key) if ks else None
 
 
 def _reference_k(rows: Sequence[Mapping], methods: Sequence[str]):
@@ -145,7 +141,7 @@ def _reference_k(rows: Sequence[Mapping], methods: Sequence[str]):
     for method in methods:
         ks = {row["per_class"] for row in rows if row["method"] == method}
         shared = ks if shared is None else shared & ks
-    shared = sorted(shared or [], key=_k_order)
+    shared = sorted(shared or [], key=per_class_sort_key)
     return shared[-1] if shared else None
 
 
@@ -310,7 +306,7 @@ def build_figures(study: Study, summary: Mapping) -> dict[str, object]:
 def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str]) -> str:
     """The text of report.md (figures are referenced by file name)."""
     rows, methods = study.rows, study.methods
-    ks = sorted({r["per_class"] for r in rows}, key=_k_order)
+    ks = sorted({r["per_class"] for r in rows}, key=per_class_sort_key)
     seeds = sorted({str(r.get("seed")) for r in rows})
     n_test = summary["test_set"]["n_images"]
     boot = summary["bootstrap"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from emoset_peft.study.results import ALL
+from emoset_peft.study.per_class import ALL, per_class_sort_key
 
 
 def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dict | None]) -> dict:
@@ -69,7 +69,7 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
                 if ids is not None:
                     manifests[key] = ids
     table = []
-    for k in sorted(per_k, key=lambda k: (1, 0) if k == ALL else (0, k)):
+    for k in sorted(per_k, key=per_class_sort_key):
         entry = per_k[k]
         train, validation = _median(entry["train"]), _median(entry["validation"])
         steps, best = np.array(entry["steps"]), np.array(entry["best"])

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import METRICS, result_columns
+from emoset_peft.study.per_class import parse_per_class
 
 RESULTS_FILE = "results.csv"
 REQUIRED_COLUMNS = ("method", "per_class", "test_accuracy")
-ALL = "all"  # per_class of a cell trained on the whole training split
 # Fractions in [0, 1]; the test ones are also in the cell's metrics.json under "test".
 # The test_<name> columns are those of the metric registry (emoset_peft/metrics/registry.py).
 METRIC_COLUMNS = {**dict(zip(result_columns("test"), METRICS)), "val_accuracy": None}
@@ -98,17 +98,6 @@ class ResultsTable:
     failed: list[FailedCell] = field(default_factory=list)
     notes: list[RowNote] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # file-level gaps (missing metrics.json...)
-
-
-def parse_per_class(value) -> int | str:
-    """``per_class`` as an int k >= 0 or ``"all"``; ValueError for anything else."""
-    text = str(value).strip().lower()
-    if text == ALL:
-        return ALL
-    number = float(text)
-    if not math.isfinite(number) or number < 0 or number != int(number):
-        raise ValueError(f"per_class must be an integer >= 0 or 'all', got {value!r}")
-    return int(number)
 
 
 def cell_label(row: dict) -> str:

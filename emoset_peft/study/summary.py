@@ -24,6 +24,7 @@ import numpy as np
 
 from emoset_peft.metrics import registry
 from emoset_peft.study import bootstrap, calibration, curves, fits, inference, variance
+from emoset_peft.study.per_class import per_class_sort_key
 from emoset_peft.study.predictions import (
     StudyPredictions,
     load_predictions,
@@ -195,7 +196,7 @@ def slices(study) -> list[dict]:
                 by_k.setdefault(row["per_class"], []).append(found)
         if not by_k:
             continue
-        k = max(by_k, key=lambda k: (1, 0) if k == "all" else (0, k))
+        k = max(by_k, key=per_class_sort_key)
         out.append(
             {"method": method, "per_class": k, "attributes": calibration.slice_table(by_k[k])}
         )
@@ -378,7 +379,7 @@ def _rows_only_cell(study, method, k, metric, note) -> dict:
 def _cells(rows: Sequence[Mapping]) -> list[tuple]:
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     cells = {(r["method"], r["per_class"]) for r in rows}
-    return sorted(cells, key=lambda c: (order[c[0]], (1, 0) if c[1] == "all" else (0, c[1])))
+    return sorted(cells, key=lambda c: (order[c[0]], per_class_sort_key(c[1])))
 
 
 def other_metrics(study) -> list[dict]:
@@ -395,7 +396,7 @@ def other_metrics(study) -> list[dict]:
         cells.items(),
         key=lambda item: (
             methods.index(item[0][0]),
-            (1, 0) if item[0][1] == "all" else (0, int(item[0][1])),
+            per_class_sort_key(item[0][1]),
         ),
     ):
         entry = {"method": method, "per_class": k, "n_seeds": len(rows)}
