@@ -243,7 +243,7 @@ def _type_name(hint: Any) -> str:
 
 
 CHOICES = {
-    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mixed_precision": ("no", "bf16", "fp16", "bf16!", "fp16!"),
     "model.quantize": (None, "8bit", "4bit"),
     "model.frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.select_metric": ("accuracy", "macro_f1", "balanced_accuracy", "loss"),
