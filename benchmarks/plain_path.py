@@ -5,8 +5,9 @@ A ``datasets`` split whose image column is decoded on access, torchvision transf
 per image in ``set_transform`` (train: RandomResizedCrop + RandomHorizontalFlip + ToTensor +
 Normalize; eval: Resize + CenterCrop + ToTensor + Normalize), ``peft.get_peft_model`` with
 ``modules_to_save=["classifier"]``, and ``transformers.Trainer`` with the example's collate
-function, ``use_cpu=True`` and ``bf16=True`` when asked. Nothing here imports emoset_peft: the
-benchmarks give it a records file (image paths and labels per split) and read one JSON line back.
+function, ``use_cpu=True`` (unless ``--device cuda``) and ``bf16=True`` when asked. Nothing
+here imports emoset_peft: the benchmarks give it a records file (image paths and labels per
+split) and read one JSON line back.
 
     python benchmarks/plain_path.py train-throughput --backbone DIR --records R.json --steps 8
     python benchmarks/plain_path.py eval-throughput  --backbone DIR --records R.json
@@ -96,6 +97,8 @@ class StepTimes(TrainerCallback):
         self.last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():  # the step's kernels are queued: wait for them
+            torch.cuda.synchronize()
         now = time.perf_counter()
         self.seconds.append(now - self.last)
         self.last = now
@@ -105,7 +108,8 @@ def training_args(out: str, a, **extra) -> TrainingArguments:
     return TrainingArguments(
         out, remove_unused_columns=False, learning_rate=a.lr,
         per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=a.eval_batch_size,
-        bf16=a.precision == "bf16", use_cpu=True, max_steps=a.steps, lr_scheduler_type="cosine",
+        bf16=a.precision == "bf16", use_cpu=a.device == "cpu", max_steps=a.steps,
+        lr_scheduler_type="cosine",
         warmup_steps=0.1, weight_decay=0.01, max_grad_norm=1.0, label_names=["labels"],
         report_to="none", disable_tqdm=True, seed=a.seed, logging_steps=50, **extra)
 
@@ -128,6 +132,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup-images", type=int, default=32)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = parser.parse_args(argv)
 
     started = time.perf_counter()
