@@ -109,6 +109,14 @@ def test_forced_bf16_is_kept_on_this_cpu_when_its_probe_prefers_fp32(probe_cache
     assert record["measured"] is None and "forced" in record["reason"]
 
 
+def test_record_says_what_the_accelerator_ran_when_a_caller_chose_otherwise(probe_cache):
+    _plant(probe_cache, 196.0, 330.0)
+    record = precision.precision_record("bf16", torch.device("cpu"), ran="bf16")
+    assert record["resolved"] == "bf16" and "set by the caller" in record["reason"]
+    assert precision.precision_record("no", torch.device("cpu"), ran="no")["reason"] == (
+        "fp32 requested")
+
+
 def test_decision_on_this_cpu_follows_its_cached_rates(probe_cache):
     cpu = torch.device("cpu")
     if not precision.native_low_precision(cpu, torch.bfloat16):
@@ -130,3 +138,18 @@ def test_config_accepts_a_forced_precision_and_accelerator_runs_it():
     assert make_accelerator(config).mixed_precision == "bf16"
     with pytest.raises(EmoSetError, match="mixed_precision"):
         validate(load_config(None, ["data.root=/x", "train.mixed_precision=bf16!!"]))
+
+
+def test_the_decision_is_logged_once_with_its_reason(probe_cache, monkeypatch, caplog):
+    monkeypatch.setattr(precision, "_LOGGED", set())
+    _plant(probe_cache, 196.0, 330.0)
+    with caplog.at_level("INFO", logger="emoset_peft.engine.precision"):
+        for _ in range(3):  # a study's cells: one line, not one per cell
+            precision.resolve_mixed_precision("bf16", torch.device("cpu"))
+    lines = [r.getMessage() for r in caplog.records if "mixed_precision=bf16" in r.getMessage()]
+    if precision.native_low_precision(torch.device("cpu"), torch.bfloat16):
+        expected = ("mixed_precision=bf16 on cpu: running fp32 (bf16 GEMM 196 GFLOP/s vs fp32 330 "
+                    "at ViT shapes: 0.59x < 1.15x, so fp32)")
+        assert lines == [expected]
+    else:
+        assert len(lines) == 1 and "emulated" in lines[0]

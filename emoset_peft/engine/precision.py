@@ -118,9 +118,18 @@ def resolve_mixed_precision(requested: str, device: torch.device) -> str:
     return decide_precision(requested, device).resolved
 
 
-def precision_record(requested: str, device: torch.device) -> dict:
-    """``metrics.json``'s ``"precision"`` entry: requested, resolved, reason, measured rates."""
-    return decide_precision(requested, device).as_dict()
+def precision_record(requested: str, device: torch.device, ran: str | None = None) -> dict:
+    """``metrics.json``'s ``"precision"`` entry: requested, resolved, reason, measured rates.
+
+    ``ran``: what the accelerator actually runs (``accelerator.mixed_precision``); where a
+    caller built it with another precision than the decision, the record says so.
+    """
+    record = decide_precision(requested, device).as_dict()
+    if ran is not None and str(ran) != record["resolved"]:
+        record["reason"] = (f"{ran} set by the caller's accelerator (the decision would have "
+                            f"been {record['resolved']}: {record['reason']})")
+        record["resolved"] = str(ran)
+    return record
 
 
 def frozen_dtype(setting: str, precision: str) -> torch.dtype | None:
