@@ -10,6 +10,7 @@ the thread count and the shapes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ _FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16
 _MEMO: dict[tuple[str, str], dict] = {}
 
 
+@functools.cache  # the CPU does not change under a running process
 def cpu_identity() -> str:
     """The CPU's model name, family/model/stepping and its low-precision flags, in one line."""
     fields: dict[str, str] = {}
