@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def measure_gemm_rates(low: str = "bf16", shapes=VIT_SHAPES, repeats: int = 3) -
     """GFLOP/s of ``F.linear`` in ``low`` and in fp32 over ``shapes`` (the best of ``repeats``
     timings per shape, the two precisions interleaved so that a co-tenant's burst hits both).
 
-    Returns ``{f"{low}_gflops": ..., "fp32_gflops": ..., "seconds": wall time of the probe}``.
+    Returns ``{f"{low}_gflops": ..., "fp32_gflops": ..., "seconds": wall time of the probe,
+    "load_avg_1min": the machine's load meanwhile}``. The two precisions are timed in turn, so
+    a busy machine slows both: their ratio, which decides, holds up better than either rate.
     """
     import torch.nn.functional as F
 
@@ -91,6 +94,8 @@ def measure_gemm_rates(low: str = "bf16", shapes=VIT_SHAPES, repeats: int = 3) -
     rates = {f"{name}_gflops": round(flops / max(sum(times), 1e-9) / 1e9, 1)
              for name, times in best.items()}
     rates["seconds"] = round(time.perf_counter() - started, 3)
+    if hasattr(os, "getloadavg"):  # a busy machine lowers both rates; the file says how busy
+        rates["load_avg_1min"] = round(os.getloadavg()[0], 2)
     return rates
 
 
