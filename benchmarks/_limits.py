@@ -19,29 +19,53 @@ LORA = {"r": 16, "alpha": 16, "dropout": 0.1}
 TOKENS, WIDTH, LAYERS, HEADS, MLP, PATCH_PIXELS, CLASSES, BATCH = 197, 384, 12, 6, 1536, 768, 8, 16
 
 
-def gemm_rate(n: int, k: int, m: int, dtype, budget_s: float = 1.0) -> float:
+def gemm_rate(n: int, k: int, m: int, dtype, budget_s: float = 1.0, device: str = "cpu") -> float:
     """Best-of-3 GFLOP/s of an [n, k] x [k, m] product in ``dtype``, in both memory layouts
     (``x @ w`` and ``F.linear(x, w)``, whose weight is transposed): where bf16 is emulated the
-    two differ by 10x, and the best one is what the hardware can do."""
+    two differ by 10x, and the best one is what the hardware can do. On a GPU every timing
+    waits for the device (``synchronize``)."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.randn(n, k).to(dtype)
-    w_kn, w_mk = torch.randn(k, m).to(dtype), torch.randn(m, k).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    x = torch.randn(n, k, device=device).to(dtype)
+    w_kn = torch.randn(k, m, device=device).to(dtype)
+    w_mk = torch.randn(m, k, device=device).to(dtype)
     once = {}
     for product in (lambda: x @ w_kn, lambda: F.linear(x, w_mk)):
         product()  # warm-up, then one timed call picks the faster layout
+        sync()
         tick = time.perf_counter()
         product()
+        sync()
         once[product] = max(time.perf_counter() - tick, 1e-5)
     product, seconds = min(once.items(), key=lambda item: item[1])
     reps, best = max(1, int(budget_s / 3 / seconds)), 0.0
     for _ in range(3):
+        sync()
         tick = time.perf_counter()
         for _ in range(reps):
             product()
+        sync()
         best = max(best, 2 * n * k * m * reps / (time.perf_counter() - tick) / 1e9)
     return best
+
+
+def model_dims(backbone: str) -> dict:
+    """The shapes ``analytic_flops`` needs, from a saved ViT's config.json."""
+    import json
+    from pathlib import Path
+
+    c = json.loads((Path(backbone) / "config.json").read_text())
+    side = c["image_size"] // c["patch_size"]
+    return {
+        "tokens": side * side + 1,
+        "d": c["hidden_size"],
+        "layers": c["num_hidden_layers"],
+        "mlp": c["intermediate_size"],
+        "patch_pixels": 3 * c["patch_size"] ** 2,
+        "image_size": c["image_size"],
+    }
 
 
 def plain_lora_vit(backbone: str, attn: str):
@@ -49,14 +73,27 @@ def plain_lora_vit(backbone: str, attn: str):
     from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_pretrained(
-        backbone, num_labels=8, ignore_mismatched_sizes=True, attn_implementation=attn)
-    config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                        target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"])
+        backbone, num_labels=8, ignore_mismatched_sizes=True, attn_implementation=attn
+    )
+    config = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=["classifier"],
+    )
     return get_peft_model(model, config)
 
 
-def analytic_flops(tokens=TOKENS, d=WIDTH, layers=LAYERS, mlp=MLP, r=LORA["r"],
-                   patch_pixels=PATCH_PIXELS, classes=CLASSES) -> tuple[float, float]:
+def analytic_flops(
+    tokens=TOKENS,
+    d=WIDTH,
+    layers=LAYERS,
+    mlp=MLP,
+    r=LORA["r"],
+    patch_pixels=PATCH_PIXELS,
+    classes=CLASSES,
+) -> tuple[float, float]:
     """(training, forward) FLOPs per image of ViT-S/16 + LoRA on q, v; 1 MAC = 2 FLOPs.
 
     Backward: input gradients of every matmul (attention's two batched matmuls cost 2x their
@@ -78,22 +115,37 @@ def analytic_flops(tokens=TOKENS, d=WIDTH, layers=LAYERS, mlp=MLP, r=LORA["r"],
 
 
 def child_gemm(o: dict) -> dict:
-    """Best-of-3 GEMM rates: a large square and a ViT-S MLP shape (16 images x 197 tokens)."""
+    """Best-of-3 GEMM rates: a large square and the model's MLP shapes (batch x tokens rows)."""
     import torch
 
+    device = o.get("device", "cpu")
+    dims = (
+        model_dims(o["backbone"])
+        if o.get("backbone")
+        else {"tokens": TOKENS, "d": WIDTH, "mlp": MLP}
+    )
+    rows = o.get("batch", BATCH) * dims["tokens"]  # 3152 = 16 images x 197 tokens for ViT-S
     out = {"gemm": {}}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if name not in o.get("precisions", ("fp32", "bf16")):
             continue
-        big = 4096 if dtype == torch.float32 else 1024  # emulated bf16 is too slow at 4096
-        # 3152 = 16 images x 197 tokens: q/k/v/o, fc1 and fc2 of ViT-S at batch 16.
-        shapes = [(big, big, big), (3152, 384, 384), (3152, 384, 1536), (3152, 1536, 384)]
-        out["gemm"][name] = {"x".join(map(str, s)): gemm_rate(*s, dtype) for s in shapes}
+        big = 8192 if device != "cpu" else 4096 if dtype == torch.float32 else 1024
+        # (emulated bf16 on a CPU is too slow at 4096)
+        d, mlp = dims["d"], dims["mlp"]
+        shapes = [(big, big, big)] * (not o.get("tiny")) + [
+            (rows, d, d),
+            (rows, d, mlp),
+            (rows, mlp, d),
+        ]
+        out["gemm"][name] = {
+            "x".join(map(str, s)): gemm_rate(*s, dtype, o.get("gemm_budget", 1.0), device=device)
+            for s in shapes
+        }
     return out
 
 
 def child_limits(o: dict) -> dict:
-    """GEMM rates, FLOPs per image, and the bf16 / bf16-frozen-weights probe."""
+    """GEMM rates, FLOPs per image, and (unless ``quick``) the bf16 / bf16-frozen-weights probe."""
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
@@ -101,10 +153,12 @@ def child_limits(o: dict) -> dict:
     from emoset_peft.engine.precision import cast_frozen_weights
 
     out = child_gemm(o)
+    dims = model_dims(o["backbone"])
+    side = dims.pop("image_size")
 
     torch.manual_seed(0)
     model = plain_lora_vit(o["backbone"], "eager")  # bmm attention, which the counter sees
-    x, y = torch.randn(2, 3, 224, 224), torch.tensor([0, 1])
+    x, y = torch.randn(2, 3, side, side), torch.tensor([0, 1])
     model.train()
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(pixel_values=x).logits, y).backward()
@@ -113,11 +167,13 @@ def child_limits(o: dict) -> dict:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(pixel_values=x)
     out["flops"] = {"train_counted": train_flops, "eval_counted": counter.get_total_flops() / 2}
-    out["flops"]["train_analytic"], out["flops"]["eval_analytic"] = analytic_flops()
+    out["flops"]["train_analytic"], out["flops"]["eval_analytic"] = analytic_flops(**dims)
+    if o.get("quick"):
+        return out
 
     # Precision probe on the sdpa model: one training step of 4 images per setting.
     probe = []
-    x, y = torch.randn(4, 3, 224, 224), torch.tensor([0, 1, 2, 3])
+    x, y = torch.randn(4, 3, side, side), torch.tensor([0, 1, 2, 3])
     reference = None
     for setting in ("fp32", "bf16 autocast", "bf16 autocast + bf16 frozen weights"):
         torch.manual_seed(0)
@@ -125,8 +181,11 @@ def child_limits(o: dict) -> dict:
         model.base_model.model.vit.eval()  # no dropout: compare like with like
         if "frozen" in setting:
             cast_frozen_weights(model, torch.bfloat16)
-        context = (torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in setting
-                   else torch.autocast("cpu", enabled=False))
+        context = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if "bf16" in setting
+            else torch.autocast("cpu", enabled=False)
+        )
         with context:
             model(pixel_values=x[:1])  # warm-up
         tick = time.perf_counter()
@@ -135,8 +194,13 @@ def child_limits(o: dict) -> dict:
             loss = F.cross_entropy(logits, y)
         loss.backward()
         seconds = time.perf_counter() - tick
-        grads = torch.cat([p.grad.flatten().float() for n, p in model.named_parameters()
-                           if p.requires_grad and "lora_B" in n])
+        grads = torch.cat(
+            [
+                p.grad.flatten().float()
+                for n, p in model.named_parameters()
+                if p.requires_grad and "lora_B" in n
+            ]
+        )
         row = {"setting": setting, "images_per_s": 4 / seconds, "loss": loss.item()}
         if reference is None:
             reference = (logits.detach(), grads)
@@ -182,8 +246,11 @@ def gemm_sequence(training: bool, dtype, batch: int = BATCH) -> tuple[list, floa
 
     def attention_matmul(rows, inner, cols, transpose_second=False):
         a = tensor(batch, HEADS, rows, inner)
-        b = tensor(batch, HEADS, cols, inner).transpose(-1, -2) if transpose_second else \
-            tensor(batch, HEADS, inner, cols)
+        b = (
+            tensor(batch, HEADS, cols, inner).transpose(-1, -2)
+            if transpose_second
+            else tensor(batch, HEADS, inner, cols)
+        )
         calls.append(lambda: torch.matmul(a, b))
         return 2.0 * batch * HEADS * rows * inner * cols
 
@@ -235,6 +302,5 @@ def child_gemm_ceiling(o: dict) -> dict:
             for call in calls:
                 call()
             best = min(best, time.perf_counter() - tick)
-        out[phase] = {"ms": best * 1e3, "gflop": flops / 1e9, "calls": len(calls),
-                      "images": BATCH}
+        out[phase] = {"ms": best * 1e3, "gflop": flops / 1e9, "calls": len(calls), "images": BATCH}
     return {"gemm_ceiling": out}

@@ -28,8 +28,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emoset_peft.data.synthetic import (FACIAL_EXPRESSIONS, HUMAN_ACTIONS, OBJECTS, SCENES,
-                                        compact_info_json)
+from emoset_peft.data.synthetic import (
+    FACIAL_EXPRESSIONS,
+    HUMAN_ACTIONS,
+    OBJECTS,
+    SCENES,
+    compact_info_json,
+)
 from emoset_peft.labels import EMOTIONS
 
 REAL_SPLITS = {"train.json": 94_481, "val.json": 5_905, "test.json": 17_716}  # 118,102 in all
@@ -84,11 +89,14 @@ def build_tree(root: Path, records: int, seed: int = 0) -> dict[str, int]:
 
 
 def _annotation(rng, image_id: str, emotion: str) -> dict:
-    annotation = {"image_id": image_id, "emotion": emotion,
-                  "brightness": round(float(rng.random()), 1),
-                  "colorfulness": round(float(rng.random()), 1),
-                  "scene": SCENES[int(rng.integers(len(SCENES)))],
-                  "object": [OBJECTS[int(i)] for i in rng.integers(len(OBJECTS), size=3)]}
+    annotation = {
+        "image_id": image_id,
+        "emotion": emotion,
+        "brightness": round(float(rng.random()), 1),
+        "colorfulness": round(float(rng.random()), 1),
+        "scene": SCENES[int(rng.integers(len(SCENES)))],
+        "object": [OBJECTS[int(i)] for i in rng.integers(len(OBJECTS), size=3)],
+    }
     if rng.random() < 0.3:
         annotation["facial_expression"] = FACIAL_EXPRESSIONS[int(rng.integers(6))]
     if rng.random() < 0.35:
@@ -106,8 +114,12 @@ def _apportion(shares: np.ndarray, total: int) -> list[int]:
 
 def load_in_child(root: Path, cache: Path, threads: str) -> dict:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, str(root), str(cache), threads],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), str(cache), threads],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["process_seconds"] = time.perf_counter() - started
     return result
@@ -116,11 +128,18 @@ def load_in_child(root: Path, cache: Path, threads: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=sum(REAL_SPLITS.values()))
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where to build the tree (default: a temporary folder, removed)")
-    parser.add_argument("--threads", default="default",
-                        help="comma-separated load_emoset(read_threads=) settings to compare on cold loads "
-                             "(0 = plain loop; default: the library's setting)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where to build the tree (default: a temporary folder, removed)",
+    )
+    parser.add_argument(
+        "--threads",
+        default="default",
+        help="comma-separated load_emoset(read_threads=) settings to compare on cold loads "
+        "(0 = plain loop; default: the library's setting)",
+    )
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_emoset_"))
@@ -131,8 +150,10 @@ def main() -> int:
         else:
             started = time.perf_counter()
             sizes = build_tree(root, args.records)
-            print(f"built {sum(sizes.values()):,} records {sizes} in {root} "
-                  f"({time.perf_counter() - started:.0f} s)")
+            print(
+                f"built {sum(sizes.values()):,} records {sizes} in {root} "
+                f"({time.perf_counter() - started:.0f} s)"
+            )
         results = []
         for threads in args.threads.split(","):
             cache = workdir / f"cache-{threads}"
@@ -149,22 +170,44 @@ def main() -> int:
 
 
 def _report(results, peak_mib: float) -> None:
-    print(f"\nload_emoset, {os.cpu_count()} CPUs, {sum(results[0][1]['rows'].values()):,} records "
-          "(times include interpreter start and imports)")
+    print(
+        f"\nload_emoset, {os.cpu_count()} CPUs, {sum(results[0][1]['rows'].values()):,} records "
+        "(times include interpreter start and imports)"
+    )
     print(f"{'read_threads':>12}  {'measure':<16}{'value':>10}  {'target':>10}  ok")
     for threads, cold, warm in results:
-        rows = [("cold load", f"{cold['seconds']:.1f} s", f"<= {TARGETS['cold']:.0f} s",
-                 cold["seconds"] <= TARGETS["cold"]),
-                ("warm load", f"{warm['seconds']:.2f} s", f"<= {TARGETS['warm']:.0f} s",
-                 warm["seconds"] <= TARGETS["warm"]),
-                ("peak RSS cold", f"{cold['maxrss_mib']:.0f} MiB", "<= 1 GiB",
-                 cold["maxrss_mib"] <= TARGETS["rss_mib"]),
-                ("peak RSS warm", f"{warm['maxrss_mib']:.0f} MiB", "<= 1 GiB",
-                 warm["maxrss_mib"] <= TARGETS["rss_mib"])]
+        rows = [
+            (
+                "cold load",
+                f"{cold['seconds']:.1f} s",
+                f"<= {TARGETS['cold']:.0f} s",
+                cold["seconds"] <= TARGETS["cold"],
+            ),
+            (
+                "warm load",
+                f"{warm['seconds']:.2f} s",
+                f"<= {TARGETS['warm']:.0f} s",
+                warm["seconds"] <= TARGETS["warm"],
+            ),
+            (
+                "peak RSS cold",
+                f"{cold['maxrss_mib']:.0f} MiB",
+                "<= 1 GiB",
+                cold["maxrss_mib"] <= TARGETS["rss_mib"],
+            ),
+            (
+                "peak RSS warm",
+                f"{warm['maxrss_mib']:.0f} MiB",
+                "<= 1 GiB",
+                warm["maxrss_mib"] <= TARGETS["rss_mib"],
+            ),
+        ]
         for name, value, target, ok in rows:
             print(f"{threads:>12}  {name:<16}{value:>10}  {target:>10}  {'yes' if ok else 'NO'}")
-    print(f"{'all':>12}  {'peak RSS (any)':<16}{peak_mib:>6.0f} MiB  {'<= 1 GiB':>10}  "
-          f"{'yes' if peak_mib <= TARGETS['rss_mib'] else 'NO'}")
+    print(
+        f"{'all':>12}  {'peak RSS (any)':<16}{peak_mib:>6.0f} MiB  {'<= 1 GiB':>10}  "
+        f"{'yes' if peak_mib <= TARGETS['rss_mib'] else 'NO'}"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def count(config, method: str) -> tuple[int, int] | None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    header = "| method | " + " | ".join(f"{name} trainable | % of total" for name in BACKBONES) + " |"
+    header = (
+        "| method | " + " | ".join(f"{name} trainable | % of total" for name in BACKBONES) + " |"
+    )
     print(header)
     print("|---|" + "---:|---:|" * len(BACKBONES))
     for method in METHODS:

@@ -5,8 +5,9 @@ A ``datasets`` split whose image column is decoded on access, torchvision transf
 per image in ``set_transform`` (train: RandomResizedCrop + RandomHorizontalFlip + ToTensor +
 Normalize; eval: Resize + CenterCrop + ToTensor + Normalize), ``peft.get_peft_model`` with
 ``modules_to_save=["classifier"]``, and ``transformers.Trainer`` with the example's collate
-function, ``use_cpu=True`` and ``bf16=True`` when asked. Nothing here imports emoset_peft: the
-benchmarks give it a records file (image paths and labels per split) and read one JSON line back.
+function, ``use_cpu=True`` (unless ``--device cuda``) and ``bf16=True`` when asked. Nothing
+here imports emoset_peft: the benchmarks give it a records file (image paths and labels per
+split) and read one JSON line back.
 
     python benchmarks/plain_path.py train-throughput --backbone DIR --records R.json --steps 8
     python benchmarks/plain_path.py eval-throughput  --backbone DIR --records R.json
@@ -25,10 +26,23 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 from peft import IA3Config, LoHaConfig, LoraConfig, get_peft_model
-from torchvision.transforms import (CenterCrop, Compose, Normalize, RandomHorizontalFlip,
-                                    RandomResizedCrop, Resize, ToTensor)
-from transformers import (AutoImageProcessor, AutoModelForImageClassification, Trainer,
-                          TrainerCallback, TrainingArguments, set_seed)
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+    ToTensor,
+)
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 
 def load_split(records: dict, split: str) -> Dataset:
@@ -66,21 +80,35 @@ def compute_metrics(eval_pred):
     return {"accuracy": float((predictions == eval_pred.label_ids).mean())}
 
 
-def build_model(backbone: str, class_names: list[str], method: str, r: int, alpha: float,
-                dropout: float):
+def build_model(
+    backbone: str, class_names: list[str], method: str, r: int, alpha: float, dropout: float
+):
     id2label = dict(enumerate(class_names))
     model = AutoModelForImageClassification.from_pretrained(
-        backbone, label2id={v: k for k, v in id2label.items()}, id2label=id2label,
-        ignore_mismatched_sizes=True)
+        backbone,
+        label2id={v: k for k, v in id2label.items()},
+        id2label=id2label,
+        ignore_mismatched_sizes=True,
+    )
     if method == "lora":
-        config = LoraConfig(r=r, lora_alpha=alpha, target_modules=["q_proj", "v_proj"],
-                            lora_dropout=dropout, bias="none", modules_to_save=["classifier"])
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            target_modules=["q_proj", "v_proj"],
+            lora_dropout=dropout,
+            bias="none",
+            modules_to_save=["classifier"],
+        )
     elif method == "ia3":
-        config = IA3Config(target_modules=["k_proj", "v_proj", "fc2"], feedforward_modules=["fc2"],
-                           modules_to_save=["classifier"])
+        config = IA3Config(
+            target_modules=["k_proj", "v_proj", "fc2"],
+            feedforward_modules=["fc2"],
+            modules_to_save=["classifier"],
+        )
     elif method == "loha":
-        config = LoHaConfig(r=r, alpha=alpha, target_modules=["q_proj", "v_proj"],
-                            modules_to_save=["classifier"])
+        config = LoHaConfig(
+            r=r, alpha=alpha, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]
+        )
     else:
         raise SystemExit(f"unknown method {method}")
     return get_peft_model(model, config)
@@ -96,6 +124,8 @@ class StepTimes(TrainerCallback):
         self.last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():  # the step's kernels are queued: wait for them
+            torch.cuda.synchronize()
         now = time.perf_counter()
         self.seconds.append(now - self.last)
         self.last = now
@@ -103,11 +133,25 @@ class StepTimes(TrainerCallback):
 
 def training_args(out: str, a, **extra) -> TrainingArguments:
     return TrainingArguments(
-        out, remove_unused_columns=False, learning_rate=a.lr,
-        per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=a.eval_batch_size,
-        bf16=a.precision == "bf16", use_cpu=True, max_steps=a.steps, lr_scheduler_type="cosine",
-        warmup_steps=0.1, weight_decay=0.01, max_grad_norm=1.0, label_names=["labels"],
-        report_to="none", disable_tqdm=True, seed=a.seed, logging_steps=50, **extra)
+        out,
+        remove_unused_columns=False,
+        learning_rate=a.lr,
+        per_device_train_batch_size=a.batch_size,
+        per_device_eval_batch_size=a.eval_batch_size,
+        bf16=a.precision == "bf16",
+        use_cpu=a.device == "cpu",
+        max_steps=a.steps,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=True,
+        seed=a.seed,
+        logging_steps=50,
+        **extra,
+    )
 
 
 def main(argv=None) -> None:
@@ -128,6 +172,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup-images", type=int, default=32)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -141,8 +186,13 @@ def main(argv=None) -> None:
             train = load_split(records, "train")
             train.set_transform(preprocess_train)
             times = StepTimes()
-            trainer = Trainer(model, training_args(out, a, save_strategy="no"),
-                              train_dataset=train, data_collator=collate_fn, callbacks=[times])
+            trainer = Trainer(
+                model,
+                training_args(out, a, save_strategy="no"),
+                train_dataset=train,
+                data_collator=collate_fn,
+                callbacks=[times],
+            )
             trainer.train()
             result.update(step_seconds=times.seconds, batch_size=a.batch_size)
         elif a.mode == "eval-throughput":
@@ -150,27 +200,48 @@ def main(argv=None) -> None:
             if a.eval_images:
                 test = test.select(range(min(a.eval_images, len(test))))
             test.set_transform(preprocess_val)
-            trainer = Trainer(model, training_args(out, a), data_collator=collate_fn,
-                              compute_metrics=compute_metrics)
+            trainer = Trainer(
+                model,
+                training_args(out, a),
+                data_collator=collate_fn,
+                compute_metrics=compute_metrics,
+            )
             trainer.evaluate(test.select(range(a.warmup_images)))  # warm-up, not timed
             tick = time.perf_counter()
             metrics = trainer.evaluate(test)
-            result.update(seconds=time.perf_counter() - tick, images=len(test),
-                          accuracy=metrics["eval_accuracy"])
+            result.update(
+                seconds=time.perf_counter() - tick,
+                images=len(test),
+                accuracy=metrics["eval_accuracy"],
+            )
         else:  # one study cell: train, pick the best checkpoint on validation, test once
             train, val, test = (load_split(records, s) for s in ("train", "validation", "test"))
             train.set_transform(preprocess_train)
             val.set_transform(preprocess_val)
             test.set_transform(preprocess_val)
-            args = training_args(out, a, eval_strategy="steps", eval_steps=a.eval_every,
-                                 save_strategy="steps", save_steps=a.eval_every,
-                                 load_best_model_at_end=True, metric_for_best_model="accuracy")
-            trainer = Trainer(model, args, train_dataset=train, eval_dataset=val,
-                              data_collator=collate_fn, compute_metrics=compute_metrics)
+            args = training_args(
+                out,
+                a,
+                eval_strategy="steps",
+                eval_steps=a.eval_every,
+                save_strategy="steps",
+                save_steps=a.eval_every,
+                load_best_model_at_end=True,
+                metric_for_best_model="accuracy",
+            )
+            trainer = Trainer(
+                model,
+                args,
+                train_dataset=train,
+                eval_dataset=val,
+                data_collator=collate_fn,
+                compute_metrics=compute_metrics,
+            )
             trainer.train()
             metrics = trainer.evaluate(test)
-            result.update(test_accuracy=metrics["eval_accuracy"],
-                          val_accuracy=trainer.state.best_metric)
+            result.update(
+                test_accuracy=metrics["eval_accuracy"], val_accuracy=trainer.state.best_metric
+            )
     result["seconds_in_process"] = time.perf_counter() - started
     result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))

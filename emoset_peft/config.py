@@ -39,10 +39,14 @@ class DataConfig:
     selection: str = "fixed"
     selection_per_class: int | None = 20  # "fixed": images per class from validation; None = all
     test_limit_per_class: int | None = None  # None = the whole test split (what papers report)
-    skip_corrupt: bool = True  # skip undecodable images (counted in metrics.json) instead of failing
+    skip_corrupt: bool = (
+        True  # skip undecodable images (counted in metrics.json) instead of failing
+    )
     skip_missing: bool = False  # skip records whose files are missing instead of failing
     cache_dir: str | None = None  # index and decoded-image caches; default ~/.cache/emoset_peft
-    decode_workers: int = 2  # threads decoding JPEGs into the cache (PIL releases the GIL)
+    # threads decoding JPEGs into the cache (PIL releases the GIL); None = the CPUs this process
+    # may use (os.sched_getaffinity)
+    decode_workers: int | None = None
     follow_symlinks: bool = False  # follow symlinks whose target lies outside data.root
 
 
@@ -66,7 +70,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     batch_size: int = 32  # images per process per micro-batch (capped by the subset size)
     eval_batch_size: int = 128
-    epochs: float = 30.0  # passes over the subset; the step budget is max(min_steps, epochs * n / batch)
+    epochs: float = (
+        30.0  # passes over the subset; the step budget is max(min_steps, epochs * n / batch)
+    )
     min_steps: int = 60  # so that k=1 (8 images) still trains sensibly
     max_steps: int | None = None  # hard cap (or exact budget when epochs=0)
     warmup_ratio: float = 0.1
@@ -82,7 +88,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     report_to: str = "none"  # "none" | "tensorboard" | "wandb" | comma-separated
     compile: bool = False  # torch.compile the model (the first steps are slow while it compiles)
-    fast_kernels: bool = True  # CPU training: matmul attention + PCG64 dropout masks (models/kernels.py)
+    fast_kernels: bool = (
+        True  # CPU training: matmul attention + PCG64 dropout masks (models/kernels.py)
+    )
     deterministic: bool = False  # torch deterministic algorithms (for exact resume checks)
 
 
@@ -107,20 +115,33 @@ class RunConfig:
         for (section, key), value in FINGERPRINT_NEUTRAL.items():
             if content[section].get(key) == value:  # as before the option existed
                 content[section].pop(key)
+        for (section, key), (value, hashed_as) in FINGERPRINT_AS_BEFORE.items():
+            if content[section].get(key) == value:
+                content[section][key] = hashed_as
         blob = json.dumps(content, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # Options added later, at the value that does what the toolkit did before them: left out of the
 # fingerprint, so that runs and study cells from earlier versions still resume and are skipped.
-FINGERPRINT_NEUTRAL = {("data", "selection"): "fixed"}
+FINGERPRINT_NEUTRAL = {
+    ("data", "selection"): "fixed",
+    ("data", "follow_symlinks"): False,
+}
+# Defaults that changed without changing results: hashed as the old default, for the same reason.
+FINGERPRINT_AS_BEFORE = {
+    ("data", "decode_workers"): (None, 2),  # now "the CPUs this process may use"; was 2
+}
 
 
 # -- building configs ---------------------------------------------------------------------------
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
     """Read a YAML recipe (optional), apply dotted overrides, and validate into a RunConfig."""
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
@@ -133,12 +154,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise EmoSetError(f"recipe {path} does not exist; pass the path of a YAML recipe (see recipes/)")
+        raise EmoSetError(
+            f"recipe {path} does not exist; pass the path of a YAML recipe (see recipes/)"
+        )
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
-        raise EmoSetError(f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
-                          f"offset {err.start}); save it as UTF-8") from None
+        raise EmoSetError(
+            f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+            f"offset {err.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         raise EmoSetError(f"recipe {path} is not valid YAML: {err}") from None
     if not isinstance(content, dict):
@@ -197,9 +222,7 @@ def from_dict(cls: type, raw: dict[str, Any], where: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise EmoSetError(
-                f"unknown key {where}.{key}{hint} (valid keys: {', '.join(fields)})"
-            )
+            raise EmoSetError(f"unknown key {where}.{key}{hint} (valid keys: {', '.join(fields)})")
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
 
@@ -220,8 +243,9 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
                 return _convert(value, option, where)
             except EmoSetError as err:
                 errors.append(str(err))
-        raise EmoSetError(errors[0] if len(errors) == 1 else
-                          f"{where}={value!r} fits none of {_type_name(hint)}")
+        raise EmoSetError(
+            errors[0] if len(errors) == 1 else f"{where}={value!r} fits none of {_type_name(hint)}"
+        )
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -271,7 +295,7 @@ def _type_name(hint: Any) -> str:
 
 
 CHOICES = {
-    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mixed_precision": ("no", "bf16", "fp16", "bf16!", "fp16!"),
     "model.quantize": (None, "8bit", "4bit"),
     "model.frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.select_metric": selection_choices(),  # the metric registry's names and "loss"
@@ -296,8 +320,10 @@ def validate(config: RunConfig) -> RunConfig:
     if not config.data.root:
         raise EmoSetError("data.root is not set: pass data.root=/path/to/EmoSet-118K")
     if config.data.selection == "none" and config.train.patience is not None:
-        raise EmoSetError("train.patience stops on validation, but data.selection=none has no "
-                          "validation; remove train.patience or pick data.selection=fixed|k_tied")
+        raise EmoSetError(
+            "train.patience stops on validation, but data.selection=none has no "
+            "validation; remove train.patience or pick data.selection=fixed|k_tied"
+        )
     if config.overwrite and config.resume:
         raise EmoSetError("overwrite=true and resume=true contradict each other; pick one")
     return config
@@ -305,16 +331,26 @@ def validate(config: RunConfig) -> RunConfig:
 
 # (section.key, lowest, highest, lowest included, highest included); None = unbounded or unset.
 RANGES = (
-    ("train.lr", 0, None, False, None), ("train.head_lr", 0, None, False, None),
-    ("train.weight_decay", 0, None, True, None), ("train.warmup_ratio", 0, 1, True, True),
-    ("train.label_smoothing", 0, 1, True, False), ("train.max_grad_norm", 0, None, False, None),
-    ("train.epochs", 0, None, True, None), ("train.min_steps", 0, None, True, None),
-    ("train.max_steps", 1, None, True, None), ("train.patience", 1, None, True, None),
-    ("train.batch_size", 1, None, True, None), ("train.eval_batch_size", 1, None, True, None),
-    ("train.grad_accum", 1, None, True, None), ("train.eval_every", 0, None, True, None),
-    ("train.checkpoint_every", 0, None, True, None), ("train.keep_checkpoints", 1, None, True, None),
-    ("data.fraction", 0, 1, False, True), ("data.selection_per_class", 1, None, True, None),
-    ("data.test_limit_per_class", 1, None, True, None), ("data.decode_workers", 1, None, True, None),
+    ("train.lr", 0, None, False, None),
+    ("train.head_lr", 0, None, False, None),
+    ("train.weight_decay", 0, None, True, None),
+    ("train.warmup_ratio", 0, 1, True, True),
+    ("train.label_smoothing", 0, 1, True, False),
+    ("train.max_grad_norm", 0, None, False, None),
+    ("train.epochs", 0, None, True, None),
+    ("train.min_steps", 0, None, True, None),
+    ("train.max_steps", 1, None, True, None),
+    ("train.patience", 1, None, True, None),
+    ("train.batch_size", 1, None, True, None),
+    ("train.eval_batch_size", 1, None, True, None),
+    ("train.grad_accum", 1, None, True, None),
+    ("train.eval_every", 0, None, True, None),
+    ("train.checkpoint_every", 0, None, True, None),
+    ("train.keep_checkpoints", 1, None, True, None),
+    ("data.fraction", 0, 1, False, True),
+    ("data.selection_per_class", 1, None, True, None),
+    ("data.test_limit_per_class", 1, None, True, None),
+    ("data.decode_workers", 1, None, True, None),
 )
 
 
@@ -334,8 +370,10 @@ def _check_ranges(config: RunConfig) -> None:
             raise EmoSetError(f"{dotted}={value} must be {wanted}")
     t = config.train
     if t.epochs == 0 and t.min_steps == 0 and t.max_steps is None:
-        raise EmoSetError("train.epochs=0 with train.min_steps=0 trains no steps: set "
-                          "train.max_steps=N for exactly N steps, or train.epochs > 0")
+        raise EmoSetError(
+            "train.epochs=0 with train.min_steps=0 trains no steps: set "
+            "train.max_steps=N for exactly N steps, or train.epochs > 0"
+        )
 
 
 def _check_trackers(report_to: str) -> None:
@@ -344,5 +382,7 @@ def _check_trackers(report_to: str) -> None:
     valid = ("none", *(kind.value for kind in LoggerType))
     for name in (part.strip() for part in report_to.split(",")):
         if name and name not in valid:
-            raise EmoSetError(f"train.report_to={report_to}: {name!r} is not a tracker; use "
-                              f"{', '.join(valid)} (comma-separated for several)")
+            raise EmoSetError(
+                f"train.report_to={report_to}: {name!r} is not a tracker; use "
+                f"{', '.join(valid)} (comma-separated for several)"
+            )

@@ -17,6 +17,7 @@ from typing import Any
 from emoset_peft.config import DataConfig
 from emoset_peft.data.pipeline import EVAL_CROP_RATIO, DecodedImages, decode_split
 from emoset_peft.errors import EmoSetError
+from emoset_peft.utils.cpus import default_decode_workers
 
 
 @dataclass
@@ -137,7 +138,7 @@ def load_run_data(
             crop_ratio=crop_ratio,
             cache_dir=data.cache_dir,
             skip_corrupt=data.skip_corrupt,
-            workers=data.decode_workers,
+            workers=data.decode_workers or default_decode_workers(),
             desc=desc,
             show_progress=show_progress,
         )

@@ -20,6 +20,7 @@ from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.engine.precision import (
     cast_frozen_weights,
     frozen_dtype,
+    precision_record,
     resolve_mixed_precision,
 )
 from emoset_peft.engine.run_dir import (
@@ -189,6 +190,10 @@ def run_training(
         },
         "num_processes": accelerator.num_processes,
         "mixed_precision": precision,  # as run: bf16 in the recipe becomes "no" where emulated
+        # what was asked for, what ran and why (the CPU's measured bf16 vs fp32 GEMM rates)
+        "precision": precision_record(
+            config.train.mixed_precision, accelerator.device, ran=precision
+        ),
         "config_fingerprint": config.fingerprint(),
     }
     if out_dir is not None and accelerator.is_main_process:
