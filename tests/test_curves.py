@@ -13,11 +13,10 @@ from emoset_peft.study.curves import (
     Curves,
     aulc,
     common_ks,
-    data_efficiency,
     interval,
-    k_needed,
     resampled_mean,
 )
+from emoset_peft.study.efficiency import data_efficiency, k_needed
 from emoset_peft.study.inference import summarize_replicates
 
 

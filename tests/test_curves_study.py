@@ -15,13 +15,13 @@ from emoset_peft.study.bootstrap import make_draws, resampled_cell_metric, union
 from emoset_peft.study.calibration import calibration_table
 from emoset_peft.study.curves import (
     aulc,
-    data_efficiency,
     learning_curves,
     resampled_mean,
-    study_curves,
 )
+from emoset_peft.study.efficiency import data_efficiency
 from emoset_peft.study.fits import scaling_fits
 from emoset_peft.study.predictions import load_predictions
+from emoset_peft.study.summary import Withheld, curve_summaries
 from emoset_peft.study.variance import cell_variance_splits
 
 N_IMAGES = 96
@@ -88,11 +88,11 @@ def test_curve_summaries_on_loaded_predictions(tmp_path):
         "calibration": calibration_table(study),
         "variance": cell_variance_splits(study),
     }
-    everything = study_curves(study, draws)
-    assert json.loads(json.dumps(everything, allow_nan=False))["metrics"]["accuracy"][
-        "aulc"
-    ] == json.loads(json.dumps(summary["aulc"]))
-    assert everything["metrics"]["macro_f1"]["aulc"]["metric"] == "macro_f1"
+    everything = curve_summaries(study, draws, Withheld())  # what summary.json holds
+    assert json.loads(json.dumps(everything, allow_nan=False))["aulc"]["accuracy"] == json.loads(
+        json.dumps(summary["aulc"])
+    )
+    assert everything["aulc"]["macro_f1"]["metric"] == "macro_f1"
     assert summary["aulc"]["ks_used"] == [1, 2, 4, 8]
     assert summary["aulc"]["methods"]["lora"]["aulc"] > summary["aulc"]["methods"]["ia3"]["aulc"]
     assert summary["fits"]["methods"]["lora"]["fitted"]  # 4 k, 4 replicates

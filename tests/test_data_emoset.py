@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emoset_peft.data import CorruptImageError, is_readable_image, load_emoset, open_image
+from emoset_peft.data import (
+    CorruptImageError,
+    is_readable_image,
+    load_emoset,
+    open_image,
+    split_files,
+)
 from emoset_peft.data import emoset as emoset_module
 from emoset_peft.data.emoset import COLUMNS, default_cache_dir
 from emoset_peft.errors import EmoSetError
@@ -260,7 +266,7 @@ def test_warm_load_comes_from_the_cache(synthetic_copy, tmp_path, monkeypatch):
     # The warm load must not read annotations: delete one, and make any read fail loudly.
     (synthetic_copy / _records(synthetic_copy)[0][2]).unlink()
     monkeypatch.setattr(
-        emoset_module, "_read_annotation", lambda path: pytest.fail(f"warm load read {path}")
+        split_files, "_read_annotation", lambda path: pytest.fail(f"warm load read {path}")
     )
     warm = load_emoset(synthetic_copy, cache_dir=cache)
     assert warm["train"]["image_id"] == cold["train"]["image_id"]

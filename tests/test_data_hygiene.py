@@ -16,8 +16,7 @@ import pytest
 
 from emoset_peft.cli import main
 from emoset_peft.config import load_config
-from emoset_peft.data import emoset as emoset_module
-from emoset_peft.data import load_emoset
+from emoset_peft.data import load_emoset, split_files
 from emoset_peft.errors import EmoSetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +130,7 @@ def test_a_link_made_after_indexing_is_refused_at_the_next_load(
     # Following links: indexed once more, then served from the cache without re-indexing.
     load_emoset(synthetic_copy, cache_dir=cache, follow_symlinks=True)
     monkeypatch.setattr(
-        emoset_module, "_read_annotation", lambda path: pytest.fail(f"indexed again: read {path}")
+        split_files, "_read_annotation", lambda path: pytest.fail(f"indexed again: read {path}")
     )
     assert len(load_emoset(synthetic_copy, cache_dir=cache, follow_symlinks=True)["train"]) == 64
 

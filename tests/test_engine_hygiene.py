@@ -75,7 +75,7 @@ def _umask() -> int:
 
 
 def test_annotation_threads_read_the_same_values(tmp_path):
-    from emoset_peft.data.emoset import _read_annotations
+    from emoset_peft.data.split_files import read_annotations
 
     paths = []
     for index in range(300):  # threads start at 256 files
@@ -83,8 +83,8 @@ def test_annotation_threads_read_the_same_values(tmp_path):
         path.write_text(json.dumps({"index": index}))
         paths.append(str(path))
     paths.append(str(tmp_path / "missing.json"))
-    assert _read_annotations(paths, 4) == _read_annotations(paths, 0)
-    assert _read_annotations(paths, 0)[-1] is None
+    assert read_annotations(paths, 4) == read_annotations(paths, 0)
+    assert read_annotations(paths, 0)[-1] is None
 
 
 def test_every_cache_user_resolves_its_root_the_same_way(monkeypatch, tmp_path):

@@ -14,7 +14,7 @@ from fixtures_study import make_fake_study, write_results
 from emoset_peft.cli import main
 from emoset_peft.errors import EmoSetError
 from emoset_peft.study import report as report_module
-from emoset_peft.study.summary import CSV_COLUMNS
+from emoset_peft.study.summary_files import CSV_COLUMNS
 
 N_BOOT = 400  # enough for the checks here, keeps each report well under a second
 

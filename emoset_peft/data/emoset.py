@@ -37,17 +37,14 @@ Columns of every split:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
-import re
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from emoset_peft.data.hygiene import (
     find_duplicates,
@@ -63,6 +60,11 @@ from emoset_peft.data.index_cache import (
     open_cached,
     safe_name,
     write_cache,
+)
+from emoset_peft.data.split_files import (
+    read_annotations,
+    read_json_file,
+    read_split_records,
 )
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import ATTRIBUTES, EMOTIONS, VALENCES, valence_of
@@ -80,8 +82,6 @@ CATEGORICAL_ATTRIBUTES: tuple[str, ...] = ("scene", "facial_expression", "human_
 FLOAT_ATTRIBUTES: tuple[str, ...] = ("brightness", "colorfulness")
 COLUMNS: tuple[str, ...] = ("image", "label", "valence", "image_id", *ATTRIBUTES)
 _EXAMPLES = 5  # how many offending records an error message lists
-# "image/awe/awe_06628.jpg": relative, no "." or ".." parts, no doubled or backslash separators.
-_PLAIN_RELATIVE = re.compile(r"^(?![A-Za-z]:)(?:[^/\\.][^/\\]*)(?:/[^/\\.][^/\\]*)*$")
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,6 @@ class LabelMap:
     emotions: tuple[str, ...]
     vocabs: dict[str, tuple[str, ...]]  # attribute -> names in index order; empty without info.json
     source: str  # "info.json" or "official order (no info.json)"
-
-
-class _Record(NamedTuple):
-    index: int  # 0-based position in the split file, for error messages
-    emotion: str
-    image_id: str
-    image_rel: str  # normalised, relative to ROOT
-    annotation_rel: str
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -238,7 +230,7 @@ def read_label_map(root: str | os.PathLike) -> LabelMap:
     path = Path(root) / "info.json"
     if not path.is_file():
         return LabelMap(EMOTIONS, {}, "official order (no info.json)")
-    info = _read_json_file(path)
+    info = read_json_file(path)
     if not isinstance(info, dict) or "emotion" not in info:
         raise EmoSetError(
             f"{path}: expected an object with an 'emotion' key holding label2idx; "
@@ -275,13 +267,13 @@ def _index_split(
     """One split file and its annotations as an Arrow table (the cached form), and the folders
     its files lie in (relative to ``root``)."""
     split_path = root / file_name
-    records = _read_split_records(split_path, label_map.emotions)
+    records = read_split_records(split_path, label_map.emotions)
     present_images, leaving = scan_folders(root, (rec.image_rel for rec in records))
     if not follow_symlinks:
         leaving.update(scan_folders(root, (rec.annotation_rel for rec in records))[1])
         refuse_links_leaving_root(root, split_path, records, leaving)
     root_str = str(root)
-    annotations = _read_annotations(
+    annotations = read_annotations(
         [os.path.join(root_str, rec.annotation_rel) for rec in records], read_threads
     )
 
@@ -334,86 +326,6 @@ def _index_split(
         posixpath.dirname(rel) for rec in records for rel in (rec.image_rel, rec.annotation_rel)
     }
     return _to_arrow(root, keep, label_map, split_path), folders
-
-
-def _read_split_records(split_path: Path, emotions: tuple[str, ...]) -> list[_Record]:
-    """Validate a split file and return its records with normalised relative paths."""
-    data = _read_json_file(split_path)
-    if not isinstance(data, list):
-        raise EmoSetError(
-            f"{split_path}: expected a JSON list of records, got "
-            f"{type(data).__name__}; restore it from the EmoSet download"
-        )
-    known = set(emotions)
-    out = []
-    for index, record in enumerate(data):
-        where = f"{split_path}: record {index}"
-        if not isinstance(record, list) or len(record) not in (3, 4):
-            raise EmoSetError(
-                f"{where} is {record!r}; expected [emotion, image_path, annotation_path] or "
-                "[emotion, image_id, image_path, annotation_path]"
-            )
-        if len(record) == 3:
-            emotion, image_rel, annotation_rel = record
-            image_id = None
-        else:
-            emotion, image_id, image_rel, annotation_rel = record
-        if emotion not in known:
-            raise EmoSetError(
-                f"{where}: emotion {emotion!r} is not in the label map "
-                f"{list(emotions)}; fix the record or info.json"
-            )
-        image_rel = _checked_relative(image_rel, where, "image path")
-        annotation_rel = _checked_relative(annotation_rel, where, "annotation path")
-        if image_id is None:
-            image_id = posixpath.splitext(posixpath.basename(image_rel))[0]
-        elif not isinstance(image_id, str) or not image_id:
-            raise EmoSetError(f"{where}: image_id {image_id!r} must be a non-empty string")
-        out.append(_Record(index, emotion, image_id, image_rel, annotation_rel))
-    return out
-
-
-def _checked_relative(path: Any, where: str, what: str) -> str:
-    """A record path, normalised; refuses absolute paths and paths that climb out of ROOT."""
-    if not isinstance(path, str) or not path:
-        raise EmoSetError(f"{where}: {what} {path!r} must be a non-empty string")
-    if not _PLAIN_RELATIVE.match(path):  # the common case needs no normalisation
-        posix = path.replace("\\", "/")
-        if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-            raise EmoSetError(
-                f"{where}: {what} {path!r} is absolute; paths must be relative to "
-                "the EmoSet root (e.g. image/awe/awe_06628.jpg)"
-            )
-        normal = posixpath.normpath(posix)
-        if normal == ".." or normal.startswith("../"):
-            raise EmoSetError(
-                f"{where}: {what} {path!r} points outside the EmoSet root; paths "
-                "must stay inside it (e.g. image/awe/awe_06628.jpg)"
-            )
-        return normal
-    return path
-
-
-def _read_annotations(paths: list[str], threads: int = 0) -> list[Any]:
-    """Parsed JSON per path; None for a missing file, the exception for an unreadable one."""
-    if threads <= 1 or len(paths) < 256:
-        return [_read_annotation(path) for path in paths]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(_read_annotation, paths, chunksize=512))
-
-
-def _read_annotation(path: str) -> Any:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        return None
-    except OSError as err:  # a folder, no permission: reported with the record
-        return err
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        return err
 
 
 def _to_arrow(root: Path, kept: list[tuple], label_map: LabelMap, split_path: Path):
@@ -482,18 +394,6 @@ def _to_arrow(root: Path, kept: list[tuple], label_map: LabelMap, split_path: Pa
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _read_json_file(path: Path) -> Any:
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read())
-    except FileNotFoundError:
-        raise EmoSetError(f"{path} not found") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise EmoSetError(
-            f"{path} is not valid JSON ({err}); restore it from the EmoSet download"
-        ) from None
 
 
 def _names_in_index_order(entry: Any, path: Path, key: str) -> tuple[str, ...]:

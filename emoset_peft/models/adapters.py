@@ -179,20 +179,8 @@ def build_model_from_config(
     spec = methods.get_method(method)
     options = methods.make_options(spec, method_options)
     info = backbones.describe_config(config, None)
-    return _build(
-        spec,
-        options,
-        info,
-        config,
-        num_labels,
-        id2label=id2label,
-        targets=targets,
-        layers=layers,
-        quantize=None,
-        gradient_checkpointing=False,
-        total_steps=total_steps,
-        head_init=None,
-    )
+    where = dict(id2label=id2label, targets=targets, layers=layers, total_steps=total_steps)
+    return _build(spec, options, info, config, num_labels, **where)
 
 
 def _build(
@@ -202,13 +190,13 @@ def _build(
     config,
     num_labels,
     *,
-    id2label,
-    targets,
-    layers,
-    quantize,
-    gradient_checkpointing,
-    total_steps,
-    head_init,
+    id2label=None,
+    targets=None,
+    layers=None,
+    quantize=None,
+    gradient_checkpointing=False,
+    total_steps=None,
+    head_init=None,
 ) -> EmoSetModel:
     """The one build path; ``info.source`` None means random weights from ``config`` alone."""
     _check_method_fit(

@@ -1,4 +1,5 @@
-"""Learning-curve summaries: area under the curve (AULC) and data efficiency at a common target.
+"""Learning curves of a study and the area under them (AULC); data efficiency is in
+``study/efficiency.py``, scaling fits in ``study/fits.py``.
 
 Both start from each replicate's metric at each k on the whole test set and under the study's
 shared image draws (``study/bootstrap.py``: the same image weights for every cell). A replicate
@@ -22,7 +23,7 @@ Entry points (``study`` a ``StudyPredictions``, ``draws`` its ``Draws``)::
 
     curves = learning_curves(study, draws, "accuracy")   # or "macro_f1"
     aulc(curves)              # per method + pairs (difference, p, probability of improvement)
-    data_efficiency(curves)   # k needed for a common target, "<= k_min" / "> k_max" markers
+    efficiency.data_efficiency(curves)   # k needed for a common target (study/efficiency.py)
     fits.scaling_fits(curves) # guarded power-law fits (study/fits.py)
 """
 
@@ -39,11 +40,9 @@ from emoset_peft.study.bootstrap import (
 )
 from emoset_peft.study.inference import (
     MIN_PAIRS_FOR_P,
-    reliability,
     summarize_replicates,
 )
 
-DEFAULT_TARGET_FRACTION = 0.9
 MIN_PI_REPLICATES = 5  # a probability of improvement from fewer replicates is a handful of ranks
 CONFIDENCE = 0.95
 
@@ -369,129 +368,3 @@ def _key_text(key) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Data efficiency
-
-
-def k_needed(curve: np.ndarray, ks: list[int], target: float) -> np.ndarray:
-    """log2 of the k where ``curve`` (``[..., len(ks)]``) first reaches ``target``.
-
-    Linear interpolation in log2 k between the two measured k around the first crossing.
-    Exactly log2 k_min when the smallest k already reaches it; +inf when no k does.
-    """
-    x = np.log2(np.asarray(ks, dtype=np.float64))
-    reached = curve >= target
-    first = np.argmax(reached, axis=-1)
-    before = np.maximum(first - 1, 0)
-    y0 = np.take_along_axis(curve, before[..., None], -1)[..., 0]
-    y1 = np.take_along_axis(curve, first[..., None], -1)[..., 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        position = np.where(first > 0, (target - y0) / (y1 - y0), 0.0)
-    value = x[before] + position * (x[first] - x[before])
-    return np.where(reached.any(axis=-1), value, np.inf)
-
-
-def _k_text(log2_k: float, ks: list[int]) -> dict:
-    """A k-needed estimate as ``{k, bound, text}``: bound "<=" at k_min, ">" beyond k_max."""
-    if not np.isfinite(log2_k) or log2_k > np.log2(ks[-1]):
-        return {"k": None, "bound": ">", "text": f"> {ks[-1]}"}
-    if log2_k <= np.log2(ks[0]):
-        return {"k": float(ks[0]), "bound": "<=", "text": f"<= {ks[0]}"}
-    k = float(2.0**log2_k)
-    return {"k": k, "bound": None, "text": f"{k:.3g}"}
-
-
-def data_efficiency(
-    curves: Curves,
-    target: float | None = None,
-    fraction: float = DEFAULT_TARGET_FRACTION,
-    methods=None,
-) -> dict:
-    """The k each method needs to reach one absolute ``target`` value of the metric.
-
-    Default target: ``fraction`` of the best method's mean at the largest common k (reported
-    with the method it came from). Each method's mean curve over its replicates, on the common
-    k, is interpolated linearly in log2 k; the first crossing counts. The interval comes from
-    the same two-level draws (target held fixed); an end beyond the measured range is reported as
-    "> k_max", one at the first k as "<= k_min".
-    """
-    methods, left_out = compared_methods(curves, methods)
-    ks = common_ks(curves, methods)
-    result = {
-        "metric": curves.metric,
-        "ks_used": ks,
-        "target": None,
-        "target_source": None,
-        "fraction": None,
-        "reason": None,
-        "methods": {},
-        "left_out": left_out,
-        "n_boot": curves.n_boot,
-        "seed": curves.seed,
-    }
-    if len(ks) < 2:
-        result["reason"] = (
-            f"needs >= 2 k values (>= 1, not 'all') that every method has; common k: {ks or 'none'}"
-        )
-        return result
-    means = {m: np.nanmean(curves.point[m][_rows(curves, m, ks)], axis=1) for m in methods}
-    if target is None:
-        best = max(methods, key=lambda m: means[m][-1])
-        target = fraction * float(means[best][-1])
-        result.update(
-            fraction=fraction,
-            target_source=(f"{fraction:g} x {best}'s mean at k = {ks[-1]} ({means[best][-1]:.4f})"),
-        )
-    else:
-        result["target_source"] = "given"
-    result["target"] = float(target)
-    for method in methods:
-        boot_curve = resampled_mean(
-            curves.boot[method][:, _rows(curves, method, ks)], curves.replicate_index
-        )  # [B, len(ks)]
-        n = int(np.min(np.isfinite(curves.point[method][_rows(curves, method, ks)]).sum(axis=1)))
-        point = float(k_needed(means[method], ks, target))
-        draws = k_needed(boot_curve[np.isfinite(boot_curve).all(axis=1)], ks, target)
-        # Beyond k_max sorts above every measured k; a finite stand-in keeps percentiles defined.
-        beyond = np.log2(ks[-1]) + 1.0
-        draws = np.where(np.isfinite(draws), draws, beyond)
-        low, high = interval(draws, n, point if np.isfinite(point) else beyond)
-        result["methods"][method] = {
-            "k_needed": _k_text(point, ks),
-            "ci_low": None if low is None else _k_text(low, ks),
-            "ci_high": None if high is None else _k_text(high, ks),
-            "mean_curve": {str(k): float(v) for k, v in zip(ks, means[method])},
-            "n_replicates": n,
-            **dict(zip(("reliable", "reason"), reliability(n))),
-        }
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Everything at once
-
-
-def study_curves(study, draws, metrics=("accuracy", "macro_f1"), methods=None) -> dict:
-    """All curve summaries of a loaded study as one JSON-serialisable dict (for summary.json).
-
-    ``{n_boot, seed, metrics: {metric: {aulc, data_efficiency, scaling_fits, variance_split}},
-    calibration}``; ``draws`` must be the study's shared draws (``bootstrap.make_draws`` with
-    the same n_boot and seed as the per-cell intervals, so the numbers agree).
-    """
-    from emoset_peft.study.calibration import calibration_table
-    from emoset_peft.study.fits import scaling_fits
-    from emoset_peft.study.variance import cell_variance_splits
-
-    result = {
-        "n_boot": int(draws.n_boot),
-        "seed": int(draws.seed),
-        "metrics": {},
-        "calibration": calibration_table(study),
-    }
-    for metric in metrics:
-        curves = learning_curves(study, draws, metric, methods)
-        result["metrics"][metric] = {
-            "aulc": aulc(curves),
-            "data_efficiency": data_efficiency(curves),
-            "scaling_fits": scaling_fits(curves),
-            "variance_split": cell_variance_splits(study, metric),
-        }
-    return result

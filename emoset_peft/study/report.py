@@ -27,16 +27,12 @@ import numpy as np
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS
-from emoset_peft.study import plots, report_curves
+from emoset_peft.study import plots, plots_curve, report_curves
 from emoset_peft.study import report_tables as tables
 from emoset_peft.study.per_class import per_class_sort_key
 from emoset_peft.study.report_protocol import render_protocol
-from emoset_peft.study.results import (
-    RESULTS_FILE,
-    FailedCell,
-    RowNote,
-    read_results_table,
-)
+from emoset_peft.study.result_rows import RESULTS_FILE, FailedCell, RowNote
+from emoset_peft.study.results import read_results_table
 from emoset_peft.study.summary import (
     METRIC_LABELS,
     METRICS,
@@ -44,8 +40,8 @@ from emoset_peft.study.summary import (
     SEED,
     build_summary,
     default_baseline,
-    write_summary,
 )
+from emoset_peft.study.summary_files import write_summary
 from emoset_peft.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -243,7 +239,7 @@ def build_figures(study: Study, summary: Mapping) -> dict[str, object]:
     for metric, file_name in CURVE_FIGURES.items():
         if not any(e["metric"] == metric and e["mean"] is not None for e in summary["cells"]):
             continue
-        figures[file_name] = plots.plot_learning_curve(
+        figures[file_name] = plots_curve.plot_learning_curve(
             summary["cells"],
             summary["replicates"],
             summary.get("paired", []),

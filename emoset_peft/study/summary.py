@@ -14,16 +14,13 @@ its value is None and ``withheld`` holds the reason in words, which the report p
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from emoset_peft.metrics import registry
-from emoset_peft.study import bootstrap, calibration, curves, fits, inference, variance
+from emoset_peft.study import bootstrap, calibration, curves, efficiency, fits, inference, variance
 from emoset_peft.study.per_class import per_class_sort_key
 from emoset_peft.study.predictions import (
     StudyPredictions,
@@ -31,7 +28,6 @@ from emoset_peft.study.predictions import (
     replicate_key,
 )
 from emoset_peft.study.report_protocol import protocol
-from emoset_peft.utils.io import atomic_write_json, atomic_write_text
 
 FORMAT = "emoset-peft-summary/1"
 N_BOOT = 2000  # joint bootstrap replicates for every interval
@@ -41,19 +37,6 @@ SEED = 0
 # registry metrics get a table of results.csv means (``other_metrics``).
 METRICS = {name: f"test_{name}" for name in bootstrap.METRICS}
 METRIC_LABELS = {name: f"test {registry.get(name).display}" for name in METRICS}
-CSV_COLUMNS = (
-    "method",
-    "per_class",
-    "metric",
-    "mean",
-    "ci_low",
-    "ci_high",
-    "seed_sd",
-    "test_se",
-    "n_seeds",
-    "n_test",
-    "reliable",
-)
 
 
 class Withheld:
@@ -121,7 +104,7 @@ def curve_summaries(predictions: StudyPredictions, draws, withheld: Withheld) ->
     for metric, label in METRIC_LABELS.items():
         learning = curves.learning_curves(predictions, draws, metric)
         out["aulc"][metric] = curves.aulc(learning)
-        out["efficiency"][metric] = curves.data_efficiency(learning)
+        out["efficiency"][metric] = efficiency.data_efficiency(learning)
         if metric == "accuracy":  # the report fits the error curve of accuracy only
             out["fits"][metric] = fits.scaling_fits(learning)
         for section, name in (("aulc", "AULC"), ("efficiency", "data efficiency")):
@@ -414,39 +397,3 @@ def _float(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-
-
-def write_summary(directory: Path, summary: Mapping) -> tuple[Path, Path]:
-    """summary.json (everything) and summary.csv (the per-cell table), written atomically."""
-    json_path, csv_path = directory / "summary.json", directory / "summary.csv"
-    atomic_write_json(json_path, _clean(summary))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n"
-    )
-    writer.writeheader()
-    for entry in summary["cells"]:
-        writer.writerow({key: "" if entry.get(key) is None else entry[key] for key in CSV_COLUMNS})
-    atomic_write_text(csv_path, buffer.getvalue())
-    return json_path, csv_path
-
-
-def _clean(value):
-    """JSON-ready: tuples become lists, NaN/inf become None (JSON has no NaN)."""
-    if isinstance(value, Mapping):
-        return {str(key): _clean(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
