@@ -150,6 +150,16 @@ def test_train_batches_are_a_pure_function_of_seed_and_step(synthetic_root, tmp_
     assert x5.shape == (16, 3, IMAGE_SIZE, IMAGE_SIZE) and x5.dtype == torch.float32
 
 
+def _bf16_measures_fast(monkeypatch):
+    """The GEMM probe's verdict for a CPU where bf16 is native AND fast (AMX): without this the
+    test would follow the machine it runs on (an AVX512-BF16 Xeon without AMX measures fp32
+    faster, and rightly runs fp32)."""
+    monkeypatch.setattr(
+        "emoset_peft.engine.precision_probe.cached_gemm_rates",
+        lambda low, *args, **kwargs: {f"{low}_gflops": 3000.0, "fp32_gflops": 400.0},
+    )
+
+
 def test_precision_policy_drops_only_emulated_low_precision(monkeypatch):
     from emoset_peft.engine import precision
 
@@ -159,6 +169,7 @@ def test_precision_policy_drops_only_emulated_low_precision(monkeypatch):
     assert precision.resolve_mixed_precision("bf16", cpu) == "no"
     assert precision.resolve_mixed_precision("fp16", cpu) == "no"
     monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: True)
+    _bf16_measures_fast(monkeypatch)
     assert precision.resolve_mixed_precision("bf16", cpu) == "bf16"
 
 
@@ -173,6 +184,7 @@ def test_runs_and_study_cells_train_in_the_resolved_precision(monkeypatch, tiny_
     monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: False)
     assert make_accelerator(config).mixed_precision == "no"
     monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: True)
+    _bf16_measures_fast(monkeypatch)
     assert make_accelerator(config).mixed_precision == "bf16"
 
 

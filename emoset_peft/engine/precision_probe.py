@@ -121,7 +121,7 @@ def cached_gemm_rates(
     memory. An unreadable or unwritable cache file only costs a new measurement.
     """
     if cache_dir is None:
-        from emoset_peft.data.pipeline import default_cache_dir
+        from emoset_peft.data.emoset import default_cache_dir
 
         cache_dir = default_cache_dir()
     path = Path(cache_dir) / CACHE_FILE
