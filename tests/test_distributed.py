@@ -1,12 +1,11 @@
 """Real multi-process runs (two CPU processes, gloo), started the way users start them."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from two_processes import run_two_cpu_processes
 
 from emoset_peft.cli import main
 
@@ -15,23 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def launch_two_cpu_processes(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with the repository's 2-process CPU config, as the recipe says."""
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-        "--main_process_port",
-        "0",
-        "-m",
-        "emoset_peft",
-        *args,
-    ]
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    """Two processes that must succeed."""
+    result = run_two_cpu_processes(*args, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from two_processes import run_two_cpu_processes
 
 from emoset_peft.cli import main
 from emoset_peft.engine.run_dir import MARKER
@@ -293,22 +294,9 @@ def test_a_diverging_cell_is_recorded_as_failed_and_the_grid_goes_on(
 
 @pytest.mark.slow
 def test_divergence_stops_every_rank_of_a_two_process_run(tiny_run, tmp_path):
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-        "--main_process_port",
-        "0",
-        "-m",
-        "emoset_peft",
+    result = run_two_cpu_processes(
         "train",
         *tiny_run("ddp_nan", **{"cpu": "true", "train.lr": 1e30, "train.max_grad_norm": "null"}),
-    ]
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, check=False, cwd=REPO
     )
     assert result.returncode != 0
     # Both ranks report it themselves (neither hangs in a collective waiting for the other).

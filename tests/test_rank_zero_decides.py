@@ -3,47 +3,20 @@ processes (gloo) under ``accelerate launch``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from two_processes import run_two_cpu_processes
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _launch(*args: str) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        ACCELERATE_USE_CPU="true",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(REPO),
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-        "--main_process_port",
-        "0",
-        "-m",
-        "emoset_peft",
-        *args,
-    ]
-    return subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO, check=False
-    )
 
 
 def test_a_folder_rank_zero_refuses_stops_every_rank_with_its_line(tiny_run, tmp_path):
     out = tmp_path / "theirs"
     out.mkdir()
     (out / "notes.txt").write_text("someone else's file\n")
-    result = _launch("train", *tiny_run("theirs", cpu="true"))
+    result = run_two_cpu_processes("train", *tiny_run("theirs", cpu="true"))
     assert result.returncode != 0
     # Both ranks print rank 0's one line themselves; neither waits in a barrier to be killed.
     assert result.stderr.count("error: ") == 2, result.stderr[-4000:]

@@ -1,7 +1,6 @@
 """Scaling studies: grid expansion, resumable results, sharding over two real processes."""
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from two_processes import run_two_cpu_processes
 
 from emoset_peft.cli import main
 from emoset_peft.errors import EmoSetError
@@ -153,24 +153,9 @@ def test_study_killed_mid_grid_resumes_without_repeating_cells(study_recipe, tmp
 @pytest.mark.slow
 def test_two_processes_share_the_grid(study_recipe, tmp_path):
     recipe = study_recipe("sharded")
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
-        "--main_process_port",
-        "0",
-        "-m",
-        "emoset_peft",
-        "study",
-        "--config",
-        str(recipe),
-        "--no-progress",
-        "cpu=true",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    result = run_two_cpu_processes(
+        "study", "--config", str(recipe), "--no-progress", "cpu=true", timeout=400
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     with open(tmp_path / "sharded" / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
