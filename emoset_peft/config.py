@@ -48,6 +48,10 @@ class DataConfig:
     # may use (os.sched_getaffinity)
     decode_workers: int | None = None
     follow_symlinks: bool = False  # follow symlinks whose target lies outside data.root
+    # Train on exactly the ids of a manifest (`data subset --out`, a run's train_manifest.json,
+    # or a folder of them: data/manifests.py) instead of drawing per_class / fraction.
+    manifest: str | None = None
+    allow_fewer: bool = False  # per_class above a class's size: take all of it (a warning)
 
 
 @dataclass
@@ -127,6 +131,8 @@ class RunConfig:
 FINGERPRINT_NEUTRAL = {
     ("data", "selection"): "fixed",
     ("data", "follow_symlinks"): False,
+    ("data", "manifest"): None,
+    ("data", "allow_fewer"): False,
 }
 # Defaults that changed without changing results: hashed as the old default, for the same reason.
 FINGERPRINT_AS_BEFORE = {
@@ -324,6 +330,10 @@ def validate(config: RunConfig) -> RunConfig:
             "train.patience stops on validation, but data.selection=none has no "
             "validation; remove train.patience or pick data.selection=fixed|k_tied"
         )
+    if config.data.manifest is not None:
+        from emoset_peft.data.manifests import check_manifest_source
+
+        check_manifest_source(config.data)
     if config.overwrite and config.resume:
         raise EmoSetError("overwrite=true and resume=true contradict each other; pick one")
     return config

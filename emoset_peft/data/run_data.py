@@ -31,20 +31,33 @@ class RunData:
 
 def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]:
     """(train subset or None, selection set, test set, train manifest) as ``datasets`` splits."""
-    from emoset_peft.data.subsets import low_data_subset, selection_subset, subset_manifest
+    from emoset_peft.data.manifests import training_manifest
+    from emoset_peft.data.subsets import (
+        low_data_subset,
+        selection_subset,
+        subset_from_manifest,
+        subset_manifest,
+    )
 
     _require_records(emoset, data.root, needs_validation=data.selection != "none")
     train = emoset["train"]
-    if data.fraction is not None:
+    given = training_manifest(data)  # None without data.manifest (or at k = 0)
+    if given is not None:
+        path, chosen = given
+        train = subset_from_manifest(train, chosen, source=f"data.manifest {path}")
+        # what it was made with, so a later study can match it again, and where it came from
+        made = chosen.get("args") if isinstance(chosen.get("args"), dict) else {}
+        args = {**made, "manifest": str(path)}
+    elif data.fraction is not None:
         args = {"fraction": data.fraction, "seed": data.data_seed}
-        train = low_data_subset(train, **args)
+        train = low_data_subset(train, **args, allow_fewer=data.allow_fewer)
     elif data.per_class == "all":
         args = {"per_class": "all", "seed": data.data_seed}
     elif data.per_class == 0:
         train, args = None, {"per_class": 0}
     else:
         args = {"per_class": int(data.per_class), "seed": data.data_seed}
-        train = low_data_subset(train, **args)
+        train = low_data_subset(train, **args, allow_fewer=data.allow_fewer)
     manifest = (
         subset_manifest(train, split_size=len(emoset["train"]), **args)
         if train is not None
@@ -52,7 +65,7 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
     )
 
     selection = emoset["validation"]
-    per_class = selection_images_per_class(data)
+    per_class = selection_images_per_class(data, manifest if given is not None else None)
     if per_class == 0:
         selection = None
     elif per_class is not None:
@@ -69,10 +82,13 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
 K_TIED_CAP = 4  # k_tied: min(k, 4) validation images per class, as CoOp's few-shot runs
 
 
-def selection_images_per_class(data: DataConfig) -> int | None:
-    """Validation images per class that ``data.selection`` asks for; None = the whole split."""
+def selection_images_per_class(data: DataConfig, manifest: dict | None = None) -> int | None:
+    """Validation images per class that ``data.selection`` asks for; None = the whole split.
+    ``manifest``: the training images came from ``data.manifest`` (k_tied: its smallest class)."""
     if data.selection == "none":
         return 0
+    if data.selection == "k_tied" and manifest is not None:
+        return min([K_TIED_CAP, *(n for n in manifest["per_class_counts"].values() if n > 0)])
     if data.selection == "k_tied":
         if data.fraction is None and isinstance(data.per_class, int):
             return min(data.per_class, K_TIED_CAP)

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "emoset-peft/subset-manifest/1"
+# Every way to say "take all images of a class that has fewer" (each one tested as advised).
+ALLOW_FEWER_ADVICE = (
+    "data.allow_fewer=true (train, study), --allow-fewer (emoset-peft data subset), "
+    "allow_fewer=True (low_data_subset)"
+)
 _EXAMPLES = 5
 
 
@@ -148,23 +153,26 @@ def read_manifest(path: str | os.PathLike) -> dict:
 def subset_from_manifest(
     split: datasets.Dataset,
     manifest: dict | str | os.PathLike,
+    *,
+    source: str | None = None,
 ) -> datasets.Dataset:
     """The rows of ``split`` named by a manifest (a dict, or a path to read), in manifest order.
 
-    Raises :class:`EmoSetError` when an id of the manifest is not in the split.
+    Raises :class:`EmoSetError` naming the first id of the manifest that is not in the split
+    and the manifest (``source``: how to name a dict manifest in that message).
     """
-    source = "manifest"
     if not isinstance(manifest, dict):
-        source = str(manifest)
+        source = source or str(manifest)
         manifest = read_manifest(manifest)
+    source = source or "manifest"
     ids = manifest["image_ids"]
     row_of = {image_id: row for row, image_id in enumerate(_image_ids(split))}
     absent = [image_id for image_id in ids if image_id not in row_of]
     if absent:
+        more = f" (and {len(absent) - 1} more of its {len(ids)} ids)" if len(absent) > 1 else ""
         raise EmoSetError(
-            f"{source}: {len(absent)} of {len(ids)} image ids are not in the "
-            f"{split.split} split (first: {absent[:_EXAMPLES]}); was the manifest "
-            "made from another split or another copy of EmoSet?"
+            f"{source}: image id {absent[0]!r} is not in the {split.split} split{more}; "
+            "was the manifest made from another split or another copy of EmoSet?"
         )
     expected = manifest.get("split_size")
     if expected is not None and expected != len(split):
@@ -201,9 +209,8 @@ def _counts_per_class(split, per_class, fraction, allow_fewer) -> list[int]:
         if not allow_fewer:
             raise EmoSetError(
                 f"per_class={per_class} but the {split.split} split has fewer "
-                f"images in some classes ({listed}); lower per_class, or pass "
-                "allow_fewer=True (CLI: --allow-fewer) to take all images of those "
-                "classes"
+                f"images in some classes ({listed}); lower per_class, or take all images "
+                f"of those classes: {ALLOW_FEWER_ADVICE}"
             )
         log.warning("per_class=%d: taking all images of classes with fewer (%s)", per_class, listed)
     return [min(int(n), int(per_class)) for n in available]
