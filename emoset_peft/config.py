@@ -158,11 +158,9 @@ def load_config(
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise EmoSetError(
-            f"recipe {path} does not exist; pass the path of a YAML recipe (see recipes/)"
-        )
+    from emoset_peft.utils.recipes import resolve_recipe_path
+
+    path = resolve_recipe_path(path)  # a file, or a packaged recipe's name ("vit_lora")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:

@@ -46,7 +46,7 @@ DEMO_DATA = dict(
 
 
 def demo_study(root: Path, backbone: Path, out: Path, cache: Path) -> StudyConfig:
-    """The demo grid: small step budgets, the same recipe shape as recipes/study/*.yaml."""
+    """The demo grid: small step budgets, the same recipe shape as the study recipes."""
     return StudyConfig(
         output_dir=str(out),
         base={

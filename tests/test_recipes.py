@@ -1,7 +1,6 @@
 """Every shipped recipe parses, starts with its launch command, and runs two steps on tiny data."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -9,8 +8,9 @@ import yaml
 from emoset_peft.cli import main
 from emoset_peft.config import load_config
 from emoset_peft.study.grid import expand, load_study_config
+from emoset_peft.utils.recipes import recipes_folder
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = recipes_folder()  # emoset_peft/recipes/, found as the installed package finds it
 TRAINING = sorted(RECIPES.glob("*.yaml"))
 STUDIES = sorted((RECIPES / "study").glob("*.yaml"))
 LAUNCH = sorted((RECIPES / "accelerate").glob("*.yaml"))
@@ -24,7 +24,8 @@ def test_recipe_folders_are_not_empty():
 def test_first_line_is_the_launch_command(recipe):
     first = recipe.read_text().splitlines()[0]
     assert first.startswith("# ") and "emoset_peft" in first or "emoset-peft" in first
-    assert recipe.name in first
+    name = recipe.relative_to(RECIPES).with_suffix("").as_posix()  # what --config takes
+    assert f" {name} " in first
 
 
 @pytest.mark.parametrize("recipe", TRAINING, ids=lambda p: p.stem)

@@ -1,5 +1,5 @@
 """Two real CPU processes (gloo) under ``accelerate launch``, started the way the README says:
-the repository's ``recipes/accelerate/cpu_2proc.yaml`` (``accelerate launch --cpu
+the packaged ``emoset_peft/recipes/accelerate/cpu_2proc.yaml`` (``accelerate launch --cpu
 --num_processes 2`` would start only one)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def run_two_cpu_processes(*args: str, timeout: int = 300) -> subprocess.Complete
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(REPO / "recipes/accelerate/cpu_2proc.yaml"),
+        str(REPO / "emoset_peft/recipes/accelerate/cpu_2proc.yaml"),
         "--main_process_port",
         "0",
         "-m",

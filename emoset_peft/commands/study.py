@@ -1,4 +1,4 @@
-"""``emoset-peft study --config recipes/study/NAME.yaml [key=value ...]``: run a scaling study.
+"""``emoset-peft study --config study/NAME [key=value ...]``: run a scaling study.
 
 Under ``accelerate launch --num_processes N -m emoset_peft study ...`` the cells are shared out.
 """
@@ -11,9 +11,12 @@ def register(subparsers) -> None:
         "study",
         help="run a grid of method x images-per-class x seed, resumably",
         description="Run a low-data scaling study. Example: emoset-peft study --config "
-        "recipes/study/vit_methods.yaml data.root=/data/EmoSet-118K seeds=[0,1,2]",
+        "study/vit_methods data.root=/data/EmoSet-118K seeds=[0,1,2]",
     )
-    parser.add_argument("--config", help="YAML study recipe (see recipes/study/)")
+    parser.add_argument(
+        "--config",
+        help="YAML study recipe: a file, or a packaged recipe's name (emoset-peft recipes)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -1,8 +1,8 @@
 """A scaling study's grid: methods x images per class x seeds, expanded once into cells.
 
-A study recipe (``recipes/study/*.yaml``)::
+A study recipe (``emoset_peft/recipes/study/*.yaml``)::
 
-    # emoset-peft study --config recipes/study/vit_methods.yaml data.root=/data/EmoSet-118K
+    # emoset-peft study --config study/vit_methods data.root=/data/EmoSet-118K
     output_dir: studies/vit_methods
     base:                      # a training recipe applied to every cell (data / model / train)
       model: {backbone: google/vit-base-patch16-224-in21k}

@@ -1,5 +1,5 @@
 #!/bin/bash
-# sbatch recipes/slurm_multi_node.sh
+# emoset-peft recipes cp slurm_multi_node.sh . && sbatch slurm_multi_node.sh
 # Trains one recipe on 2 nodes x 8 GPUs: SLURM starts one launcher per node, accelerate starts
 # one process per GPU, and machine 0's address is the rendezvous point.
 #SBATCH --job-name=emoset-peft
@@ -11,7 +11,7 @@
 set -euo pipefail
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=29500
-RECIPE=${RECIPE:-recipes/vit_lora.yaml}
+RECIPE=${RECIPE:-vit_lora}  # a packaged recipe name, or a YAML file
 srun bash -c 'accelerate launch \
     --num_machines "$SLURM_NNODES" --num_processes $((SLURM_NNODES * 8)) \
     --machine_rank "$SLURM_NODEID" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
