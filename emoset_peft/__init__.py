@@ -15,6 +15,9 @@ import importlib
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS, VALENCES
+from emoset_peft.utils.warnings import install as _install_warning_filters
+
+_install_warning_filters()  # before peft and bitsandbytes load: some of them warn on import
 
 __version__ = "0.1.0"
 

@@ -121,8 +121,7 @@ def test_the_loop_parts_run_one_by_one(tiny_run, tmp_path):
     assert math.isfinite(loop.read_losses()) and loop.losses.steps == 0
     assert loop.select() is False  # no patience configured
     assert loop.state.best_step == 2 and loop.best_weights is not None
-    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [
-        2
-    ]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(entry["step"], "train_loss" in entry) for entry in log] == [(2, True), (2, False)]
     result = loop.run(show_progress=False)
     assert result.steps == 12 and len(result.history) == 3  # steps 2 (above), 6 and 12

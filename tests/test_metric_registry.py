@@ -160,6 +160,7 @@ assert main(["train", *sys.argv[2:], "train.select_metric=error_rate"]) == 0
 run = Path(sys.argv[1])
 metrics = json.loads((run / "metrics.json").read_text())
 log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+log = [entry for entry in log if "val_loss" in entry]  # the evaluations
 # An old results.csv (today's columns without the new one) takes the new row and still reads.
 old = [c for c in RESULT_COLUMNS if c != "test_error_rate"]
 results = run.parent / "results.csv"

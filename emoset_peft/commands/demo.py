@@ -12,7 +12,6 @@ def register(subparsers) -> None:
         default="emoset_demo",
         help="folder for the demo data, backbone and study (default: emoset_demo)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 

@@ -24,7 +24,6 @@ def register(subparsers) -> None:
         help="study keys (seeds=[0,1], per_class=[1,4]) or base recipe keys "
         "(data.root=..., train.lr=...)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 

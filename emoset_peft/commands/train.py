@@ -35,7 +35,7 @@ def run(args) -> int:
     from emoset_peft.utils.dist import is_main_process
 
     config = load_config(args.config, args.overrides)
-    metrics = train(config)
+    metrics = train(config, show_progress=not args.no_progress)  # -q/--no-progress: cli.py
     if not is_main_process():
         return 0
     test = metrics["test"]
