@@ -56,6 +56,16 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_run, tmp_path):
     for key in ("accuracy", "macro_f1", "confusion_matrix"):
         assert resumed["test"][key] == straight["test"][key]
     assert resumed["best_step"] == straight["best_step"]
+    # log.jsonl: the training-loss lines written before the checkpoint are kept, the rest
+    # written again, so the resumed log reads like the uninterrupted one.
+    logs = [
+        [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        for run in (tmp_path / "straight", killed)
+    ]
+    assert [sorted(entry) for entry in logs[1]] == [sorted(entry) for entry in logs[0]]
+    assert [entry["step"] for entry in logs[1]] == [entry["step"] for entry in logs[0]]
+    losses = [[entry.get("train_loss", 0.0) for entry in log] for log in logs]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     weights_a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     weights_b = load_file(str(killed / "adapter" / "adapter_model.safetensors"))
     assert weights_a.keys() == weights_b.keys()
