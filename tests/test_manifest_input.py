@@ -33,10 +33,14 @@ def test_train_on_a_data_subset_manifest_then_on_a_runs_train_manifest(
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["train_images"] == 24
 
     # A run's train_manifest.json is accepted the same way (here through its run folder).
-    assert main(["train", *tiny_run("b"), f"data.manifest={tmp_path / 'a'}"]) == 0
+    # k_tied takes the manifest's k (3 per class), not data.per_class.
+    source = f"data.manifest={tmp_path / 'a'}"
+    assert main(["train", *tiny_run("b"), source, "data.selection=k_tied"]) == 0
     again = _manifest(tmp_path / "b" / "train_manifest.json")
     assert again["image_ids"] == wanted["image_ids"]
     assert again["args"]["manifest"] == str(tmp_path / "a" / "train_manifest.json")
+    selection = json.loads((tmp_path / "b" / "metrics.json").read_text())["selection"]
+    assert selection["images_per_class"] == 3 and selection["images"] == 24
 
 
 def test_a_folder_gives_the_manifest_made_for_the_runs_k_and_seed(

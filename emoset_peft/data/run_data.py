@@ -65,7 +65,7 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
     )
 
     selection = emoset["validation"]
-    per_class = selection_images_per_class(data, manifest if given is not None else None)
+    per_class = selection_images_per_class(data)
     if per_class == 0:
         selection = None
     elif per_class is not None:
@@ -82,13 +82,15 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
 K_TIED_CAP = 4  # k_tied: min(k, 4) validation images per class, as CoOp's few-shot runs
 
 
-def selection_images_per_class(data: DataConfig, manifest: dict | None = None) -> int | None:
-    """Validation images per class that ``data.selection`` asks for; None = the whole split.
-    ``manifest``: the training images came from ``data.manifest`` (k_tied: its smallest class)."""
+def selection_images_per_class(data: DataConfig) -> int | None:
+    """Validation images per class that ``data.selection`` asks for; None = the whole split."""
     if data.selection == "none":
         return 0
-    if data.selection == "k_tied" and manifest is not None:
-        return min([K_TIED_CAP, *(n for n in manifest["per_class_counts"].values() if n > 0)])
+    if data.selection == "k_tied" and data.manifest is not None and data.per_class != 0:
+        from emoset_peft.data.manifests import training_manifest
+
+        counts = training_manifest(data)[1]["per_class_counts"].values()
+        return min([K_TIED_CAP, *(n for n in counts if n > 0)])  # k: the manifest's smallest class
     if data.selection == "k_tied":
         if data.fraction is None and isinstance(data.per_class, int):
             return min(data.per_class, K_TIED_CAP)

@@ -74,7 +74,10 @@ def resolve_recipe_path(path: str | Path) -> Path:
     recipe = find_recipe(str(path))
     if recipe is not None:
         return recipe.path
-    raise EmoSetError(f"recipe {path} is neither a file nor a packaged recipe{_close(path)}")
+    raise EmoSetError(
+        f"recipe {path} does not exist: no such file, and no packaged recipe of that "
+        f"name{_close(path)}"
+    )
 
 
 def copy_recipe(name: str, dest: str | Path) -> Path:
