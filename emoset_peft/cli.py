@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("emoset_peft").setLevel(level)  # also where the root was configured before
+    # -q holds even where the root logger was configured before (research code, pytest)
+    logging.getLogger("emoset_peft").setLevel(logging.WARNING if args.quiet else logging.NOTSET)
     if args.no_progress:
         _no_library_progress_bars()
     if not getattr(args, "func", None):
