@@ -38,6 +38,7 @@ _LAZY = {
     "StudyConfig": "emoset_peft.study.grid",
     "run_study": "emoset_peft.study.runner",
     "write_report": "emoset_peft.study.report",
+    "predict": "emoset_peft.deploy.predict",
 }
 
 __all__ = ["EMOTIONS", "VALENCES", "EmoSetError", "__version__", *_LAZY]
