@@ -129,10 +129,8 @@ def test_unreadable_images_are_named_skipped_and_counted(trained, tmp_path, caps
     # A quoted glob (** recurses) finds the same two readable images.
     glob_out = tmp_path / "g.csv"
     pattern = str(photos / "**" / "*.jpg")
-    assert (
-        main(["predict", str(run / "adapter"), pattern, "--out", str(glob_out), "--top-k", "1"])
-        == 0
-    )
+    argv = ["predict", str(run / "adapter"), "--top-k", "1", pattern, "--out", str(glob_out)]
+    assert main(argv) == 0  # options between the positional arguments too
     assert _read_csv(glob_out) == [
         {key: value for key, value in row.items() if not key.startswith(("top2", "top3"))}
         for row in _read_csv(out)

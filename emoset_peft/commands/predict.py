@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import sys
 
+from emoset_peft.commands.intermixed import intermixed
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "predict",
-        help="predict the emotion of new images with a trained run or adapter",
-        description="Score image files with a trained model exactly as its run scored the test "
-        "split, and write one CSV row per image: path, predicted emotion, its probability, its "
-        "valence, the probability of a positive valence, the top-k emotions and one probability "
-        "per emotion. Unreadable images are named on stderr and skipped.",
+    parser = intermixed(
+        subparsers.add_parser(
+            "predict",
+            help="predict the emotion of new images with a trained run or adapter",
+            description="Score image files with a trained model exactly as its run scored the test "
+            "split, and write one CSV row per image: path, predicted emotion, its probability, its "
+            "valence, the probability of a positive valence, the top-k emotions and one probability "
+            "per emotion. Unreadable images are named on stderr and skipped.",
+        )
     )
     parser.add_argument(
         "model",
