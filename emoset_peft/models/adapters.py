@@ -14,10 +14,12 @@ recipe into the folder's README.md)::
     # ViT (and DINOv2 / SigLIP through AutoModelForImageClassification)
     from transformers import ViTForImageClassification
     from peft import PeftModel
-    base = ViTForImageClassification.from_pretrained(backbone, num_labels=8, ignore_mismatched_sizes=True)
-    # (id2label=... as in emoset_peft.json gives the plain model the emotion names too)
+    id2label = dict(enumerate(ep.EMOTIONS))  # as in emoset_peft.json: the emotion names
+    base = ViTForImageClassification.from_pretrained(
+        backbone, num_labels=8, id2label=id2label, ignore_mismatched_sizes=True
+    )
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    logits = model(pixel_values=x).logits
+    logits = model(pixel_values=x).logits  # model.config.id2label[i] names class i
 
     # CLIP: the adapter's module names are those of CLIPVisionModelWithProjection; add the head
     import torch
@@ -351,6 +353,7 @@ def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) ->
     if not trainable:
         for param in model.parameters():
             param.requires_grad = False
+    model.source_dir = path.resolve()
     return model.eval()
 
 
