@@ -155,7 +155,8 @@ def test_push_uploads_the_adapter_with_its_card(trained_run, monkeypatch, tmp_pa
 
 def test_model_push_to_hub_and_from_pretrained_of_a_repo(trained_run, monkeypatch, tmp_path):
     hub = HubCalls(monkeypatch, tmp_path)
-    model = ep.EmoSetModel.from_pretrained(trained_run / "adapter")
+    model = ep.EmoSetModel.from_pretrained(trained_run)  # a run folder: its adapter/
+    assert model.source_dir == trained_run / "adapter"
     url = model.push_to_hub("alice/again", commit_message="v1")
     assert url.startswith("https://huggingface.co/alice/again")
     assert hub.calls[1][2]["commit_message"] == "v1"

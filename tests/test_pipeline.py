@@ -87,3 +87,44 @@ def test_image_processor_has_the_eval_geometry(tiny_vit_dir):
     assert processor.size == {"shortest_edge": round(spec.image_size / spec.crop_ratio)}
     assert processor.crop_size == {"height": spec.image_size, "width": spec.image_size}
     assert tuple(processor.image_mean) == spec.mean and tuple(processor.image_std) == spec.std
+
+
+def _offset(got, expected, tolerance):
+    """(dy, dx) in {-1, 0, 1}^2 such that ``got`` shifted by it equals ``expected`` within
+    ``tolerance``, or None."""
+    size = got.shape[-1]
+    for dy in (0, -1, 1):
+        for dx in (0, -1, 1):
+            a = expected[..., max(dy, 0) : size + min(dy, 0), max(dx, 0) : size + min(dx, 0)]
+            b = got[..., max(-dy, 0) : size + min(-dy, 0), max(-dx, 0) : size + min(-dx, 0)]
+            if (a - b).abs().max().item() <= tolerance:
+                return dy, dx
+    return None
+
+
+def test_image_processor_gives_the_toolkits_eval_pixels(tiny_clip_dir, tmp_path):
+    """The pixels training and eval decode (data/pipeline.py) within one grey level, the crop
+    placed alike or one pixel over along the long side (transformers' centre crop floors a
+    half-pixel offset, torchvision's rounds it to even): the geometry the run was scored on."""
+    from emoset_peft.data.pipeline import Normalizer, center_crop, decode_square
+
+    model = ep.build_model(tiny_clip_dir, "linear")
+    spec, processor = model.input_spec, model.image_processor()
+    normalize = Normalizer(spec.mean, spec.std, torch.device("cpu"))
+    grey_level = 1.0 / 255 / min(spec.std) + 1e-6
+    rng = np.random.default_rng(0)
+    offsets = []
+    for height, width in ((90, 120), (37, 37), (300, 210), (64, 96), (97, 65)):
+        ramp = np.linspace(0, 255, width)[None, :, None] * np.linspace(0, 1, height)[:, None, None]
+        pixels = np.clip(ramp + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+        path = tmp_path / f"{height}x{width}.png"
+        Image.fromarray(pixels).save(path)
+        square = decode_square(str(path), round(spec.image_size / spec.crop_ratio), spec.image_size)
+        expected = normalize(center_crop(normalize.to_nchw(square[None].copy()), spec.image_size))
+        got = processor(images=Image.open(path), return_tensors="pt")["pixel_values"]
+        assert got.shape == expected.shape
+        offsets.append(_offset(got, expected, grey_level))
+    # 37 x 49 px resized: (49 - 32) / 2 = 8.5 rounds to 8 either way; 52 x 37: 10 exactly
+    assert offsets[:3] == [(0, 0)] * 3
+    # 37 x 55 and 55 x 37: (55 - 32) / 2 = 11.5, torchvision 12 (half to even), transformers 11
+    assert offsets[3] == (0, -1) and offsets[4] == (-1, 0)

@@ -28,7 +28,12 @@ from emoset_peft.errors import EmoSetError
 def image_processor(record: dict):
     """A ``BitImageProcessor`` with a saved model's eval geometry (``record``: its
     emoset_peft.json): RGB, shorter side resized (bilinear) to ``image_size / crop_ratio``,
-    centre crop ``image_size``, the backbone's mean and std."""
+    centre crop ``image_size``, the backbone's mean and std.
+
+    Its pixels are the toolkit's (data/pipeline.py) within one grey level, except that where the
+    resized long side leaves an odd margin whose half rounds up (55 - 32 = 23: 11.5), transformers'
+    centre crop starts one pixel earlier than torchvision's (it floors; torchvision rounds half to
+    even). transformers offers no setting for that; ``ep.predict`` is the exact path."""
     from transformers import BitImageProcessor
 
     spec = record["input_spec"]

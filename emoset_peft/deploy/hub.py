@@ -37,9 +37,14 @@ def _hub_failure(what: str, err: Exception) -> EmoSetError:
 
 
 def local_folder(path_or_repo: str | Path, *, revision=None, token=None) -> Path:
-    """A local folder as it is; a Hub repo id downloaded to the Hugging Face cache."""
+    """A local folder as it is (a run folder: its ``adapter/``); a Hub repo id downloaded to the
+    Hugging Face cache."""
+    from emoset_peft.models.folder import RECORD_NAME
+
     text = os.fspath(path_or_repo)
     path = Path(text).expanduser()
+    if (path / "adapter" / RECORD_NAME).is_file():
+        return path / "adapter"
     if path.exists() or not _REPO_ID.fullmatch(text):
         return path  # load_adapter names a missing folder
     from huggingface_hub import snapshot_download

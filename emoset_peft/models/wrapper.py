@@ -109,10 +109,11 @@ class EmoSetModel(nn.Module):
         return False  # transformers' pipelines ask every model
 
     def image_processor(self):
-        """A transformers image processor with this model's eval geometry (resize the shorter
-        side to ``image_size / crop_ratio``, centre crop, the backbone's mean/std): for
-        ``pipeline("image-classification", ...)``. ``ep.predict`` reproduces the run's evaluation
-        pixels exactly; a processor resamples on its own and can differ by a grey level."""
+        """A transformers image processor with this model's eval geometry (shorter side resized
+        to ``image_size / crop_ratio``, centre crop, the backbone's mean/std), for
+        ``pipeline("image-classification", ...)``: the run's eval pixels within a grey level,
+        the crop one pixel over on some image sizes (``deploy.export.image_processor``);
+        ``ep.predict`` reproduces them exactly."""
         from emoset_peft.deploy.export import image_processor
 
         return image_processor(self.record)
