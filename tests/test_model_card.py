@@ -61,7 +61,7 @@ def test_a_finished_run_has_a_card_with_its_results(trained_run, tiny_vit_dir):
     assert "`k_tied`: 4 validation images per class (32 images)" in text
     assert f"{metrics['trainable_params']:,} of {metrics['total_params']:,}" in text
     assert "`r=4`" in text
-    assert "ep.EmoSetModel.from_pretrained(" in text and "## Loading without emoset_peft" in text
+    assert "model = ep.load_adapter(" in text and "## Loading without emoset_peft" in text
 
 
 def test_every_method_saves_a_card_that_parses(tiny_clip_dir, tmp_path):
@@ -91,7 +91,7 @@ def test_a_hub_backbone_is_the_card_base_model(tiny_vit_dir, tmp_path):
     (tmp_path / "README.md").write_text(card_text(record, repo_id="alice/vit-ia3"))
     assert metadata_load(tmp_path / "README.md")["base_model"] == record["backbone"]
     text = (tmp_path / "README.md").read_text()
-    assert "from_pretrained('alice/vit-ia3')" in text and "local folder" not in text
+    assert "ep.load_adapter('alice/vit-ia3')" in text and "local folder" not in text
 
 
 def test_the_plain_peft_snippet_names_the_emotions(trained_run):
@@ -142,7 +142,7 @@ def test_push_uploads_the_adapter_with_its_card(trained_run, monkeypatch, tmp_pa
     assert "README.md" in files
     card = ModelCard.load(hub.uploaded / "README.md")
     assert card.data.model_name == "alice/vit-lora-emoset" and len(card.data.eval_results) == 3
-    assert "from_pretrained('alice/vit-lora-emoset'" in card.text
+    assert "ep.load_adapter('alice/vit-lora-emoset'" in card.text
     # The run's own folder is left as it was; what was uploaded loads back.
     assert (trained_run / "adapter" / "README.md").read_text() == before
     x = torch.randn(2, 3, 32, 32)
@@ -175,6 +175,7 @@ def test_model_push_to_hub_and_from_pretrained_of_a_repo(trained_run, monkeypatc
     monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
     again = ep.EmoSetModel.from_pretrained("alice/again")
     assert downloads == ["alice/again"] and again.config.id2label == dict(enumerate(ep.EMOTIONS))
+    assert ep.load_adapter("alice/again").record == again.record  # the same resolution
 
 
 def test_push_failures_are_one_line(trained_run, monkeypatch, tmp_path, capsys):
@@ -186,3 +187,12 @@ def test_push_failures_are_one_line(trained_run, monkeypatch, tmp_path, capsys):
     assert "owner/name" in capsys.readouterr().err
     assert main(["push", str(tmp_path), "alice/x"]) == 2
     assert "neither a run folder" in capsys.readouterr().err
+
+
+def test_a_repo_that_cannot_be_fetched_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "alice/missing" is no folder here
+    with pytest.raises(ep.EmoSetError, match="no folder alice/missing, and downloading it") as err:
+        ep.load_adapter("alice/missing")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ep.EmoSetError, match="no such folder"):
+        ep.load_adapter(tmp_path / "runs" / "nothing" / "here")

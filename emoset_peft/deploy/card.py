@@ -312,7 +312,7 @@ def _usage_section(record, repo_id, exported) -> str:
         backbone = f', backbone="path/to/the/{_family(record)}/checkpoint"'
     text = (
         "## How to use\n\n```python\nimport emoset_peft as ep\nfrom transformers import pipeline\n\n"
-        f"model = ep.EmoSetModel.from_pretrained({where!r}{backbone})  # = ep.load_adapter(...)\n"
+        f"model = ep.load_adapter({where!r}{backbone})  # = ep.EmoSetModel.from_pretrained(...)\n"
         'classifier = pipeline("image-classification", model=model, '
         "image_processor=model.image_processor())\n"
         'classifier("photo.jpg")  # [{"label": "awe", "score": ...}, ...]\n```'

@@ -334,10 +334,13 @@ class Loading:
 def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) -> EmoSetModel:
     """Rebuild a model saved by ``EmoSetModel.save_pretrained``, any method, in eval mode.
 
+    path: the saved folder, a run folder (its ``adapter/``), or a Hub repo id (``push``).
     backbone: where to load the base weights from; default the backbone recorded in the folder.
     trainable=True keeps the method's parameters trainable (to continue training).
     """
-    path = Path(path)
+    from emoset_peft.deploy.hub import local_folder
+
+    path = local_folder(path)
     check_adapter_folder(path)
     record = read_record(path)
     spec = methods.get_method(record["method"])

@@ -128,8 +128,8 @@ class EmoSetModel(nn.Module):
         revision: str | None = None,
         token: str | None = None,
     ) -> EmoSetModel:
-        """``load_adapter`` of a saved folder, or of a Hub repo pushed with ``push_to_hub``
-        (downloaded to the Hugging Face cache first)."""
+        """``load_adapter`` of a saved folder, a run folder, or a Hub repo pushed with
+        ``push_to_hub`` (downloaded to the Hugging Face cache first, at ``revision``)."""
         from emoset_peft.deploy.hub import local_folder
         from emoset_peft.models.adapters import load_adapter
 
