@@ -92,6 +92,13 @@ def test_a_hub_backbone_is_the_card_base_model(tiny_vit_dir, tmp_path):
     assert metadata_load(tmp_path / "README.md")["base_model"] == record["backbone"]
     text = (tmp_path / "README.md").read_text()
     assert "ep.load_adapter('alice/vit-ia3')" in text and "local folder" not in text
+    # A snapshot in the Hugging Face cache is its repo too.
+    record["backbone"] = (
+        "/home/u/.cache/huggingface/hub/models--facebook--dinov2-small/snapshots/ab12"
+    )
+    text = card_text(record)
+    assert "base_model: facebook/dinov2-small" in text
+    assert 'backbone="facebook/dinov2-small"' in text and "local folder" not in text
 
 
 def test_the_plain_peft_snippet_names_the_emotions(trained_run):

@@ -43,6 +43,17 @@ def is_local_backbone(backbone: str) -> bool:
     return os.path.isabs(backbone) or Path(backbone).expanduser().is_dir()
 
 
+def hub_id(backbone: str) -> str | None:
+    """The backbone's Hub id: itself, or the repo of a Hugging Face cache snapshot
+    (``.../models--owner--name/snapshots/<commit>``); None for any other local folder."""
+    if not is_local_backbone(backbone):
+        return backbone
+    for part in reversed(Path(backbone).parts):
+        if part.startswith("models--") and len(part) > len("models--"):
+            return part[len("models--") :].replace("--", "/")  # huggingface_hub's folder name
+    return None
+
+
 def adapter_folder(run_or_adapter: str | Path) -> Path:
     """A run folder -> its ``adapter/``; an adapter folder -> itself; else one-line EmoSetError."""
     from emoset_peft.models.folder import RECORD_NAME, check_adapter_folder
@@ -158,7 +169,7 @@ def _card_data(record, run, repo_id, exported):
         )
     return ModelCardData(
         model_name=repo_id or _model_name(record),
-        base_model=None if is_local_backbone(backbone) else backbone,
+        base_model=hub_id(backbone),
         library_name=library,
         pipeline_tag="image-classification",
         license=LICENSE,
@@ -182,14 +193,12 @@ def _family(record) -> str:
 
 def _base_name(record) -> str:
     backbone = record["backbone"]
-    if is_local_backbone(backbone):
-        return f"a local {_family(record)} checkpoint ({Path(backbone).name})"
-    return backbone
+    return hub_id(backbone) or f"a local {_family(record)} checkpoint ({Path(backbone).name})"
 
 
 def _model_name(record) -> str:
-    base = Path(record["backbone"]).name if is_local_backbone(record["backbone"]) else None
-    return f"{record['method']}-{base or record['backbone'].split('/')[-1]}-emoset"
+    base = (hub_id(record["backbone"]) or record["backbone"]).rstrip("/").split("/")[-1]
+    return f"{record['method']}-{base}-emoset"
 
 
 def _title(record, exported) -> str:
@@ -205,14 +214,14 @@ def _title(record, exported) -> str:
 
 
 def _model_section(record, run, trainable, exported) -> str:
-    backbone = record["backbone"]
-    if is_local_backbone(backbone):
+    backbone, repo = record["backbone"], hub_id(record["backbone"])
+    if repo is None:
         base = (
             f"a local folder, not a Hub id: a `{record['model_type']}` checkpoint of the "
             f"{_family(record)} family (`{backbone}` on the machine that trained it)"
         )
     else:
-        base = f"[`{backbone}`](https://huggingface.co/{backbone})"
+        base = f"[`{repo}`](https://huggingface.co/{repo})"
     rows = [
         ("Base model", base),
         ("Method", f"`{record['method']}`: {_spec(record).summary}"),
@@ -308,8 +317,9 @@ def _usage_section(record, repo_id, exported) -> str:
             'classifier("photo.jpg")  # [{"label": "awe", "score": ...}, ...]\n```'
         )
     backbone = ""
-    if is_local_backbone(record["backbone"]):
-        backbone = f', backbone="path/to/the/{_family(record)}/checkpoint"'
+    if is_local_backbone(record["backbone"]):  # the recorded path is this machine's
+        repo = hub_id(record["backbone"])
+        backbone = f', backbone="{repo or f"path/to/the/{_family(record)}/checkpoint"}"'
     text = (
         "## How to use\n\n```python\nimport emoset_peft as ep\nfrom transformers import pipeline\n\n"
         f"model = ep.load_adapter({where!r}{backbone})  # = ep.EmoSetModel.from_pretrained(...)\n"
