@@ -30,6 +30,7 @@ _LAZY = {
     "METHODS": "emoset_peft.models",
     "build_model": "emoset_peft.models",
     "load_adapter": "emoset_peft.models",
+    "EmoSetModel": "emoset_peft.models",
     "count_parameters": "emoset_peft.models",
     "RunConfig": "emoset_peft.config",
     "load_config": "emoset_peft.config",

@@ -16,6 +16,7 @@ import torch
 from emoset_peft.config import RunConfig, save_config, validate
 from emoset_peft.data.pipeline import Normalizer
 from emoset_peft.data.run_data import RunData, load_run_data, selection_record
+from emoset_peft.deploy.card import write_model_card
 from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.engine.precision import (
     cast_frozen_weights,
@@ -212,6 +213,7 @@ def run_training(
             data.class_names,
         )
         atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
+        write_model_card(out_dir, config, metrics)  # adapter/README.md with the results
     accelerator.wait_for_everyone()
     return metrics
 
