@@ -19,7 +19,18 @@ from emoset_peft.errors import EmoSetError
 
 # Order here is the order in ``--help``. Every module must import: a missing or broken one is a
 # packaging error and raises, rather than a command silently missing from ``--help``.
-COMMAND_MODULES = ("demo", "data", "train", "eval", "predict", "export", "push", "study", "report", "cache")
+COMMAND_MODULES = (
+    "demo",
+    "data",
+    "train",
+    "eval",
+    "predict",
+    "export",
+    "push",
+    "study",
+    "report",
+    "cache",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
