@@ -99,8 +99,9 @@ def test_a_misspelt_tracker_is_one_line_naming_the_valid_ones(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "study"])
 def test_a_tracker_that_is_not_installed_is_refused_before_compute(
-    training_root, tiny_vit_dir, tmp_path, capsys
+    command, training_root, tiny_vit_dir, tiny_run, tmp_path, capsys
 ):
     from accelerate.tracking import get_available_trackers
     from accelerate.utils import LoggerType
@@ -110,7 +111,11 @@ def test_a_tracker_that_is_not_installed_is_refused_before_compute(
     ]
     if not absent:
         pytest.skip("every tracker accelerate knows is installed")
-    recipe = write_tiny_study(tmp_path, training_root, tiny_vit_dir)
-    assert main(["study", "--config", str(recipe), f"train.report_to={absent[0]}"]) == 2
-    one_line_error(capsys, "lora_k2_s0", f"the {absent[0]} package is not installed")
-    assert not (tmp_path / "study").exists()
+    if command == "train":
+        args = ["train", *tiny_run("out", **{"train.report_to": absent[0]})]
+    else:
+        recipe = write_tiny_study(tmp_path, training_root, tiny_vit_dir, name="out")
+        args = ["study", "--config", str(recipe), f"train.report_to={absent[0]}"]
+    assert main(args) == 2
+    one_line_error(capsys, f"the {absent[0]} package is not installed", "installed trackers")
+    assert not (tmp_path / "out").exists()

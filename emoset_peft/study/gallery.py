@@ -166,7 +166,8 @@ def _draw(entry: Mapping, paths: Mapping[str, Path]) -> Figure:
                 axes.set_ylabel(names[c], fontsize=9)
             if item is None:
                 axes.set_frame_on(False)
-                axes.text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, color="0.5")
+                empty = "no right answer" if right else "no mistake"
+                axes.text(0.5, 0.5, empty, ha="center", va="center", fontsize=7, color="0.5")
                 continue
             path = paths.get(item["image_id"])
             try:
