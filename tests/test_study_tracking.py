@@ -73,7 +73,11 @@ def test_each_cell_is_one_tensorboard_run_with_the_scalars_of_a_single_run(
 @pytest.mark.slow
 def test_cells_trained_on_the_second_process_are_tracked_too(training_root, tiny_vit_dir, tmp_path):
     pytest.importorskip("tensorboard")
-    recipe = write_tiny_study(tmp_path, training_root, tiny_vit_dir)
+    # k=4: both processes train it together (DDP), rank 0 logs it; then k=1 on process 0 and
+    # k=2 on process 1, each logging its own cell.
+    recipe = write_tiny_study(
+        tmp_path, training_root, tiny_vit_dir, per_class=[1, 2, 4], large_per_class=[4]
+    )
     result = run_two_cpu_processes(
         "study", "--config", str(recipe), "--no-progress", "cpu=true",
         "train.report_to=tensorboard", timeout=300,
@@ -81,7 +85,7 @@ def test_cells_trained_on_the_second_process_are_tracked_too(training_root, tiny
     assert result.returncode == 0, result.stderr[-4000:]
     with open(tmp_path / "study" / "results.csv") as handle:
         assert {row["process_index"] for row in csv.DictReader(handle)} == {"0", "1"}
-    for cell in ("lora_k2_s0", "lora_k4_s0"):
+    for cell in ("lora_k1_s0", "lora_k2_s0", "lora_k4_s0"):
         assert scalars(tmp_path / "study" / "logs" / cell)["train_loss"], cell
 
 

@@ -88,9 +88,9 @@ class SoloAccelerator:
         pass
 
     def end_training(self) -> None:
-        for tracker in self.trackers:
-            tracker.finish()
-        self.trackers = []
+        from emoset_peft.engine.tracking import end_trackers
+
+        end_trackers(self)
 
     def free_memory(self) -> None:
         pass

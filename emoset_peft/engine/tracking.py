@@ -55,6 +55,14 @@ def start_trackers(accelerator, config, project_name: str = RUN_PROJECT) -> None
         accelerator.init_trackers(project_name, config=flat_config(config.to_dict()))
 
 
+def end_trackers(accelerator) -> None:
+    """Finish the trackers of one study cell. Not ``Accelerator.end_training()``: that also
+    destroys the process group, which the study's next cells and processes still use."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+
+
 def start_cell_trackers(
     names: list[str], logging_dir: Path | None, project_name: str, config: dict | None
 ) -> list:

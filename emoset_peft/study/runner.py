@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from emoset_peft.engine.tracking import STUDY_LOGS
+from emoset_peft.engine.tracking import STUDY_LOGS, end_trackers
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import prefixed, result_columns
 from emoset_peft.study.grid import Cell, StudyConfig, expand, grid_fingerprint, shard
@@ -311,7 +311,7 @@ def _run_cells(
                 state.process_index,
             )
         finally:
-            accelerator.end_training()  # closes the cell's tracker run
+            end_trackers(accelerator)  # closes the cell's tracker run
         accelerator.free_memory()
         if row is not None:
             append_result(results_path, row)
