@@ -13,6 +13,7 @@ from fixtures_tiny_study import write_tiny_study
 from PIL import Image
 
 from emoset_peft.cli import main
+from emoset_peft.labels import EMOTIONS
 from emoset_peft.study import gallery
 from emoset_peft.study.plots import DPI
 from emoset_peft.study.report import write_report
@@ -53,10 +54,11 @@ def test_one_gallery_per_method_with_the_best_method_first(study, tmp_path):
     assert entry["accuracy"] == pytest.approx(means[best])
     # Right answers are images of that emotion predicted as it; mistakes predicted otherwise,
     # each most confident first.
-    for emotion, shown in enumerate(entry["per_emotion"]):
-        assert all(item["predicted"] == emotion for item in shown["right"])
-        assert all(item["predicted"] != emotion for item in shown["mistakes"])
-        for side in shown.values():
+    assert [shown["emotion"] for shown in entry["per_emotion"]] == list(EMOTIONS)
+    for shown in entry["per_emotion"]:
+        assert all(item["predicted"] == shown["emotion"] for item in shown["right"])
+        assert all(item["predicted"] != shown["emotion"] for item in shown["mistakes"])
+        for side in (shown["right"], shown["mistakes"]):
             probabilities = [item["probability"] for item in side]
             assert probabilities == sorted(probabilities, reverse=True)
             assert len(side) <= gallery.PER_SIDE

@@ -57,8 +57,7 @@ def build_galleries(study) -> tuple[dict, dict[str, Figure]]:
     for (method, k), cell in predictions.cells.items():
         if cell.probabilities is None or (method, k) not in cells:
             continue
-        entry = _choose(method, k, cell, predictions.labels, predictions.image_ids)
-        entry["class_names"] = predictions.class_names
+        entry = _choose(method, k, cell, predictions)
         found = _image_paths(study.directory, cells[(method, k)], predictions.class_names)
         if isinstance(found, str):
             missing.append((method, found))
@@ -74,7 +73,7 @@ def build_galleries(study) -> tuple[dict, dict[str, Figure]]:
         note = f"No gallery for {methods}: {missing[0][1]}."
     summary = {
         "best": entries[0][0]["method"] if entries else None,
-        "methods": [{k: v for k, v in e.items() if k != "class_names"} for e, _ in entries],
+        "methods": [entry for entry, _ in entries],
         "note": note,
     }
     return summary, figures
@@ -94,22 +93,23 @@ def _largest_cells(study) -> dict[tuple[str, object], list[Mapping]]:
     return out
 
 
-def _choose(method, k, cell, labels: np.ndarray, image_ids: list[str]) -> dict:
+def _choose(method, k, cell, predictions) -> dict:
     """Per emotion: the most confident right answers and the most confident mistakes."""
+    labels, names = predictions.labels, predictions.class_names
     probs = cell.probabilities.mean(axis=0)  # [n, C]: the seeds' probabilities averaged
     predicted = probs.argmax(axis=1)
     confidence = probs[np.arange(len(labels)), predicted]
     accuracy = float(cell.correct(labels).mean())  # the mean of the seeds' accuracies
     per_emotion = []
     for c in range(probs.shape[1]):
-        shown = {}
+        shown = {"emotion": names[c]}
         for kind, keep in (("right", predicted == c), ("mistakes", predicted != c)):
             chosen = np.flatnonzero((labels == c) & keep)
             chosen = chosen[np.argsort(-confidence[chosen], kind="stable")][:PER_SIDE]
             shown[kind] = [
                 {
-                    "image_id": image_ids[i],
-                    "predicted": int(predicted[i]),
+                    "image_id": predictions.image_ids[i],
+                    "predicted": names[predicted[i]],
                     "probability": float(confidence[i]),
                 }
                 for i in chosen
@@ -150,9 +150,8 @@ def _draw(entry: Mapping, paths: Mapping[str, Path]) -> Figure:
     """One row per emotion: PER_SIDE right answers, then PER_SIDE mistakes."""
     from emoset_peft.data.images import open_image
 
-    names = entry["class_names"]
     figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    grid = figure.subplots(len(names), 2 * PER_SIDE, squeeze=False)
+    grid = figure.subplots(len(entry["per_emotion"]), 2 * PER_SIDE, squeeze=False)
     for c, shown in enumerate(entry["per_emotion"]):
         tiles = [(item, True) for item in shown["right"]]
         tiles += [(None, True)] * (PER_SIDE - len(shown["right"]))
@@ -163,7 +162,7 @@ def _draw(entry: Mapping, paths: Mapping[str, Path]) -> Figure:
             axes.set_xticks([])
             axes.set_yticks([])
             if column == 0:
-                axes.set_ylabel(names[c], fontsize=9)
+                axes.set_ylabel(shown["emotion"], fontsize=9)
             if item is None:
                 axes.set_frame_on(False)
                 empty = "no right answer" if right else "no mistake"
@@ -179,7 +178,7 @@ def _draw(entry: Mapping, paths: Mapping[str, Path]) -> Figure:
             except EmoSetError:
                 axes.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=7)
             colour = RIGHT if right else WRONG
-            label = "" if right else f"as {names[item['predicted']]} "
+            label = "" if right else f"as {item['predicted']} "
             axes.set_title(f"{label}{item['probability']:.0%}", fontsize=7, color=colour)
             for spine in axes.spines.values():
                 spine.set_edgecolor(colour)
