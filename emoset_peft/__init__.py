@@ -33,6 +33,7 @@ _LAZY = {
     "METHODS": "emoset_peft.models",
     "build_model": "emoset_peft.models",
     "load_adapter": "emoset_peft.models",
+    "EmoSetModel": "emoset_peft.models",
     "count_parameters": "emoset_peft.models",
     "RunConfig": "emoset_peft.config",
     "load_config": "emoset_peft.config",
@@ -41,6 +42,7 @@ _LAZY = {
     "StudyConfig": "emoset_peft.study.grid",
     "run_study": "emoset_peft.study.runner",
     "write_report": "emoset_peft.study.report",
+    "predict": "emoset_peft.deploy.predict",
 }
 
 __all__ = ["EMOTIONS", "VALENCES", "EmoSetError", "__version__", *_LAZY]

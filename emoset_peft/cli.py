@@ -1,4 +1,4 @@
-"""Command line: ``emoset-peft {demo,data,train,eval,study,report,cache,recipes} ...``.
+"""Command line: ``emoset-peft {demo,data,train,eval,predict,export,push,study,report,cache,recipes} ...``.
 
 Each sub-command lives in ``emoset_peft/commands/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the parsed
@@ -22,8 +22,19 @@ from emoset_peft.errors import EmoSetError
 
 # Order here is the order in ``--help``. Every module must import: a missing or broken one is a
 # packaging error and raises, rather than a command silently missing from ``--help``.
-COMMAND_MODULES = ("demo", "data", "train", "eval", "study", "report", "cache", "recipes")
-
+COMMAND_MODULES = (
+    "demo",
+    "data",
+    "train",
+    "eval",
+    "predict",
+    "export",
+    "push",
+    "study",
+    "report",
+    "cache",
+    "recipes",
+)
 
 # Flags every command takes, before or after its name (``emoset-peft -q train ...`` and
 # ``emoset-peft train ... -q``): (option strings, dest, help).

@@ -1,26 +1,36 @@
-"""``emoset-peft eval RUN_DIR``: score a finished run's saved adapter again (on any number of
-processes: ``accelerate launch -m emoset_peft eval RUN_DIR``)."""
+"""``emoset-peft eval RUN_DIR``: score a finished run's saved adapter again, on any split of its
+data or of another tree (on any number of processes: ``accelerate launch -m emoset_peft eval
+RUN_DIR``). What is scored and where results go: engine/rescore.py."""
 
 from __future__ import annotations
 
-import json
+from emoset_peft.commands.intermixed import intermixed
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a trained run's adapter on the test or validation split",
-        description="Reload RUN_DIR/adapter and its recipe (RUN_DIR/config.yaml) and score a "
-        "split. The metrics are printed as JSON, or written to --out.",
+    parser = intermixed(
+        subparsers.add_parser(
+            "eval",
+            help="evaluate a trained run's adapter on its train, validation or test images",
+            description="Reload RUN_DIR/adapter and its recipe (RUN_DIR/config.yaml) and score a "
+            "split: train = the images the run trained on, validation = its selection set, test = "
+            "the test split. Writes metrics_<split>.json and predictions_<split>.csv (the columns "
+            "of the run's predictions_test.csv) into RUN_DIR/eval/, or RUN_DIR/eval/<tree>/ for "
+            "another data tree (data.root=...); files the run wrote while training are never "
+            "overwritten.",
+        )
     )
     parser.add_argument("run_dir", help="a folder written by emoset-peft train")
-    parser.add_argument("--split", choices=("test", "validation"), default="test")
-    parser.add_argument("--out", help="write the metrics JSON here instead of printing it")
+    parser.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    parser.add_argument(
+        "--out-dir", help="write metrics_<split>.json and predictions_<split>.csv here instead"
+    )
+    parser.add_argument("--out", help="also write the metrics JSON to this file")
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="e.g. data.root=/elsewhere/EmoSet-118K if the data moved",
+        help="e.g. data.root=/elsewhere/EmoSet-118K to score another tree (or a moved one)",
     )
     parser.set_defaults(func=run)
 
@@ -30,10 +40,13 @@ def run(args) -> int:
 
     from emoset_peft.config import load_config
     from emoset_peft.data.pipeline import Normalizer
-    from emoset_peft.data.run_data import load_run_data
     from emoset_peft.engine.evaluate import evaluate
+    from emoset_peft.engine.metrics import write_predictions
     from emoset_peft.engine.recipe import make_accelerator
+    from emoset_peft.engine.rescore import load_split, output_paths, refuse_training_output
+    from emoset_peft.engine.run_dir import make_output_dir
     from emoset_peft.errors import EmoSetError
+    from emoset_peft.metrics.registry import summary_line
     from emoset_peft.models import input_spec, load_adapter
     from emoset_peft.models.wrapper import check_adapter_folder
     from emoset_peft.utils.io import atomic_write_json
@@ -42,27 +55,29 @@ def run(args) -> int:
     if not (run_dir / "config.yaml").exists() or not (run_dir / "adapter").is_dir():
         raise EmoSetError(f"{run_dir} is not a finished run (no config.yaml or adapter/)")
     check_adapter_folder(run_dir / "adapter")  # before any data is loaded or decoded
+    trained = load_config(run_dir / "config.yaml")
     config = load_config(run_dir / "config.yaml", args.overrides)
+    metrics_path, predictions_path = output_paths(
+        run_dir, args.split, config.data.root, trained.data.root, args.out_dir
+    )
+    if args.out:
+        refuse_training_output(args.out, "--out")
+    make_output_dir(metrics_path.parent, "the eval output folder")  # unwritable: fail now
     accelerator = make_accelerator(config)
     model = load_adapter(run_dir / "adapter").to(accelerator.device)
     spec = input_spec(model)
     with accelerator.main_process_first():
-        data = load_run_data(
+        images, class_names = load_split(
             config.data,
-            spec.image_size,
-            crop_ratio=spec.crop_ratio,
-            show_progress=accelerator.is_main_process,
+            args.split,
+            spec,
+            run_dir,
+            show_progress=accelerator.is_main_process and not args.no_progress,
         )
-    images = data.test if args.split == "test" else data.selection
-    if images is None:
-        raise EmoSetError(
-            f"{run_dir} was trained with data.selection=none: it has no selection "
-            "set; evaluate --split test, or pass data.selection=fixed"
-        )
-    metrics, _ = evaluate(
+    metrics, probs = evaluate(
         model,
         images,
-        data.class_names,
+        class_names,
         accelerator,
         Normalizer(spec.mean, spec.std, accelerator.device),
         spec.image_size,
@@ -70,8 +85,15 @@ def run(args) -> int:
     )
     metrics["num_processes"] = accelerator.num_processes
     if accelerator.is_main_process:
+        write_predictions(predictions_path, images.image_ids, images.labels, probs, class_names)
+        atomic_write_json(
+            metrics_path,
+            {**metrics, "split": args.split, "data_root": str(config.data.root)},
+        )
         if args.out:
             atomic_write_json(args.out, metrics)
-        else:
-            print(json.dumps(metrics, indent=2))
+        print(f"{args.split} ({len(images)} images of {config.data.root}): {summary_line(metrics)}")
+        print(f"wrote {metrics_path} and {predictions_path}")
+        if images.skipped:
+            print(f"{len(images.skipped)} unreadable image(s) left out, e.g. {images.skipped[0]}")
     return 0

@@ -27,9 +27,10 @@ class CorruptImageError(EmoSetError):
     """An image file that is missing, corrupt or truncated. The message names the path
     (``path`` holds it too when known)."""
 
-    def __init__(self, message: str, path: str | None = None):
+    def __init__(self, message: str, path: str | None = None, reason: str | None = None):
         super().__init__(message)
         self.path = path
+        self.reason = reason  # what went wrong, without the advice (for callers' own messages)
 
 
 def open_image(
@@ -56,8 +57,7 @@ def open_image(
                 if draft_size is not None:
                     image.draft(None, tuple(draft_size))  # JPEG only; other formats ignore it
                 image.load()  # decode every byte now: a truncated file raises here
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+                return as_rgb(image)
     except FileNotFoundError:
         raise _unreadable(path, "file not found") from None
     except Image.DecompressionBombError as err:
@@ -66,6 +66,12 @@ def open_image(
         # UnidentifiedImageError and "image file is truncated" are OSErrors; some plugins raise
         # SyntaxError or ValueError on malformed headers.
         raise _unreadable(path, f"{type(err).__name__}: {err}") from None
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """An already decoded PIL image as :func:`open_image` returns a file: EXIF orientation
+    applied, converted to RGB."""
+    return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def is_readable_image(source: str | os.PathLike | bytes | dict[str, Any]) -> bool:
@@ -82,6 +88,7 @@ def _unreadable(path: str, reason: str) -> CorruptImageError:
         f"cannot read image {path}: {reason}. Replace the file from the "
         "EmoSet download, or remove its record from the split file",
         path,
+        reason,
     )
 
 

@@ -153,6 +153,11 @@ def decode_square(path: str, resolution: int, crop_size: int | None = None) -> n
     torchvision's ``CenterCrop(crop_size)`` of the resized image (they can differ by a pixel).
     """
     image = open_image(path, draft_size=(resolution, resolution))
+    return square_pixels(image, resolution, crop_size)
+
+
+def square_pixels(image: Image.Image, resolution: int, crop_size: int | None = None) -> np.ndarray:
+    """:func:`decode_square`'s resize and crop of an RGB image already in memory."""
     width, height = image.size
     if width <= height:
         new_size = (resolution, int(resolution * height / width))

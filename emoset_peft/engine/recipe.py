@@ -16,6 +16,7 @@ import torch
 from emoset_peft.config import RunConfig, save_config, validate
 from emoset_peft.data.pipeline import Normalizer
 from emoset_peft.data.run_data import RunData, load_run_data, selection_record
+from emoset_peft.deploy.card import write_model_card
 from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.engine.precision import (
     cast_frozen_weights,
@@ -29,6 +30,7 @@ from emoset_peft.engine.run_dir import (
     locked_run_dir,
     prepare_run_dir,
 )
+from emoset_peft.engine.tracking import check_trackers_available, start_trackers, tracker_names
 from emoset_peft.engine.trainer import FitResult, fit, step_budget
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import summary_line
@@ -43,9 +45,7 @@ def make_accelerator(config: RunConfig, project_dir: Path | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 
     fresh_accelerator_state()  # each run in one process gets its own settings
-    trackers = [
-        t.strip() for t in config.train.report_to.split(",") if t.strip() not in ("", "none")
-    ]
+    trackers = tracker_names(config.train.report_to)
     device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
         cpu=config.cpu,
@@ -212,6 +212,7 @@ def run_training(
             data.class_names,
         )
         atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
+        write_model_card(out_dir, config, metrics)  # adapter/README.md with the results
     accelerator.wait_for_everyone()
     return metrics
 
@@ -282,8 +283,7 @@ def _train_in(
 ) -> dict:
     if accelerator.is_main_process:
         write_run_record(out_dir, config, data)
-    if accelerator.log_with:
-        accelerator.init_trackers("emoset-peft", config=_flat(config.to_dict()))
+    start_trackers(accelerator, config)
     metrics = run_training(
         config,
         data,
@@ -303,6 +303,7 @@ def preflight(config: RunConfig):
     from emoset_peft.models import input_spec_for, methods
 
     methods.make_options(methods.get_method(config.model.method), dict(config.model.options))
+    check_trackers_available(config.train.report_to)
     return input_spec_for(config.model.backbone)
 
 
@@ -314,15 +315,3 @@ def _check_same_subset(accelerator, data: RunData) -> None:
     digests = gather_object([data.train_manifest["sha256"]])
     if len(set(digests)) != 1:
         raise RuntimeError(f"processes chose different training subsets: {digests}")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = (
-                value if isinstance(value, (int, float, str, bool)) else str(value)
-            )
-    return out

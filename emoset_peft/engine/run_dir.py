@@ -16,6 +16,7 @@ Layout of ``output_dir``:
                            rule can be applied later without retraining; absent with
                            data.selection=none
     log.jsonl              one line per evaluation
+    eval/                  what `emoset-peft eval` wrote (metrics_<split>.json, predictions_<split>.csv)
     emoset-peft/           tracker logs (train.report_to=tensorboard)
 
 Rules: an existing run is never overwritten silently, and the toolkit removes only what it can
@@ -54,6 +55,7 @@ WRITTEN = frozenset(
         "log.jsonl",
         "selection",
         "emoset-peft",
+        "eval",  # emoset-peft eval's outputs (engine/rescore.py)
         ".aim",  # accelerate's tensorboard run folder / aim repository
     }
 )

@@ -3,12 +3,14 @@
 Under ``accelerate launch --num_processes N`` a study gives each process its own cells. The real
 Accelerator would wrap every model in DDP across all N processes, and a cell trained by one of
 them would wait forever for the others' gradients. This class offers the part of the Accelerator
-interface that the training loop uses, on this process's device alone.
+interface that the training loop uses, on this process's device alone, including the trackers
+(``train.report_to``): the cell's own tracker run (``engine/tracking.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
@@ -21,10 +23,18 @@ class SoloAccelerator:
     num_processes = 1
     is_main_process = True
     distributed_type = "NO"  # as accelerate's DistributedType.NO, a str enum
-    log_with = None
 
-    def __init__(self, device: torch.device, mixed_precision: str = "no"):
+    def __init__(
+        self,
+        device: torch.device,
+        mixed_precision: str = "no",
+        log_with: list[str] | None = None,
+        logging_dir: Path | None = None,
+    ):
         self.device = device
+        self.log_with = log_with or None  # tracker names (train.report_to), as the Accelerator
+        self.logging_dir = logging_dir
+        self.trackers = []
         self.mixed_precision = mixed_precision
         self._dtype = precision_dtype(mixed_precision)
         self._scaler = torch.amp.GradScaler(device.type) if mixed_precision == "fp16" else None
@@ -65,14 +75,22 @@ class SoloAccelerator:
             "by skipping finished cells; remove it from the study's base recipe"
         )
 
+    def init_trackers(self, project_name: str, config: dict | None = None) -> None:
+        from emoset_peft.engine.tracking import start_cell_trackers
+
+        self.trackers = start_cell_trackers(self.log_with, self.logging_dir, project_name, config)
+
     def log(self, values, step=None) -> None:
-        pass
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
 
     def wait_for_everyone(self) -> None:
         pass
 
     def end_training(self) -> None:
-        pass
+        from emoset_peft.engine.tracking import end_trackers
+
+        end_trackers(self)
 
     def free_memory(self) -> None:
         pass

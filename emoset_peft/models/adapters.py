@@ -14,10 +14,12 @@ recipe into the folder's README.md)::
     # ViT (and DINOv2 / SigLIP through AutoModelForImageClassification)
     from transformers import ViTForImageClassification
     from peft import PeftModel
-    base = ViTForImageClassification.from_pretrained(backbone, num_labels=8, ignore_mismatched_sizes=True)
-    # (id2label=... as in emoset_peft.json gives the plain model the emotion names too)
+    id2label = dict(enumerate(ep.EMOTIONS))  # as in emoset_peft.json: the emotion names
+    base = ViTForImageClassification.from_pretrained(
+        backbone, num_labels=8, id2label=id2label, ignore_mismatched_sizes=True
+    )
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    logits = model(pixel_values=x).logits
+    logits = model(pixel_values=x).logits  # model.config.id2label[i] names class i
 
     # CLIP: the adapter's module names are those of CLIPVisionModelWithProjection; add the head
     import torch
@@ -332,10 +334,13 @@ class Loading:
 def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) -> EmoSetModel:
     """Rebuild a model saved by ``EmoSetModel.save_pretrained``, any method, in eval mode.
 
+    path: the saved folder, a run folder (its ``adapter/``), or a Hub repo id (``push``).
     backbone: where to load the base weights from; default the backbone recorded in the folder.
     trainable=True keeps the method's parameters trainable (to continue training).
     """
-    path = Path(path)
+    from emoset_peft.deploy.hub import local_folder
+
+    path = local_folder(path)
     check_adapter_folder(path)
     record = read_record(path)
     spec = methods.get_method(record["method"])
@@ -351,6 +356,7 @@ def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) ->
     if not trainable:
         for param in model.parameters():
             param.requires_grad = False
+    model.source_dir = path.resolve()
     return model.eval()
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from emoset_peft.errors import EmoSetError
@@ -42,7 +43,16 @@ class EmoSetModel(nn.Module):
     ``record`` is the JSON-able description written to ``emoset_peft.json`` (method, backbone,
     options, label map, ...). ``modules``: what the method adds beside the network, by attribute
     name (``prefix``, ``prompts``, ``adaptformer``); saved under that name.
+
+    It fits transformers' conventions where they apply to an inference model: ``config`` (with
+    ``id2label``/``label2id``), ``device``, ``dtype``, ``main_input_name`` and an
+    ``ImageClassifierOutput``, so ``pipeline("image-classification", model=model,
+    image_processor=model.image_processor())`` works for every method; ``from_pretrained``
+    (a folder or a Hub repo), ``save_pretrained`` (with a model card) and ``push_to_hub``.
     """
+
+    main_input_name = "pixel_values"  # what transformers' pipelines and Trainer feed
+    input_modalities = ("image",)
 
     def __init__(
         self, network: nn.Module, record: dict, modules: dict[str, nn.Module] | None = None
@@ -53,6 +63,7 @@ class EmoSetModel(nn.Module):
             self.add_module(name, module)
         self.record = record
         self.method_hooks = self.spec.hooks(network)  # per-step work and extra loss (AdaLoRA)
+        self.source_dir: Path | None = None  # the folder load_adapter read (its run has the card)
 
     # -- what the rest of the toolkit reads ---------------------------------------------------
     @property
@@ -81,6 +92,72 @@ class EmoSetModel(nn.Module):
     @property
     def input_spec(self) -> InputSpec:
         return InputSpec.from_dict(self.record["input_spec"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the weights (what pipeline() casts pixel values to)."""
+        for param in self.parameters():
+            if param.is_floating_point():
+                return param.dtype
+        return torch.float32
+
+    def can_generate(self) -> bool:
+        return False  # transformers' pipelines ask every model
+
+    def image_processor(self):
+        """A transformers image processor with this model's eval geometry (shorter side resized
+        to ``image_size / crop_ratio``, centre crop, the backbone's mean/std), for
+        ``pipeline("image-classification", ...)``: the run's eval pixels within a grey level,
+        the crop one pixel over on some image sizes (``deploy.export.image_processor``);
+        ``ep.predict`` reproduces them exactly."""
+        from emoset_peft.deploy.export import image_processor
+
+        return image_processor(self.record)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo: str | Path,
+        backbone=None,
+        *,
+        trainable: bool = False,
+        revision: str | None = None,
+        token: str | None = None,
+    ) -> EmoSetModel:
+        """``load_adapter`` of a saved folder, a run folder, or a Hub repo pushed with
+        ``push_to_hub`` (downloaded to the Hugging Face cache first, at ``revision``)."""
+        from emoset_peft.deploy.hub import local_folder
+        from emoset_peft.models.adapters import load_adapter
+
+        folder = local_folder(path_or_repo, revision=revision, token=token)
+        return load_adapter(folder, backbone, trainable=trainable)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+    ) -> str:
+        """Save this model with its card to a temporary folder and upload it to ``repo_id``
+        (created if missing). The card has the run's results when the model was loaded from a
+        run's ``adapter/`` folder. Returns the URL of the commit."""
+        from emoset_peft.deploy.hub import push_model
+
+        return push_model(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            revision=revision,
+        )
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
@@ -130,10 +207,13 @@ class EmoSetModel(nn.Module):
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         self.spec.save(self, path)
-        if self.spec.plain_peft:
-            _append_loading_note(path, self.record)
         record = {**self.record, "format_version": FORMAT_VERSION}
         (path / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        from emoset_peft.deploy.card import write_card
+
+        # Replaces peft's template card; a finished run rewrites it with its results.
+        trainable = count_parameters(self)
+        write_card(path, record, trainable=trainable if trainable[0] else None)
 
     def merge_and_unload(self) -> nn.Module:
         """A plain transformers classifier with the adapter merged into its weights (PEFT tuners).
@@ -142,14 +222,6 @@ class EmoSetModel(nn.Module):
         prefix, vpt and adaptformer add computation beside the weights (EmoSetError).
         """
         return self.spec.merge_and_unload(self)
-
-
-def _append_loading_note(path: Path, record: dict) -> None:
-    """Add the plain-PEFT loading recipe to the model card PEFT wrote."""
-    card = path / "README.md"
-    text = card.read_text() if card.exists() else ""
-    note = "\n## Loading without emoset_peft\n\n```python\n" + plain_peft_snippet(record) + "```\n"
-    card.write_text(text + note)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -229,13 +301,14 @@ _VIT_LIKE_SNIPPET = """\
 from transformers import AutoModelForImageClassification
 from peft import PeftModel
 
-# ADAPTER_DIR: this folder; pixel_values: [B, 3, H, W] images normalised as in emoset_peft.json "input_spec"
+# ADAPTER_DIR: this folder (or its Hub repo id); pixel_values: [B, 3, H, W] images normalised as in emoset_peft.json "input_spec"
 id2label = {id2label}
 base = AutoModelForImageClassification.from_pretrained(
     {backbone!r}, num_labels={num_labels}, id2label=id2label, ignore_mismatched_sizes=True
 )
 model = PeftModel.from_pretrained(base, ADAPTER_DIR).eval()
 logits = model(pixel_values=pixel_values).logits
+labels = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
 """
 
 _CLIP_SNIPPET = """\
@@ -243,13 +316,14 @@ import torch
 from transformers import CLIPVisionModelWithProjection
 from peft import PeftModel
 
-# ADAPTER_DIR: this folder; pixel_values: [B, 3, H, W] images normalised as in emoset_peft.json "input_spec"
+# ADAPTER_DIR: this folder (or its Hub repo id); pixel_values: [B, 3, H, W] images normalised as in emoset_peft.json "input_spec"
 id2label = {id2label}
 base = CLIPVisionModelWithProjection.from_pretrained({backbone!r})
 {projection}base.classifier = torch.nn.Linear({width}, {num_labels})  # reads the unit-RMS image embedding
 model = PeftModel.from_pretrained(base, ADAPTER_DIR).eval()
 embeds = model(pixel_values=pixel_values).image_embeds
 logits = model.classifier(torch.nn.functional.normalize(embeds, dim=-1) * embeds.shape[-1] ** 0.5)
+labels = [id2label[i] for i in logits.argmax(-1).tolist()]
 """
 
 
@@ -267,3 +341,21 @@ def plain_peft_snippet(record: dict) -> str:
     # A vision-only checkpoint has no projection: the head reads the pooled [CLS] features.
     identity = "base.visual_projection = torch.nn.Identity()\n"
     return _CLIP_SNIPPET.format(**fields, projection=identity, width="base.config.hidden_size")
+
+
+class EmoSetConfig(PretrainedConfig):
+    """The transformers config type ``EmoSetModel`` is registered under (model_type
+    ``emoset_peft``). transformers' pipelines accept the model classes of their task's auto
+    mapping; registering there lets ``pipeline("image-classification", model=EmoSetModel)`` run
+    without its "not supported" error. The model's own ``config`` is its classifier's."""
+
+    model_type = "emoset_peft"
+
+
+def _register_with_transformers() -> None:
+    from transformers import AutoModelForImageClassification
+
+    AutoModelForImageClassification.register(EmoSetConfig, EmoSetModel, exist_ok=True)
+
+
+_register_with_transformers()

@@ -27,8 +27,9 @@ import numpy as np
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS
-from emoset_peft.study import plots, plots_curve, report_curves
+from emoset_peft.study import gallery, plots, plots_curve, report_curves
 from emoset_peft.study import report_tables as tables
+from emoset_peft.study.missing import render_missing
 from emoset_peft.study.per_class import per_class_sort_key
 from emoset_peft.study.report_protocol import render_protocol
 from emoset_peft.study.result_rows import RESULTS_FILE, FailedCell, RowNote
@@ -322,6 +323,8 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
         ),
         "",
     ]
+    lines += render_missing(study)
+    lines += gallery.render_lead(summary)
     lines += tables.render_notes(summary)
     lines += tables.render_withheld(summary)
     lines += render_protocol(summary["protocol"], tables.table)
@@ -355,6 +358,7 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
         ]
         for name in confusion:
             figure(name, name[len("confusion_") : -len(".png")])
+    lines += gallery.render_rest(summary)
     if study.config_text is not None:
         lines += [
             "## Study config",
@@ -393,7 +397,8 @@ def write_report(
         )
     summary = build_summary(study, baseline=baseline, n_boot=n_boot, seed=seed)
     summary["cost"] = cost_table(study)
-    figures = build_figures(study, summary)
+    summary["gallery"], galleries = gallery.build_galleries(study)
+    figures = {**build_figures(study, summary), **galleries}
     text = render_markdown(study, summary, list(figures))
     for name, fig in figures.items():
         fig.savefig(study.directory / name, dpi=plots.DPI)

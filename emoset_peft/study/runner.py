@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
+from emoset_peft.engine.tracking import STUDY_LOGS, end_trackers
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import prefixed, result_columns
 from emoset_peft.study.grid import Cell, StudyConfig, expand, grid_fingerprint, shard
@@ -212,15 +213,19 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
     """Run every unfinished cell of the grid; returns the study folder."""
     from accelerate import PartialState
 
+    from emoset_peft.study.validate import validate_grid
+
     cells = expand(study)
     # cpu=true in the recipe must reach the process group too (gloo instead of NCCL).
     state = PartialState(cpu=any(cell.config.cpu for cell in cells))
     out = Path(study.output_dir)
+    context = CellContext()
+    validate_grid(cells, context)  # every process: the whole grid, before any folder or cell
     with contextlib.ExitStack() as hold:
         if state.is_main_process:  # N processes under accelerate launch are one study: one lock
             hold.enter_context(_locked_study_dir(study, cells))
         state.wait_for_everyone()
-        _run_grid(study, cells, state, out, show_progress)
+        _run_grid(study, cells, state, out, show_progress, context)
     return out
 
 
@@ -237,7 +242,14 @@ def _locked_study_dir(study: StudyConfig, cells: list[Cell]):
         yield
 
 
-def _run_grid(study: StudyConfig, cells: list[Cell], state, out: Path, show_progress: bool):
+def _run_grid(
+    study: StudyConfig,
+    cells: list[Cell],
+    state,
+    out: Path,
+    show_progress: bool,
+    context: CellContext | None = None,
+):
     from emoset_peft.models.backbones import reuse_loaded_backbones
 
     results_path = out / "results.csv"
@@ -268,7 +280,7 @@ def _run_grid(study: StudyConfig, cells: list[Cell], state, out: Path, show_prog
         position=0,
     )
     with reuse_loaded_backbones():  # each backbone is read once per process, copied per cell
-        _run_cells(mine, state, out, results_path, bar, show_progress)
+        _run_cells(mine, state, out, results_path, bar, show_progress, context or CellContext())
     bar.close()
     state.wait_for_everyone()
     if study.report and state.is_main_process:
@@ -278,34 +290,53 @@ def _run_grid(study: StudyConfig, cells: list[Cell], state, out: Path, show_prog
 
 
 def _run_cells(
-    cells: list[Cell], state, out: Path, results_path: Path, bar, show_progress: bool
+    cells: list[Cell],
+    state,
+    out: Path,
+    results_path: Path,
+    bar,
+    show_progress: bool,
+    context: CellContext,
 ) -> None:
-    from emoset_peft.engine.precision import resolve_mixed_precision
-    from emoset_peft.engine.recipe import make_accelerator
-    from emoset_peft.engine.solo import SoloAccelerator
-
-    context = CellContext()
     for cell in cells:
         bar.set_postfix_str(cell.name)
-        if cell.large:  # all processes train it together (DDP)
-            accelerator = make_accelerator(cell.config)
-        else:
-            device = _cpu_device() if cell.config.cpu else state.device
-            accelerator = SoloAccelerator(
-                device, resolve_mixed_precision(cell.config.train.mixed_precision, device)
+        accelerator = _cell_accelerator(cell, state, out / STUDY_LOGS)
+        try:
+            row = run_cell(
+                cell,
+                accelerator,
+                context,
+                out,
+                show_progress and state.is_main_process,
+                state.process_index,
             )
-        row = run_cell(
-            cell,
-            accelerator,
-            context,
-            out,
-            show_progress and state.is_main_process,
-            state.process_index,
-        )
+        finally:
+            end_trackers(accelerator)  # closes the cell's tracker run
         accelerator.free_memory()
         if row is not None:
             append_result(results_path, row)
         bar.update(1)
+
+
+def _cell_accelerator(cell: Cell, state, logs: Path):
+    """The cell's accelerator, with its own tracker run ``logs/<cell name>`` started (when
+    ``train.report_to`` names trackers) by the process that writes the cell."""
+    from emoset_peft.engine.precision import resolve_mixed_precision
+    from emoset_peft.engine.recipe import make_accelerator
+    from emoset_peft.engine.solo import SoloAccelerator
+    from emoset_peft.engine.tracking import start_trackers, tracker_names
+
+    names = tracker_names(cell.config.train.report_to)
+    if cell.large:  # all processes train it together (DDP); rank 0 logs
+        accelerator = make_accelerator(cell.config, project_dir=logs)
+    else:
+        device = _cpu_device() if cell.config.cpu else state.device
+        precision = resolve_mixed_precision(cell.config.train.mixed_precision, device)
+        accelerator = SoloAccelerator(device, precision, log_with=names, logging_dir=logs)
+    if names and accelerator.is_main_process:
+        shutil.rmtree(logs / cell.name, ignore_errors=True)  # a killed attempt's events
+    start_trackers(accelerator, cell.config, cell.name)
+    return accelerator
 
 
 def _cpu_device():

@@ -1,0 +1,89 @@
+"""``emoset-peft predict RUN_OR_ADAPTER PATHS...``: emotions of new images, with the run's own
+preprocessing, written to a CSV (emoset_peft/deploy/predict.py)."""
+
+from __future__ import annotations
+
+import sys
+
+from emoset_peft.commands.intermixed import intermixed
+
+
+def register(subparsers) -> None:
+    parser = intermixed(
+        subparsers.add_parser(
+            "predict",
+            help="predict the emotion of new images with a trained run or adapter",
+            description="Score image files with a trained model exactly as its run scored the test "
+            "split, and write one CSV row per image: path, predicted emotion, its probability, its "
+            "valence, the probability of a positive valence, the top-k emotions and one probability "
+            "per emotion. Unreadable images are named on stderr and skipped.",
+        )
+    )
+    parser.add_argument(
+        "model",
+        metavar="RUN_OR_ADAPTER",
+        help="a run folder (holding adapter/) or an adapter folder (holding emoset_peft.json)",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders (searched recursively for image files) or globs "
+        "(quote them; ** recurses)",
+    )
+    parser.add_argument(
+        "--out", default="predictions.csv", help="the CSV to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="top-k emotions per row (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)"
+    )
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even with a GPU")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from emoset_peft.deploy.predict import (
+        adapter_folder,
+        find_images,
+        load_model,
+        score_images,
+        write_prediction_csv,
+    )
+    from emoset_peft.engine.rescore import refuse_training_output
+    from emoset_peft.errors import EmoSetError
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise EmoSetError("--top-k and --batch-size must be at least 1")
+    folder = adapter_folder(args.model)  # bad model folder: one line before any image is read
+    images = find_images(args.paths)
+    refuse_training_output(args.out, "--out")
+    model = load_model(folder, "cpu" if args.cpu else None)
+
+    def warn(name: str, reason: str) -> None:
+        print(f"emoset-peft predict: warning: skipped {name}: {reason}", file=sys.stderr)
+
+    scored = score_images(
+        model,
+        images,
+        batch_size=args.batch_size,
+        skip_unreadable=True,
+        on_unreadable=warn,
+        show_progress=not args.no_progress,
+    )
+    skipped = len(scored.unreadable)
+    if not scored.indices:
+        raise EmoSetError(f"none of the {len(images)} images could be read (listed above)")
+    out = write_prediction_csv(
+        args.out,
+        [images[index] for index in scored.indices],
+        scored.probs,
+        scored.class_names,
+        args.top_k,
+    )
+    listed = " (listed above)" if skipped else ""
+    print(f"{out}: {len(scored.indices)} images, {skipped} unreadable{listed}")
+    return 0

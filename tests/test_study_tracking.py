@@ -1,0 +1,125 @@
+"""Study cells are tracked like runs: one tracker run per cell (tensorboard for real), the same
+scalars as a single run, and each cell folder keeps its config, provenance and manifest."""
+
+import csv
+import json
+
+import pytest
+from fixtures_tiny_study import write_tiny_study
+from test_hardening_run import one_line_error
+from two_processes import run_two_cpu_processes
+
+from emoset_peft.cli import main
+
+
+def scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tensorboard finds in the event files of ``folder`` (not its subfolders)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_each_cell_is_one_tensorboard_run_with_the_scalars_of_a_single_run(
+    training_root, tiny_vit_dir, tiny_run, tmp_path
+):
+    pytest.importorskip("tensorboard")
+    # k=4 is a "large" cell (the real Accelerator), k=2 a one-process cell (SoloAccelerator).
+    recipe = write_tiny_study(tmp_path, training_root, tiny_vit_dir, large_per_class=[4])
+    assert (
+        main(["study", "--config", str(recipe), "--no-progress", "train.report_to=tensorboard"])
+        == 0
+    )
+    assert main(["train", *tiny_run("single", **{"train.report_to": "tensorboard"})]) == 0
+    single = scalars(tmp_path / "single" / "emoset-peft")
+    assert "train_loss" in single and "val_accuracy" in single
+
+    study = tmp_path / "study"
+    assert sorted(p.name for p in (study / "logs").iterdir()) == ["lora_k2_s0", "lora_k4_s0"]
+    for cell in ("lora_k2_s0", "lora_k4_s0"):
+        logged = scalars(study / "logs" / cell)
+        assert set(logged) == set(single), cell
+        steps = [step for step, _ in logged["train_loss"]]
+        assert steps == sorted(steps) and steps[-1] == 6  # the loss up to the last step
+        folder = study / "cells" / cell
+        for name in ("config.yaml", "provenance.json", "train_manifest.json", "metrics.json"):
+            assert (folder / name).is_file(), f"{cell}/{name}"
+        manifest = json.loads((folder / "train_manifest.json").read_text())
+        assert len(manifest["image_ids"]) == 8 * int(cell.split("_k")[1].split("_")[0])
+        assert "python" in json.loads((folder / "provenance.json").read_text())
+
+    # A rerun of a cell (here: forced by a changed grid) replaces its tracker run, not appends.
+    assert (
+        main(
+            [
+                "study",
+                "--config",
+                str(recipe),
+                "--no-progress",
+                "train.report_to=tensorboard",
+                "train.lr=0.02",
+                "allow_grid_change=true",
+            ]
+        )
+        == 0
+    )
+    for cell in ("lora_k2_s0", "lora_k4_s0"):
+        assert len(list((study / "logs" / cell).glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.slow
+def test_cells_trained_on_the_second_process_are_tracked_too(training_root, tiny_vit_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    # k=4: both processes train it together (DDP), rank 0 logs it; then k=1 on process 0 and
+    # k=2 on process 1, each logging its own cell.
+    recipe = write_tiny_study(
+        tmp_path, training_root, tiny_vit_dir, per_class=[1, 2, 4], large_per_class=[4]
+    )
+    result = run_two_cpu_processes(
+        "study", "--config", str(recipe), "--no-progress", "cpu=true",
+        "train.report_to=tensorboard", timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    with open(tmp_path / "study" / "results.csv") as handle:
+        assert {row["process_index"] for row in csv.DictReader(handle)} == {"0", "1"}
+    for cell in ("lora_k1_s0", "lora_k2_s0", "lora_k4_s0"):
+        assert scalars(tmp_path / "study" / "logs" / cell)["train_loss"], cell
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_a_misspelt_tracker_is_one_line_naming_the_valid_ones(
+    command, training_root, tiny_vit_dir, tiny_run, tmp_path, capsys
+):
+    if command == "train":
+        args = ["train", *tiny_run("out", **{"train.report_to": "tensorbord"})]
+    else:
+        recipe = write_tiny_study(tmp_path, training_root, tiny_vit_dir, name="out")
+        args = ["study", "--config", str(recipe), "train.report_to=tensorbord"]
+    assert main(args) == 2
+    one_line_error(capsys, "train.report_to=tensorbord", "'tensorbord'", "tensorboard, wandb")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_a_tracker_that_is_not_installed_is_refused_before_compute(
+    command, training_root, tiny_vit_dir, tiny_run, tmp_path, capsys
+):
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    absent = [
+        t.value for t in LoggerType if t != LoggerType.ALL and t not in get_available_trackers()
+    ]
+    if not absent:
+        pytest.skip("every tracker accelerate knows is installed")
+    if command == "train":
+        args = ["train", *tiny_run("out", **{"train.report_to": absent[0]})]
+    else:
+        recipe = write_tiny_study(tmp_path, training_root, tiny_vit_dir, name="out")
+        args = ["study", "--config", str(recipe), f"train.report_to={absent[0]}"]
+    assert main(args) == 2
+    one_line_error(capsys, f"the {absent[0]} package is not installed", "installed trackers")
+    assert not (tmp_path / "out").exists()
