@@ -22,7 +22,7 @@ class LoopState:
     best_score: float = -math.inf  # the selection metric, higher is better (loss enters negated)
     best_validation: dict = field(default_factory=dict)  # the best evaluation's metrics
     evals_since_best: int = 0  # evaluations without improvement (for train.patience)
-    history: list[dict] = field(default_factory=list)  # one entry per evaluation, as log.jsonl
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation (log.jsonl val_*)
     train_seconds: float = 0.0  # wall seconds spent training, across resumes
 
     def improved(self, step: int, score: float, metrics: dict) -> bool:

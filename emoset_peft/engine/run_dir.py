@@ -15,7 +15,7 @@ Layout of ``output_dir``:
                            to 6 digits; same columns as predictions_test.csv), so another selection
                            rule can be applied later without retraining; absent with
                            data.selection=none
-    log.jsonl              one line per evaluation
+    log.jsonl              one line per evaluation, and the mean training loss per log interval
     eval/                  what `emoset-peft eval` wrote (metrics_<split>.json, predictions_<split>.csv)
     emoset-peft/           tracker logs (train.report_to=tensorboard)
 
