@@ -33,11 +33,6 @@ def run(args) -> int:
     from emoset_peft.utils.dist import is_main_process
 
     study = load_study_config(args.config, args.overrides)
-    if study.base.get("data", {}).get("manifest") is not None:
-        from emoset_peft.data.manifests import check_study_manifests
-        from emoset_peft.study.grid import expand
-
-        check_study_manifests(expand(study))  # every cell's own k and seed, before any trains
     out = run_study(study, show_progress=not args.no_progress)
     if is_main_process():
         print(f"results: {out / 'results.csv'}")

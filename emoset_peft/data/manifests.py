@@ -9,7 +9,8 @@ PATH may be
       ``data.data_seed``, found among ``*.json``, ``*/train_manifest.json`` and
       ``cells/*/train_manifest.json``.
 In a study every training cell must get the manifest made for its own k and data seed
-(:func:`check_study_manifests`), so a study reuses an earlier study's subsets by pointing
+(``find_manifest(..., match=True)``, checked for the whole grid by ``study/validate.py``), so
+a study reuses an earlier study's subsets by pointing
 ``data.manifest`` at that study's folder. The manifest's sha256 of its ids is checked, and every
 id must be in the train split of ``data.root``.
 """
@@ -118,12 +119,6 @@ def training_manifest(data: DataConfig) -> tuple[Path, dict] | None:
 def check_manifest_source(data: DataConfig) -> None:
     """Before anything runs: ``data.manifest`` names a readable manifest for this run."""
     training_manifest(data)
-
-
-def check_study_manifests(cells) -> None:
-    """Every training cell of a study has a manifest made for its own k and data seed."""
-    for cell in cells:
-        find_manifest(cell.config.data, match=True)
 
 
 def _index(folder: Path) -> dict[tuple, list[Path]]:

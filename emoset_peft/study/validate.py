@@ -8,7 +8,8 @@ Two passes, cheapest first, each raising one ``EmoSetError`` line that names the
    and its config;
 2. per cell, the data: the split files and the subset the cell would draw (``per_class``
    against the images each class has, ``data.fraction``, the validation and test splits),
-   from EmoSet's index alone (no image is decoded).
+   from EmoSet's index alone (no image is decoded), and with ``data.manifest`` the manifest
+   made for the cell's own k and data seed.
 
 Config keys and values were checked when the grid was expanded (``study/grid.expand``).
 """
@@ -16,6 +17,7 @@ Config keys and values were checked when the grid was expanded (``study/grid.exp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 from emoset_peft.errors import EmoSetError
@@ -27,6 +29,7 @@ def validate_grid(cells, context) -> None:
     ``context`` is the runner's ``CellContext``: EmoSet's index loaded here is the one the
     cells reuse.
     """
+    from emoset_peft.data.manifests import find_manifest
     from emoset_peft.engine.recipe import preflight
 
     checked: set[str] = set()
@@ -44,6 +47,8 @@ def validate_grid(cells, context) -> None:
         if key not in checked:
             _in_cell(cell, _check_data, cell.config.data, context)
             checked.add(key)
+    for cell in cells:  # data.manifest: each cell's own k and data seed (no image is read)
+        _in_cell(cell, functools.partial(find_manifest, match=True), cell.config.data)
 
 
 def _check_data(data_config, context) -> None:
