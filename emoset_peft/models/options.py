@@ -36,11 +36,11 @@ class LoraOptions:
 @dataclass
 class AdaLoraOptions:
     r: int = 8  # average rank after budget allocation (peft target_r)
-    init_r: int = 12  # rank each module starts with
+    init_r: int = 12  # rank each module starts with; must be > r (the budget prunes to r)
     alpha: float = 16.0
     dropout: float = 0.0
     tinit: int | None = None  # warm-up steps before pruning; default 10% of total_steps
-    tfinal: int | None = None  # steps with the final budget; default 20% of total_steps
+    tfinal: int | None = None  # steps with the final budget; default 20% of total_steps, >= 1
     delta_t: int = 1  # steps between budget allocations
     orth_reg_weight: float = 0.5
 
@@ -130,6 +130,8 @@ def make_options(spec: MethodSpec, given: dict):
     if isinstance(options, ZeroShotOptions):
         options.templates = tuple(options.templates)
     _check_option_ranges(spec, options)
+    if isinstance(options, AdaLoraOptions):
+        _check_adalora_ranks(spec, options)
     return options
 
 
@@ -161,3 +163,15 @@ def _check_option_ranges(spec: MethodSpec, options) -> None:
             raise EmoSetError(f"{where} (method {spec.name!r}) must be in [0, 1)")
         if name in ("tinit", "tfinal", "orth_reg_weight") and value < 0:
             raise EmoSetError(f"{where} (method {spec.name!r}) must be >= 0")
+
+
+def _check_adalora_ranks(spec: MethodSpec, options: AdaLoraOptions) -> None:
+    """AdaLoRA starts every module at init_r ranks and prunes to r on average: peft's
+    RankAllocator asks torch.kthvalue for the (init_r - r) * modules-th smallest score, out of
+    range (a raw RuntimeError at its first pruning step) unless init_r > r."""
+    if options.init_r <= options.r:
+        raise EmoSetError(
+            f"model.options.init_r={options.init_r} must be > model.options.r={options.r} "
+            f"(method {spec.name!r} prunes from init_r ranks per module to r on average): "
+            "raise model.options.init_r or lower model.options.r"
+        )

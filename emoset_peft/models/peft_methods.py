@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -22,6 +23,7 @@ from emoset_peft.models.folder import WEIGHTS_NAME
 from emoset_peft.models.kinds import MethodHooks, MethodSpec
 
 BOTH = ("8bit", "4bit")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,14 +169,44 @@ def _lora(o, common, total_steps, *, dora: bool):
     )
 
 
+def adalora_schedule(o, total_steps: int) -> tuple[int, int]:
+    """(tinit, tfinal) for a run of ``total_steps`` optimizer steps, counted from 0 as the trainer
+    passes them to ``update_and_allocate``.
+
+    peft warms up for steps <= tinit, prunes until step total_step - tfinal, where it fixes the
+    final budget (r ranks per module on average), then keeps it. Defaults: 10% / 20% of the run,
+    with tfinal >= 1 so that final step is one the run takes (tfinal=0 would put it at step
+    total_steps, one past the last), and clamped so tinit + tfinal <= total_steps - 1 (peft: a
+    pruning phase of at least one step). A 1-step run only warms up. Given values are kept.
+    """
+    last = total_steps - 1
+    tinit = o.tinit if o.tinit is not None else total_steps // 10
+    tfinal = o.tfinal if o.tfinal is not None else max(1, total_steps // 5)
+    if o.tfinal is None:
+        tfinal = max(0, min(tfinal, last - tinit))
+    if o.tinit is None:
+        tinit = max(0, min(tinit, last - tfinal))
+    if tinit + tfinal > last:
+        given = [f"model.options.{k}={getattr(o, k)}" for k in ("tinit", "tfinal") if getattr(o, k)]
+        raise EmoSetError(
+            f"{' and '.join(given)} (method 'adalora'): its schedule needs at least "
+            f"tinit + tfinal + 1 = {tinit + tfinal + 1} optimizer steps, but this run has "
+            f"{total_steps}; lower them or leave them out (the defaults scale with the run), or "
+            "raise train.max_steps / train.min_steps"
+        )
+    return tinit, tfinal
+
+
 def _adalora(o, common, total_steps):
     import peft
 
-    tinit = o.tinit if o.tinit is not None else total_steps // 10
-    tfinal = o.tfinal if o.tfinal is not None else total_steps // 5
-    if tinit >= total_steps - tfinal:
-        raise EmoSetError(
-            f"adalora: tinit={tinit} must be < total_steps - tfinal = {total_steps - tfinal}"
+    tinit, tfinal = adalora_schedule(o, total_steps)
+    if total_steps == 1:
+        log.warning(
+            "adalora: a 1-step run only warms up; no step is left to prune ranks, so the adapter "
+            "keeps init_r=%d ranks per module (r=%d needs at least 2 steps)",
+            o.init_r,
+            o.r,
         )
     return peft.AdaLoraConfig(
         target_r=o.r,

@@ -1,0 +1,85 @@
+"""AdaLoRA on any step budget: its rank schedule (tinit / tfinal from the run's steps) fits runs of
+1, 2, 3 steps as well as long ones, and options that peft's RankAllocator cannot prune with are
+one line before any image is decoded."""
+
+import json
+
+import pytest
+
+from emoset_peft.cli import main
+from emoset_peft.config import load_config
+from emoset_peft.engine.recipe import preflight
+from emoset_peft.errors import EmoSetError
+from emoset_peft.models import build_model
+from emoset_peft.models.options import AdaLoraOptions
+from emoset_peft.models.peft_methods import adalora_schedule
+
+R, INIT_R = 2, 4
+
+
+def adalora_run(tiny_run, steps, **extra):
+    return tiny_run(
+        f"adalora{steps}",
+        **{
+            "model.method": "adalora",
+            "model.options.r": R,
+            "model.options.init_r": INIT_R,
+            "train.min_steps": 1,
+            "train.max_steps": steps,
+            "train.eval_every": steps,
+            **extra,
+        },
+    )
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 12])
+def test_adalora_trains_on_any_step_budget(tiny_run, tmp_path, steps, caplog):
+    assert main(["train", *adalora_run(tiny_run, steps)]) == 0
+    run = tmp_path / f"adalora{steps}"
+    assert json.loads((run / "metrics.json").read_text())["steps"] == steps
+    saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert saved["total_step"] == steps and saved["tinit"] + saved["tfinal"] < steps
+    if steps == 1:  # step 0 is the warm-up: nothing is pruned, and the log says so
+        assert saved["rank_pattern"] is None
+        assert "keeps init_r=4" in caplog.text
+        return
+    # The final allocation (step total_step - tfinal, steps counted from 0) is a step the run
+    # takes, so the adapter ends at its target budget: r ranks per module on average.
+    kept = [sum(mask) for mask in saved["rank_pattern"].values()]
+    assert kept and sum(kept) <= R * len(kept)
+
+
+def test_default_schedule_leaves_a_final_allocation_step_for_every_budget():
+    for steps in range(1, 400):
+        tinit, tfinal = adalora_schedule(AdaLoraOptions(), steps)
+        assert 0 <= tinit and tinit + tfinal <= steps - 1  # peft: tinit < total_step - tfinal
+        assert tfinal >= (1 if steps >= 2 else 0)
+        if steps >= 10:  # long runs keep the 10% / 20% split
+            assert (tinit, tfinal) == (steps // 10, steps // 5)
+    # One value given: the derived other one makes room for it, the given one is kept.
+    assert adalora_schedule(AdaLoraOptions(tinit=1), 2) == (1, 0)
+    assert adalora_schedule(AdaLoraOptions(tfinal=2), 3) == (0, 2)
+
+
+def test_init_r_not_above_r_is_one_line_before_decoding(tiny_run, tmp_path, capsys):
+    """peft prunes from init_r ranks per module to r on average: torch.kthvalue(k=init - target)
+    is out of range when init_r <= r, whatever the step budget."""
+    for r, init_r in ((8, 8), (16, 12)):
+        args = adalora_run(tiny_run, 12, **{"model.options.r": r, "model.options.init_r": init_r})
+        with pytest.raises(EmoSetError, match="model.options.init_r"):
+            preflight(load_config(None, args))  # what train checks before decoding the data
+        assert main(["train", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"model.options.init_r={init_r}" in err and f"model.options.r={r}" in err
+        assert not (tmp_path / "adalora12").exists()
+
+
+def test_schedule_too_long_for_the_budget_names_keys_and_minimum(tiny_vit_dir):
+    with pytest.raises(EmoSetError) as caught:
+        build_model(tiny_vit_dir, "adalora", total_steps=3, tinit=2, tfinal=1)
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in ("model.options.tinit=2", "model.options.tfinal=1", "= 4 optimizer steps", "has 3"):
+        assert part in message
+    assert "train.max_steps" in message
