@@ -145,7 +145,7 @@ def _card_data(record, run, repo_id, exported):
     from huggingface_hub import EvalResult, ModelCardData
 
     backbone, spec = record["backbone"], _spec(record)
-    if exported or spec.name == "full":
+    if exported or not spec.freezes_backbone:  # a full fine-tune saves a whole transformers model
         library = "transformers"
     else:
         library = "peft" if spec.plain_peft else "emoset-peft"
