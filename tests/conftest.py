@@ -3,8 +3,6 @@
 import os
 import tempfile
 
-import pytest
-
 # Caches (EmoSet index, decoded images) go to a throwaway folder, never the user's ~/.cache.
 os.environ.setdefault("EMOSET_PEFT_CACHE", tempfile.mkdtemp(prefix="emoset-peft-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -15,10 +13,11 @@ from fixtures_models import *  # noqa: E402,F401,F403
 from fixtures_train import *  # noqa: E402,F401,F403
 
 
-@pytest.fixture(autouse=True)
-def third_party_warning_filters():
-    """pytest drops the warning filters installed while it imported the package (collection
-    runs in its own catch_warnings); put emoset_peft/utils/warnings.py's back for each test."""
-    from emoset_peft.utils.warnings import install
+def pytest_configure(config):
+    """pytest resets warning filters around every test phase (fixture setup included) to its own
+    ``filterwarnings`` list: add emoset_peft/utils/warnings.py's entries to that list, so the
+    third-party warnings are named in that one place and stay hidden in every phase."""
+    from emoset_peft.utils.warnings import WARNINGS
 
-    install()
+    for category, message in WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
