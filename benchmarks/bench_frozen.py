@@ -294,9 +294,11 @@ def report(grid, results, rows, agreement, methods, speedup, process_speedup) ->
             f"speedup (study time off / auto): **{speedup:.1f}x** (process time: "
             f"{process_speedup:.1f}x)",
             "",
-            table(["method", "k", "seeds", "off acc", "auto acc", "|diff|", "seed SE"], cell_rows),
+            table(
+                ["method", "k", "seeds", "off acc", "auto acc", "abs diff", "seed SE"], cell_rows
+            ),
             "",
-            table(["method", "off acc", "auto acc", "|diff|", "seed SE of diff"], method_rows),
+            table(["method", "off acc", "auto acc", "abs diff", "seed SE of diff"], method_rows),
         ]
     )
 

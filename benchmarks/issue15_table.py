@@ -128,7 +128,7 @@ def render(results: dict, host: dict) -> str:
     if "speedup" in frozen:
         seconds = frozen["study_seconds"]
         agreement = "; ".join(
-            f"{method} off {e['off']:.3f} / auto {e['auto']:.3f} (|diff| {e['abs_diff']:.3f}, "
+            f"{method} off {e['off']:.3f} / auto {e['auto']:.3f} (abs diff {e['abs_diff']:.3f}, "
             f"seed SE {'n/a' if e['seed_se'] is None else format(e['seed_se'], '.3f')})"
             for method, e in frozen["accuracy"].items()
         )

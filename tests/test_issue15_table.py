@@ -53,7 +53,7 @@ def test_the_table_has_a_row_per_figure_and_names_a_failed_step():
     assert text.startswith("| measure") and text.count("\n") >= 9
     assert "bf16 / bf16" in text and "8.77x >= 1.15x" in text
     assert "**1.67x**" in text and "**1.50x**" in text and "**12.00x**" in text
-    assert "linear off 0.410 / auto 0.430 (|diff| 0.020, seed SE 0.015)" in text
+    assert "linear off 0.410 / auto 0.430 (abs diff 0.020, seed SE 0.015)" in text
     assert "| study benchmark" in text and "**failed**" in text and "/tmp/study.log" in text
     assert "train steps 1.20" in text and "train_eval 2.5 min" in text
 
