@@ -54,6 +54,15 @@ class Route:
     seconds: float = 0.0  # computing or reading the features
     record: dict | None = None  # metrics.json "frozen_features"
 
+    def running(self):
+        """The context fit and evaluate run in: on the CPU, the head on features runs with one
+        intra-op thread. Its matrix products ([16, D] x [D, 8]) are far smaller than what a
+        parallel region costs to start: a 16-step linear probe on 2 cores took 0.62 s of
+        training and 0.39 s of selection evaluations with 2 threads, 0.07 s and 0.12 s with 1."""
+        if self.record is None or self.normalizer.device.type != "cpu":
+            return contextlib.nullcontext()
+        return _threads(1)
+
 
 def uses_frozen_features(config) -> bool:
     from emoset_peft.models import methods
@@ -275,6 +284,16 @@ def _pool(key: tuple) -> dict | None:
 
     cache = loaded_cache()
     return None if cache is None else cache.setdefault(("frozen-feature rows", *key), {})
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

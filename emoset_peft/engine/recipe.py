@@ -127,55 +127,56 @@ def run_training(
         )
     # the model on images, or its head on cached frozen features (engine/features.py)
     path = features.route(model, data, config, accelerator, normalizer, spec.image_size)
-    if data.train is None or not methods.trains(config.model.method):
-        started = time.perf_counter()
-        validation = (
-            None
-            if data.selection is None
-            else evaluate(
+    with path.running():  # one thread for the tiny head ops (engine/features.py)
+        if data.train is None or not methods.trains(config.model.method):
+            started = time.perf_counter()
+            validation = (
+                None
+                if data.selection is None
+                else evaluate(
+                    path.model,
+                    path.data.selection,
+                    data.class_names,
+                    accelerator,
+                    path.normalizer,
+                    path.image_size,
+                    config.train.eval_batch_size,
+                )[0]
+            )
+            result = FitResult(
+                steps=0,
+                best_step=0,
+                best_validation=validation,
+                train_seconds=0.0,
+                stopped_early=False,
+                selection_seconds=time.perf_counter() - started,
+            )
+        else:
+            result = fit(
                 path.model,
-                path.data.selection,
-                data.class_names,
+                path.data,
+                config.train,
                 accelerator,
                 path.normalizer,
                 path.image_size,
-                config.train.eval_batch_size,
-            )[0]
-        )
-        result = FitResult(
-            steps=0,
-            best_step=0,
-            best_validation=validation,
-            train_seconds=0.0,
-            stopped_early=False,
-            selection_seconds=time.perf_counter() - started,
-        )
-    else:
-        result = fit(
+                out_dir=out_dir,
+                resume_from=resume_from,
+                show_progress=show_progress,
+                stream_class=path.stream_class,
+            )
+
+        started = time.perf_counter()
+        test, test_probs = evaluate(
             path.model,
-            path.data,
-            config.train,
+            path.data.test,
+            data.class_names,
             accelerator,
             path.normalizer,
             path.image_size,
-            out_dir=out_dir,
-            resume_from=resume_from,
-            show_progress=show_progress,
-            stream_class=path.stream_class,
+            config.train.eval_batch_size,
+            merge_adapters=not config.train.compile,
         )
-
-    started = time.perf_counter()
-    test, test_probs = evaluate(
-        path.model,
-        path.data.test,
-        data.class_names,
-        accelerator,
-        path.normalizer,
-        path.image_size,
-        config.train.eval_batch_size,
-        merge_adapters=not config.train.compile,
-    )
-    eval_seconds = time.perf_counter() - started
+        eval_seconds = time.perf_counter() - started
     metrics = {
         "test": test,
         "validation": result.best_validation,
