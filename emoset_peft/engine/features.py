@@ -171,14 +171,30 @@ def extract_features(
         batch_size = cpu_forward_batch(model, batch_size)
     try:
         for _, pixels in eval_batches(images, batch_size, normalizer, image_size):
+            count = len(pixels)
             with accelerator.autocast():
-                model(pixel_values=pixels)
+                model(pixel_values=_padded(pixels, batch_size))
+            captured[-1] = captured[-1][:count]
     finally:
         hook.remove()
         model.train(was_training)
     if not captured:
         return np.zeros((0, head.in_features), dtype=np.float32)
     return torch.cat(captured).numpy()
+
+
+def _padded(pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The batch padded (with copies of its last image) to the next power of two, at most
+    ``batch_size``. A study's splits and subsets come in many sizes, and on the CPU the first
+    forward at each new batch size builds its kernels anew (a 96 px, 6-layer CLIP in bf16 on
+    2 cores: 0.54 s for 18 images the first time, 0.07 s after): with power-of-two sizes a
+    process builds at most a handful, once. Each image's feature does not depend on the
+    others in its batch (eval mode)."""
+    count = len(pixels)
+    target = min(batch_size, 1 << max(count - 1, 0).bit_length())
+    if target <= count:
+        return pixels
+    return torch.cat([pixels, pixels[-1:].expand(target - count, *pixels.shape[1:])])
 
 
 class HeadOnFeatures(nn.Module):
