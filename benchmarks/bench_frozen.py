@@ -2,16 +2,17 @@
 (every step runs the backbone on augmented images) vs ``auto`` (each image's pooled feature
 computed once, the head trained on the cached features).
 
-    python benchmarks/bench_frozen.py [--workdir DIR] [--size tiny|small|base] [--seeds 0 1 2]
+    python benchmarks/bench_frozen.py [--workdir DIR] [--size auto|tiny|small|base] [--seeds 0 1 2]
         [--per-class 1 2 4 8] [--quick] [--tiny] [--json PATH]
 
 The grid: linear (lr 1e-2) x k in {1, 2, 4, 8} images per class x seeds {0, 1, 2} = 12 cells,
 plus one zero-shot cell; batch 16, 4 epochs within 12..48 steps, selection on the 64 validation
 images about every 10% of the steps, then the 256 test images once. Data: the same 300-640 px
 synthetic JPEGs as the other benchmarks. Backbone: a random-init CLIP (``models/tiny.py``; it
-has the text tower the zero-shot head needs) of ``--size``: ``small`` (default: 96 px, 16 px
-patches, 6 layers of width 192), ``base`` (224 px, ViT-S/16's shape: minutes per side on 2
-cores), ``tiny`` (32 px, 2 layers of width 32). Each side runs in its own process with its own
+has the text tower the zero-shot head needs) of ``--size``: ``base`` (224 px, ViT-S/16's shape),
+``small`` (96 px, 16 px patches, 6 layers of width 192), ``tiny`` (32 px, 2 layers of width 32);
+the default ``auto`` takes base where the run resolves to bf16 (AMX, a GPU: ~5 min on 2 AMX
+cores, most of it the off side) and small elsewhere (fp32 ViT-S would take ~20 min). Each side runs in its own process with its own
 empty cache folder, so each pays its decoding (and the auto side its feature computation); the
 study time is measured inside the child around ``emoset-peft study`` (the process time adds the
 interpreter start and imports). Accuracy: the mean test accuracy per method and k on both sides,
@@ -156,7 +157,12 @@ def summary(rows_by_side: dict, agreement: list[dict]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", help="keep data and backbone here (default: a temp folder)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument(
+        "--size",
+        choices=["auto", *sorted(SIZES)],
+        default="auto",
+        help="auto: base where the run resolves to bf16 (AMX, GPU), else small",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--per-class", type=int, nargs="+", default=PER_CLASS)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -181,7 +187,11 @@ def main(argv=None) -> int:
     host = machine()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="emoset-bench-frozen-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    decision = decide_precision("bf16", torch.device(args.device))
+    precision = "bf16!" if decision.resolved == "bf16" else "no"
     size = "tiny" if (args.quick or args.tiny) else args.size
+    if size == "auto":  # what 2 cores can afford in a few minutes: the off side runs ~20k images
+        size = "base" if decision.resolved == "bf16" else "small"
     grid = {
         "size": size,
         "per_class": [1] if args.tiny else args.per_class,
@@ -194,8 +204,6 @@ def main(argv=None) -> int:
     backbone = workdir / f"clip-{size}"
     if not (backbone / "config.json").exists():
         save_tiny_backbone("clip", backbone, **SIZES[size])
-    decision = decide_precision("bf16", torch.device(args.device))
-    precision = "bf16!" if decision.resolved == "bf16" else "no"
     print(f"machine: {host}\nprecision: {decision.resolved} ({decision.reason})", flush=True)
     results, rows = {}, {}
     for side in SIDES:
