@@ -46,7 +46,8 @@ class MethodHooks:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method that trains the linear head only (``linear``); the other kinds subclass it."""
+    """The base of every kind: the head alone trains (``LinearSpec``, the linear probe, adds
+    that it reads the pooled feature); the other kinds subclass it."""
 
     name: str
     options: type
