@@ -8,7 +8,8 @@ Runs, one after another, each in its own process with ``--json``:
 - ``bench_train_eval.py --quick``: the precision each side ran and why; training and evaluation
   images/s, toolkit vs the plain Trainer + PEFT path (guards: >= 1.5x and >= 1.3x);
 - ``bench_study.py --seeds 0``: the reference study's 9 cells of seed 0 (``--full``: both seeds,
-  18 cells, ~2 min more), toolkit vs plain path (guard: >= 10x);
+  18 cells, ~2 min more), toolkit vs plain path (guard: >= 10x); in a new ``--workdir`` it first
+  pretrains its tiny backbone (2-4 min, once: keep the folder for later runs);
 - ``bench_frozen.py``: linear + zeroshot x 4 k x 3 seeds with ``train.frozen_features=off``
   vs ``auto``: the speedup (target >= 10x) and the accuracy of both against the seed noise
   (its backbone: ViT-S-shaped CLIP where bf16 runs natively, a 96 px one elsewhere);
@@ -97,7 +98,9 @@ def render(results: dict, host: dict) -> str:
     rows = [["machine", f"{host['cpu']}, {host['cores']} cores ({host['isa']})", ""]]
     te = results.get("train_eval") or {}
     if "train" in te:
-        ran, why = te.get("ran", {}), te.get("precision", {}).get("reason", te.get("why", ""))
+        ran, why = te.get("ran", {}), te.get("why") or te.get("precision", {}).get("reason", "")
+        if isinstance(why, dict):  # per side
+            why = "; ".join(f"{side}: {text}" for side, text in why.items())
         rows += [
             [
                 "precision (toolkit / plain)",
