@@ -326,16 +326,26 @@ def report(host, precision, toolkit, toolkit_rows, plain_rows, plain_wall, grid,
             rows,
         ),
     ]
-    train_s = sum(float(r["train_seconds"]) for r in toolkit_rows)
-    eval_s = sum(float(r["eval_seconds"]) for r in toolkit_rows)
-    lines.append(
-        f"toolkit cells: {train_s:.0f} s training (incl. selection), {eval_s:.0f} s "
-        "test evaluation; the rest is start-up, decoding and model loading"
-    )
+    lines.append(time_line(toolkit_rows))
     if plain_rows:
         lines += ["", accuracy_table(toolkit_rows, plain_rows)]
     lines.append(f"\nbenchmark wall time {seconds / 60:.1f} min")
     return "\n".join(lines)
+
+
+def time_line(rows) -> str:
+    """The toolkit cells' seconds by part (results.csv time columns), summed over cells."""
+    from emoset_peft.study.plots_time import PART_LABELS
+    from emoset_peft.study.result_rows import TIME_COLUMNS
+
+    def total(column):
+        return sum(float(r.get(column) or 0) for r in rows)
+
+    parts = ", ".join(f"{total(c):.1f} s {PART_LABELS[c]}" for c in TIME_COLUMNS)
+    return (
+        f"toolkit cells: {parts} (of {total('cell_seconds'):.1f} s in cells); the rest "
+        "is start-up and model loading"
+    )
 
 
 def accuracy_table(toolkit_rows, plain_rows) -> str:

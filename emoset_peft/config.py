@@ -96,6 +96,11 @@ class TrainConfig:
         True  # CPU training: matmul attention + PCG64 dropout masks (models/kernels.py)
     )
     deterministic: bool = False  # torch deterministic algorithms (for exact resume checks)
+    # "auto" (or true): a method whose backbone is frozen and whose head reads the pooled feature
+    # (linear, zeroshot) computes each image's feature once and trains the head on the cached
+    # features, without augmentation; "off" (YAML reads a bare off as false): every step runs
+    # the backbone on augmented images
+    frozen_features: bool | str = "auto"
 
 
 @dataclass
@@ -122,6 +127,10 @@ class RunConfig:
         for (section, key), (value, hashed_as) in FINGERPRINT_AS_BEFORE.items():
             if content[section].get(key) == value:
                 content[section][key] = hashed_as
+        if _frozen_features_change_results(self):
+            content["train"]["frozen_features"] = "auto"  # true and "auto" are one setting
+        else:
+            content["train"].pop("frozen_features")
         blob = json.dumps(content, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -138,6 +147,17 @@ FINGERPRINT_NEUTRAL = {
 FINGERPRINT_AS_BEFORE = {
     ("data", "decode_workers"): (None, 2),  # now "the CPUs this process may use"; was 2
 }
+
+
+def _frozen_features_change_results(config: RunConfig) -> bool:
+    """train.frozen_features is hashed only where it changes what a run computes: a method that
+    trains its head on cached features (no augmentation). Every other method, zeroshot (it trains
+    nothing and scores the same features) and frozen_features=off keep the hash they had before
+    the option existed."""
+    from emoset_peft.models import methods
+
+    method, mode = config.model.method, config.train.frozen_features
+    return methods.frozen_feature_path(method, mode) and methods.trains(method)
 
 
 # -- building configs ---------------------------------------------------------------------------
@@ -304,6 +324,7 @@ CHOICES = {
     "model.frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.select_metric": selection_choices(),  # the metric registry's names and "loss"
     "data.selection": ("fixed", "k_tied", "none"),
+    "train.frozen_features": ("auto", "off", True, False),
 }
 
 

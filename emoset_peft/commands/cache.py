@@ -21,7 +21,7 @@ from pathlib import Path
 
 @dataclass
 class Entry:
-    kind: str  # "decoded", "index" or "temp"
+    kind: str  # "decoded", "features", "index" or "temp"
     key: str
     what: str  # split, dataset root or why it is there
     images: int | None
@@ -190,6 +190,36 @@ def entries(root: Path) -> list[Entry]:
                     [temp],
                 )
             )
+    found += _feature_entries(root)
+    return found
+
+
+def _feature_entries(root: Path) -> list[Entry]:
+    """The frozen-feature cache (data/feature_cache.py): one entry per split and backbone."""
+    from emoset_peft.data.feature_cache import SUBFOLDER
+
+    found = []
+    for meta_path in sorted((root / SUBFOLDER).glob("*.json")):
+        array = meta_path.with_suffix(".npy")
+        try:
+            meta = json.loads(meta_path.read_text())
+            what, images = f"features of {meta.get('label') or '?'}", meta["shape"][0]
+        except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
+            what, images = "? (unreadable .json)", None
+        paths = [meta_path, array]
+        size = sum(p.stat().st_size for p in paths if p.exists())
+        found.append(
+            Entry(
+                "features",
+                meta_path.stem,
+                what,
+                images,
+                None,
+                size,
+                meta_path.stat().st_mtime,
+                paths,
+            )
+        )
     return found
 
 

@@ -54,6 +54,7 @@ class DecodedImages:
     attributes: dict[str, list] = field(default_factory=dict)  # column -> N values, for slices
     attribute_labels: dict[str, list[str]] = field(default_factory=dict)  # ClassLabel index -> name
     skipped: list[str] = field(default_factory=list)  # image paths that could not be decoded
+    cache_key: str = ""  # the decode cache's key of the split ("" when not from decode_split)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -125,6 +126,7 @@ def decode_split(
         attributes=attributes,
         attribute_labels=attribute_labels,
         skipped=[paths[i] for i in sorted(failed)],
+        cache_key=str(meta.get("key", "")),
     )
 
 

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+# Fields added after checkpoints were first written: an older trainer_state.json lacks them and
+# resumes with their default.
+LATER_FIELDS = {"selection_seconds"}
+
 
 @dataclass
 class LoopState:
@@ -23,7 +27,8 @@ class LoopState:
     best_validation: dict = field(default_factory=dict)  # the best evaluation's metrics
     evals_since_best: int = 0  # evaluations without improvement (for train.patience)
     history: list[dict] = field(default_factory=list)  # one entry per evaluation (log.jsonl val_*)
-    train_seconds: float = 0.0  # wall seconds spent training, across resumes
+    train_seconds: float = 0.0  # wall seconds in the loop (selection included), across resumes
+    selection_seconds: float = 0.0  # of which in selection evaluations, across resumes
 
     def improved(self, step: int, score: float, metrics: dict) -> bool:
         """Record an evaluation; True when it is the best so far."""
@@ -44,7 +49,7 @@ class LoopState:
         """The state ``to_json`` wrote; ValueError/TypeError for anything else."""
         raw = json.loads(text)
         names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(raw, dict) or set(raw) != set(names):
+        if not isinstance(raw, dict) or not set(names) - LATER_FIELDS <= set(raw) <= set(names):
             found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
             raise ValueError(f"it holds {found}, expected the keys {names}")
         state = cls(**raw)

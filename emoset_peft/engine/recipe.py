@@ -17,6 +17,7 @@ from emoset_peft.config import RunConfig, save_config, validate
 from emoset_peft.data.pipeline import Normalizer
 from emoset_peft.data.run_data import RunData, load_run_data, selection_record
 from emoset_peft.deploy.card import write_model_card
+from emoset_peft.engine import features
 from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.engine.precision import (
     cast_frozen_weights,
@@ -95,8 +96,10 @@ def run_training(
     out_dir: Path | None,
     resume_from: Path | None = None,
     show_progress: bool = True,
+    decode_seconds: float = 0.0,
 ) -> dict:
-    """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics."""
+    """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics.
+    ``decode_seconds``: what loading ``data`` took, recorded beside the other parts."""
     from emoset_peft.models import count_parameters, input_spec
 
     torch.manual_seed(config.train.seed)  # head init and dropout; the data seed is separate
@@ -117,53 +120,63 @@ def run_training(
 
     from emoset_peft.models import methods
 
-    if data.train is None or not methods.trains(config.model.method):
-        if methods.trains(config.model.method):
-            raise EmoSetError(
-                "data.per_class=0 trains on no images: only a method that does not "
-                f"train fits: model.method={'|'.join(methods.named(lambda s: not s.trains))}"
+    if data.train is None and methods.trains(config.model.method):
+        raise EmoSetError(
+            "data.per_class=0 trains on no images: only a method that does not "
+            f"train fits: model.method={'|'.join(methods.named(lambda s: not s.trains))}"
+        )
+    # the model on images, or its head on cached frozen features (engine/features.py)
+    path = features.route(model, data, config, accelerator, normalizer, spec.image_size)
+    with path.running():  # one thread for the tiny head ops (engine/features.py)
+        if data.train is None or not methods.trains(config.model.method):
+            started = time.perf_counter()
+            validation = (
+                None
+                if data.selection is None
+                else evaluate(
+                    path.model,
+                    path.data.selection,
+                    data.class_names,
+                    accelerator,
+                    path.normalizer,
+                    path.image_size,
+                    config.train.eval_batch_size,
+                )[0]
             )
-        validation = (
-            None
-            if data.selection is None
-            else evaluate(
-                model,
-                data.selection,
-                data.class_names,
+            result = FitResult(
+                steps=0,
+                best_step=0,
+                best_validation=validation,
+                train_seconds=0.0,
+                stopped_early=False,
+                selection_seconds=time.perf_counter() - started,
+            )
+        else:
+            result = fit(
+                path.model,
+                path.data,
+                config.train,
                 accelerator,
-                normalizer,
-                spec.image_size,
-                config.train.eval_batch_size,
-            )[0]
-        )
-        result = FitResult(
-            steps=0, best_step=0, best_validation=validation, train_seconds=0.0, stopped_early=False
-        )
-    else:
-        result = fit(
-            model,
-            data,
-            config.train,
-            accelerator,
-            normalizer,
-            spec.image_size,
-            out_dir=out_dir,
-            resume_from=resume_from,
-            show_progress=show_progress,
-        )
+                path.normalizer,
+                path.image_size,
+                out_dir=out_dir,
+                resume_from=resume_from,
+                show_progress=show_progress,
+                stream_class=path.stream_class,
+            )
 
-    started = time.perf_counter()
-    test, test_probs = evaluate(
-        model,
-        data.test,
-        data.class_names,
-        accelerator,
-        normalizer,
-        spec.image_size,
-        config.train.eval_batch_size,
-        merge_adapters=not config.train.compile,
-    )
-    eval_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        test, test_probs = evaluate(
+            path.model,
+            path.data.test,
+            data.class_names,
+            accelerator,
+            path.normalizer,
+            path.image_size,
+            config.train.eval_batch_size,
+            merge_adapters=not config.train.compile,
+        )
+        eval_seconds = time.perf_counter() - started
     metrics = {
         "test": test,
         "validation": result.best_validation,
@@ -177,8 +190,16 @@ def run_training(
             config.data, data.selection, result.best_step, len(result.history)
         ),
         "test_evaluations": 1,  # the test split is scored once, after selection
-        "train_seconds": round(result.train_seconds, 3),
+        "train_seconds": round(result.train_seconds, 3),  # optimizer steps, no selection evals
         "test_eval_seconds": round(eval_seconds, 3),
+        # wall seconds per part of the run (the study's "where the time goes" figure)
+        "seconds": {
+            "decode": round(decode_seconds, 3),
+            "features": round(path.seconds, 3),
+            "train": round(result.train_seconds, 3),
+            "selection_eval": round(result.selection_seconds, 3),
+            "test_eval": round(eval_seconds, 3),
+        },
         "skipped_images": {
             name: len(images.skipped)
             for name, images in (
@@ -196,6 +217,8 @@ def run_training(
         ),
         "config_fingerprint": config.fingerprint(),
     }
+    if path.record is not None:
+        metrics["frozen_features"] = path.record
     if out_dir is not None and accelerator.is_main_process:
         from emoset_peft.engine.metrics import write_predictions
         from emoset_peft.utils.storage import atomic_folder
@@ -231,6 +254,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     # Under accelerate launch / torchrun the N processes are one run: rank 0 checks, locks and
     # prepares the folder and picks the checkpoint; the others receive its decision.
     decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
+    decode_started = time.perf_counter()
     with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
         data = load_run_data(
             config.data,
@@ -238,6 +262,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
             crop_ratio=spec.crop_ratio,
             show_progress=show_progress and main,
         )
+    decode_seconds = time.perf_counter() - decode_started
     _check_same_subset(accelerator, data)
 
     created = not Path(config.output_dir).exists()
@@ -249,7 +274,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
 
         out_dir, resume_from = decide_on_main(accelerator, prepare)
         try:
-            metrics = _train_in(out_dir, config, data, accelerator, resume_from, show_progress)
+            metrics = _train_in(
+                out_dir, config, data, accelerator, resume_from, show_progress, decode_seconds
+            )
         except EmoSetError:
             accelerator.end_training()
             if main and resume_from is None:
@@ -280,6 +307,7 @@ def _train_in(
     accelerator,
     resume_from: Path | None,
     show_progress: bool,
+    decode_seconds: float = 0.0,
 ) -> dict:
     if accelerator.is_main_process:
         write_run_record(out_dir, config, data)
@@ -291,6 +319,7 @@ def _train_in(
         out_dir=out_dir,
         resume_from=resume_from,
         show_progress=show_progress,
+        decode_seconds=decode_seconds,
     )
     accelerator.end_training()
     return metrics

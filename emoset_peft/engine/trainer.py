@@ -50,9 +50,10 @@ class FitResult:
     steps: int  # optimizer steps taken in total (across resumes)
     best_step: int
     best_validation: dict | None  # None: no selection set, the last step is kept
-    train_seconds: float
+    train_seconds: float  # wall seconds of the loop less its selection evaluations
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
+    selection_seconds: float = 0.0  # wall seconds of the selection evaluations
 
 
 LOG_EVERY = 5  # optimizer steps between reads of the loss (a host sync) for the log and the bar
@@ -124,6 +125,7 @@ def fit(
     resume_from: Path | None = None,
     show_progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    stream_class: type = TrainStream,
 ) -> FitResult:
     """Train ``model`` (already built, not yet prepared) on ``data.train``; returns the result.
 
@@ -131,9 +133,19 @@ def fit(
     ``on_step(step, seconds)``, if given, is called after every optimizer step with the steps
     done so far and that step's wall seconds (data, forward, backward, update; no evaluation or
     checkpointing), e.g. to measure throughput. On a GPU the step's kernels may still be
-    running then: call ``torch.cuda.synchronize()`` in it to time them.
+    running then: call ``torch.cuda.synchronize()`` in it to time them. ``stream_class``: the
+    ``TrainStream`` (sub)class that makes each step's batch (engine/features.py: feature rows).
     """
-    loop = TrainingLoop(model, data, cfg, accelerator, normalizer, image_size, out_dir=out_dir)
+    loop = TrainingLoop(
+        model,
+        data,
+        cfg,
+        accelerator,
+        normalizer,
+        image_size,
+        out_dir=out_dir,
+        stream_class=stream_class,
+    )
     if resume_from is not None:
         loop.resume(resume_from)
     return loop.run(show_progress=show_progress, on_step=on_step)
@@ -152,11 +164,12 @@ class TrainingLoop:
         image_size: int,
         *,
         out_dir: Path | None = None,
+        stream_class: type = TrainStream,
     ):
         self.data, self.cfg, self.accelerator = data, cfg, accelerator
         self.normalizer, self.image_size, self.out_dir = normalizer, image_size, out_dir
         self.writes = out_dir is not None and accelerator.is_main_process
-        self.stream = TrainStream(
+        self.stream = stream_class(
             data.train,
             cfg.batch_size,
             seed=cfg.seed,
@@ -312,7 +325,9 @@ class TrainingLoop:
                 self.images_seen, self.step_seconds = 0, 0.0
             if self.data.selection is not None and (step % self.eval_every == 0 or step == total):
                 self.read_losses()  # never evaluate (or keep) weights from a non-finite step
+                select_started = time.perf_counter()
                 stopped_early = self.select()
+                state.selection_seconds += time.perf_counter() - select_started
             state.train_seconds = time.perf_counter() - started
             if (
                 cfg.checkpoint_every
@@ -340,9 +355,10 @@ class TrainingLoop:
             steps=state.step,
             best_step=state.best_step if selected else state.step,
             best_validation=state.best_validation if selected else None,
-            train_seconds=state.train_seconds,
+            train_seconds=max(0.0, state.train_seconds - state.selection_seconds),
             stopped_early=stopped_early,
             history=state.history,
+            selection_seconds=state.selection_seconds,
         )
 
 

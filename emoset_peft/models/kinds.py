@@ -46,7 +46,8 @@ class MethodHooks:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method that trains the linear head only (``linear``); the other kinds subclass it."""
+    """The base of every kind: the head alone trains (``LinearSpec``, the linear probe, adds
+    that it reads the pooled feature); the other kinds subclass it."""
 
     name: str
     options: type
@@ -62,6 +63,9 @@ class MethodSpec:
     takes_layers: ClassVar[bool] = False  # layers= applies
     needs_total_steps: ClassVar[bool] = False
     text_head: ClassVar[bool] = False  # the head is CLIP's zero-shot text classifier
+    # Only the head trains (or nothing does) and it reads the pooled feature: each image's
+    # feature is the same in every cell, so it is computed once (engine/features.py).
+    head_on_pooled_feature: ClassVar[bool] = False
     folds: ClassVar[bool] = False  # merged_for_inference folds its layers into the base weights
     mergeable: ClassVar[bool] = True  # merge_and_unload gives a plain transformers classifier
     plain_peft: ClassVar[bool] = False  # the folder loads with plain peft (README recipe)
@@ -117,6 +121,13 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class LinearSpec(MethodSpec):
+    """The linear probe: the backbone frozen, the head trained on its pooled feature."""
+
+    head_on_pooled_feature: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
 class FullSpec(MethodSpec):
     kind: str = "full"
     freezes_backbone: ClassVar[bool] = False
@@ -135,6 +146,7 @@ class ZeroShotSpec(MethodSpec):
     trains: ClassVar[bool] = False
     trains_head: ClassVar[bool] = False
     text_head: ClassVar[bool] = True
+    head_on_pooled_feature: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)

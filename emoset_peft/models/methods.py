@@ -19,6 +19,7 @@ from emoset_peft.models.kinds import (
     AdaptFormerSpec,
     BitFitSpec,
     FullSpec,
+    LinearSpec,
     MethodSpec,
     PrefixSpec,
     PromptSpec,
@@ -36,7 +37,7 @@ _SPECS: tuple[MethodSpec, ...] = (
         "adaptformer", opts.AdaptFormerOptions, "scaled bottleneck adapter parallel to every MLP"
     ),
     BitFitSpec("bitfit", opts.NoOptions, "every bias term and the head"),
-    MethodSpec("linear", opts.NoOptions, "the head only (linear probe)"),
+    LinearSpec("linear", opts.NoOptions, "the head only (linear probe)"),
     FullSpec("full", opts.NoOptions, "every weight (full fine-tuning baseline)"),
     ZeroShotSpec("zeroshot", opts.ZeroShotOptions, "CLIP text-embedding head, no training"),
 )
@@ -65,3 +66,10 @@ def trains(name: str) -> bool:
 def named(keep) -> tuple[str, ...]:
     """The methods whose spec ``keep(spec)`` accepts (for messages: "applies to lora, dora, ...")."""
     return tuple(spec.name for spec in _SPECS if keep(spec))
+
+
+def frozen_feature_path(name: str, mode: str) -> bool:
+    """Whether a run of ``name`` with ``train.frozen_features=mode`` computes each image's pooled
+    feature once and trains / evaluates the head on the cached features (engine/features.py)."""
+    spec = REGISTRY.get(name)
+    return spec is not None and spec.head_on_pooled_feature and mode in ("auto", True)

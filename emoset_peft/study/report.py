@@ -27,7 +27,7 @@ import numpy as np
 
 from emoset_peft.errors import EmoSetError
 from emoset_peft.labels import EMOTIONS
-from emoset_peft.study import gallery, plots, plots_curve, report_curves
+from emoset_peft.study import gallery, plots, plots_curve, plots_time, report_curves
 from emoset_peft.study import report_tables as tables
 from emoset_peft.study.missing import render_missing
 from emoset_peft.study.per_class import per_class_sort_key
@@ -293,6 +293,7 @@ def build_figures(study: Study, summary: Mapping) -> dict[str, object]:
                 title=f"{method}, k = {k}: confusion matrix, rows normalised\n"
                 f"({runs} seed(s) pooled, {int(matrix.sum())} test predictions)",
             )
+    figures.update(plots_time.time_figures(study.rows))
     return figures
 
 
@@ -348,6 +349,7 @@ def render_markdown(study: Study, summary: Mapping, figure_names: Sequence[str])
     figure("attribute_slices.png", "accuracy by attribute slice")
     lines += tables.render_cost(summary.get("cost") or [])
     figure("accuracy_vs_params.png", "accuracy vs trainable parameters")
+    lines += plots_time.render_time(study.rows, figure_names)
     confusion = [n for n in figure_names if n.startswith("confusion_")]
     if confusion:
         lines += [

@@ -27,8 +27,11 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
     manifests: dict[tuple, set[str]] = {}  # (k, data_seed) -> training image ids
     modes: set[str] = set()
     test_evaluations: set = set()
+    frozen: set[str] = set()  # methods with cells trained on cached frozen features
     for row, metrics in zip(rows, run_metrics):
         k = row["per_class"]
+        if isinstance((metrics or {}).get("frozen_features"), Mapping) and k != 0:
+            frozen.add(row["method"])
         if k == 0:
             continue  # zero-shot trains nothing and selects nothing
         metrics = metrics or {}
@@ -109,6 +112,7 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
         "seeds": _seed_design(rows),
         "test_evaluations": sorted(recorded) if recorded else None,
         "test_evaluations_unrecorded": sum(value is None for value in test_evaluations) > 0,
+        "frozen_feature_methods": sorted(frozen),
     }
 
 
@@ -274,6 +278,15 @@ def render_protocol(block: Mapping, table) -> list[str]:
         )
         unrecorded = "; some cells do not record it" if block["test_evaluations_unrecorded"] else ""
         lines.append(f"- Test evaluations per cell: {shown}{warning}{unrecorded}.")
+    frozen = block.get("frozen_feature_methods") or []
+    if frozen:
+        lines.append(
+            f"- Trained on cached frozen features: {', '.join(frozen)}. The backbone ran once "
+            "per image on the eval view (resize + centre crop, eval mode) and the head trained "
+            "on those features, so these cells train **without augmentation**; the other "
+            "methods train on RandomResizedCrop + horizontal flip "
+            "(`train.frozen_features=off` trains them on augmented images too)."
+        )
     lines.append("")
     rows = []
     for entry in block["per_k"]:

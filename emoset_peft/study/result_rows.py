@@ -25,7 +25,20 @@ INT_COLUMNS = (
     "num_processes",
     "process_index",
 )
-FLOAT_COLUMNS = ("train_seconds", "eval_seconds", "cell_seconds")
+# results.csv column -> part of metrics.json "seconds" (engine/recipe.py run_training).
+# train_seconds counts optimizer steps without the selection evaluations (before the
+# selection_eval_seconds column existed it included them).
+TIME_PARTS = {
+    "decode_seconds": "decode",
+    "feature_seconds": "features",
+    "train_seconds": "train",
+    "selection_eval_seconds": "selection_eval",
+    "test_eval_seconds": "test_eval",
+}
+TIME_COLUMNS = tuple(TIME_PARTS)
+FLOAT_COLUMNS = (*TIME_COLUMNS, "cell_seconds")
+# Columns renamed since: an older results.csv is read (and rewritten) under the new name.
+RENAMED_COLUMNS = {"eval_seconds": "test_eval_seconds"}
 STATUSES = ("ok", "failed")
 # csv writes floats with repr (exact); a metrics.json value differing by more than this was edited.
 AGREEMENT_TOLERANCE = 5e-7
@@ -86,3 +99,18 @@ def cell_label(row: dict) -> str:
     if data_seed and train_seed and data_seed != train_seed:
         return f"{method} k={k} data_seed={data_seed} train_seed={train_seed}"
     return f"{method} k={k} seed={seed or data_seed or train_seed or '?'}"
+
+
+def time_columns(seconds: dict) -> dict:
+    """The results.csv time columns of a cell from its metrics.json ``seconds``."""
+    return {column: seconds.get(part, "") for column, part in TIME_PARTS.items()}
+
+
+def renamed_columns(names: list[str]) -> list[str]:
+    """A header with its old column names replaced (unless the new one is there too)."""
+    return [
+        RENAMED_COLUMNS[name]
+        if name in RENAMED_COLUMNS and RENAMED_COLUMNS[name] not in names
+        else name
+        for name in names
+    ]

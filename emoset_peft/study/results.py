@@ -40,6 +40,7 @@ from emoset_peft.study.result_rows import (
     ResultsTable,
     RowNote,
     cell_label,
+    renamed_columns,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def _parse(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], bool]:
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise EmoSetError(_not_a_table(path, header, missing))
-    return header, records[1:], text.endswith(("\n", "\r"))
+    return renamed_columns(header), records[1:], text.endswith(("\n", "\r"))
 
 
 def _not_a_table(path: Path, header: list[str], missing: list[str]) -> str:
@@ -127,7 +128,6 @@ def read_result_rows(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    header, records, _ = _parse(path)
     header, records, ends_with_newline = _parse(path)
     rows = []
     for index, (_, fields) in enumerate(records):

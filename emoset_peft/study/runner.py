@@ -28,6 +28,7 @@ from emoset_peft.engine.tracking import STUDY_LOGS, end_trackers
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import prefixed, result_columns
 from emoset_peft.study.grid import Cell, StudyConfig, expand, grid_fingerprint, shard
+from emoset_peft.study.result_rows import TIME_COLUMNS, time_columns
 from emoset_peft.utils.io import atomic_write_text
 from emoset_peft.utils.locks import LOCK_NAME, file_lock, folder_lock
 
@@ -48,8 +49,9 @@ RESULT_COLUMNS = (
     "train_images",
     "steps",
     "best_step",
-    "train_seconds",
-    "eval_seconds",
+    # wall seconds per part of the cell (what cell_seconds is made of, beside building the model
+    # and writing files); an older results.csv's eval_seconds reads as test_eval_seconds
+    *TIME_COLUMNS,
     "cell_seconds",
     "num_processes",
     "process_index",
@@ -128,9 +130,11 @@ def run_cell(
     accelerator.wait_for_everyone()
     emoset = context.emoset(config.data)
     spec = input_spec_for(config.model.backbone)
+    decode_started = time.perf_counter()
     data = load_run_data(
         config.data, spec.image_size, crop_ratio=spec.crop_ratio, emoset=emoset, show_progress=False
     )
+    decode_seconds = time.perf_counter() - decode_started
     if accelerator.is_main_process:
         write_run_record(out, data=data)  # train_manifest.json
     identity = {
@@ -144,7 +148,14 @@ def run_cell(
         "run_dir": str(out.relative_to(study_dir)),
     }
     try:
-        metrics = run_training(config, data, accelerator, out_dir=out, show_progress=show_progress)
+        metrics = run_training(
+            config,
+            data,
+            accelerator,
+            out_dir=out,
+            show_progress=show_progress,
+            decode_seconds=decode_seconds,
+        )
     except TrainingDiverged as err:
         if not accelerator.is_main_process:
             return None
@@ -167,8 +178,7 @@ def run_cell(
         "train_images": metrics["train_images"],
         "steps": metrics["steps"],
         "best_step": metrics["best_step"],
-        "train_seconds": metrics["train_seconds"],
-        "eval_seconds": metrics["test_eval_seconds"],
+        **time_columns(metrics["seconds"]),
         "cell_seconds": round(time.perf_counter() - started, 3),
         "num_processes": metrics["num_processes"],
         "status": "ok",
