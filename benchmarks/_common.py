@@ -199,3 +199,17 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+# The training settings of the study benchmarks (bench_study.py, bench_frozen.py): the same
+# optimizer steps per cell on both sides of each comparison.
+STUDY_TRAIN = {
+    "batch_size": 16,
+    "epochs": 4,
+    "min_steps": 12,
+    "max_steps": 48,
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.01,
+    "label_smoothing": 0.0,
+    "max_grad_norm": 1.0,
+}

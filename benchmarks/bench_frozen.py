@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import STUDY_TRAIN as TRAIN
 from _common import machine, run_child, run_inline, synthetic_tree, table
 
 SIZES = {  # save_tiny_backbone("clip", ...) arguments
@@ -46,16 +47,6 @@ SIZES = {  # save_tiny_backbone("clip", ...) arguments
 }
 PER_CLASS = [1, 2, 4, 8]
 SEEDS = [0, 1, 2]
-TRAIN = {
-    "batch_size": 16,
-    "epochs": 4,
-    "min_steps": 12,
-    "max_steps": 48,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "label_smoothing": 0.0,
-    "max_grad_norm": 1.0,
-}
 SELECTION = 8  # validation images per class
 SIDES = ("off", "auto")
 

@@ -43,6 +43,9 @@ from _common import (
     table,
     write_records,
 )
+from _common import (
+    STUDY_TRAIN as TRAIN,
+)
 
 METHODS = {  # toolkit overrides and the plain path's flags for the same adapter
     "lora": (
@@ -56,16 +59,6 @@ METHODS = {  # toolkit overrides and the plain path's flags for the same adapter
     ),
 }
 PER_CLASS = [2, 8, 32]
-TRAIN = {
-    "batch_size": 16,
-    "epochs": 4,
-    "min_steps": 12,
-    "max_steps": 48,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "label_smoothing": 0.0,
-    "max_grad_norm": 1.0,
-}
 SELECTION = 8  # validation images per class for checkpoint selection
 TINY_TRAIN = {**TRAIN, "min_steps": 2, "max_steps": 4}
 

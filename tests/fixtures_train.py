@@ -1,6 +1,29 @@
 """Training fixtures: a recipe's overrides that make any run tiny (synthetic data, tiny backbone)."""
 
+from pathlib import Path
+
 import pytest
+
+
+def train_two_steps(root, backbone, out: Path, per_class: int, selection_per_class: int) -> Path:
+    """Train a finished 2-step run through the CLI (what predict/eval tests score again)."""
+    from emoset_peft.cli import main
+
+    overrides = {
+        "data.root": root,
+        "data.per_class": per_class,
+        "data.selection_per_class": selection_per_class,
+        "model.backbone": backbone,
+        "train.batch_size": 8,
+        "train.min_steps": 2,
+        "train.max_steps": 2,
+        "train.eval_every": 2,
+        "train.lr": 1e-2,
+        "cpu": "true",
+        "output_dir": out,
+    }
+    assert main(["train", *(f"{k}={v}" for k, v in overrides.items())]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

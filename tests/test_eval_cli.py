@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures_train import train_two_steps
 
 from emoset_peft.cli import main
 
@@ -15,20 +16,7 @@ from emoset_peft.cli import main
 @pytest.fixture(scope="module")
 def run(training_root, tiny_vit_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("eval_cli") / "run"
-    overrides = {
-        "data.root": training_root,
-        "data.per_class": 3,
-        "data.selection_per_class": 2,
-        "model.backbone": tiny_vit_dir,
-        "train.batch_size": 8,
-        "train.min_steps": 2,
-        "train.max_steps": 2,
-        "train.eval_every": 2,
-        "train.lr": 1e-2,
-        "cpu": "true",
-        "output_dir": run,
-    }
-    assert main(["train", *(f"{k}={v}" for k, v in overrides.items())]) == 0
+    train_two_steps(training_root, tiny_vit_dir, run, per_class=3, selection_per_class=2)
     return run
 
 

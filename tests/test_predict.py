@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fixtures_train import train_two_steps
 from PIL import Image
 
 import emoset_peft as ep
@@ -21,20 +22,7 @@ def trained(request, training_root, tiny_vit_dir, tiny_clip_dir, tmp_path_factor
     """A finished tiny run (ViT: ImageNet mean/std; CLIP: its own) and its test images."""
     run = tmp_path_factory.mktemp(f"predict_{request.param}") / "run"
     backbone = tiny_vit_dir if request.param == "vit" else tiny_clip_dir
-    overrides = {
-        "data.root": training_root,
-        "data.per_class": 2,
-        "data.selection_per_class": 1,
-        "model.backbone": backbone,
-        "train.batch_size": 8,
-        "train.min_steps": 2,
-        "train.max_steps": 2,
-        "train.eval_every": 2,
-        "train.lr": 1e-2,
-        "cpu": "true",
-        "output_dir": run,
-    }
-    assert main(["train", *(f"{k}={v}" for k, v in overrides.items())]) == 0
+    train_two_steps(training_root, backbone, run, per_class=2, selection_per_class=1)
     test = ep.load_emoset(training_root)["test"]
     paths = {row["image_id"]: row["image"]["path"] for row in test.cast_column("image", _raw())}
     return run, paths
