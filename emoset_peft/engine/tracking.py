@@ -28,11 +28,11 @@ def check_trackers_available(report_to: str) -> None:
     from accelerate.tracking import get_available_trackers
 
     available = [str(kind.value) for kind in get_available_trackers()]
-    for name in tracker_names(report_to):
-        if name != "all" and name not in available:
+    for tracker in tracker_names(report_to):
+        if tracker != "all" and tracker not in available:
             raise EmoSetError(
-                f"train.report_to={report_to}: the {name} package is not installed (pip install "
-                f"{name}); installed trackers: {', '.join(available) or 'none'}"
+                f"train.report_to={report_to}: the {tracker} package is not installed (pip install "
+                f"{tracker}); installed trackers: {', '.join(available) or 'none'}"
             )
 
 

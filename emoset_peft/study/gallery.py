@@ -201,10 +201,11 @@ def render_lead(summary: Mapping) -> list[str]:
     if entries:
         best = entries[0]
         lines += [
-            f"## Gallery: {best['method']} (the most accurate method, k = {best['per_class']})",
+            f"## Gallery: {best['method']} (highest mean test accuracy at k = {best['per_class']})",
             "",
             f"Per emotion, the test images {best['method']} gets right with the most confidence "
-            "and its most confident mistakes (with the emotion it predicted). "
+            "and its most confident mistakes (with the emotion it predicted). Its lead over the "
+            "next method may be within noise: the tables below say. "
             + ("The other methods' galleries close the report." if len(entries) > 1 else ""),
             "",
             f"![gallery of {best['method']}]({best['file']})",
@@ -214,7 +215,7 @@ def render_lead(summary: Mapping) -> list[str]:
 
 
 def render_rest(summary: Mapping) -> list[str]:
-    """The galleries of the other methods, most accurate first."""
+    """The galleries of the other methods, by mean test accuracy at their largest k."""
     entries = ((summary.get("gallery") or {}).get("methods") or [])[1:]
     if not entries:
         return []
