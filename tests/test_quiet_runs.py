@@ -124,3 +124,15 @@ def test_the_filters_are_named_in_one_place_and_leave_other_warnings_alone(capsy
 )
 def test_images_per_second_is_a_real_rate_at_any_speed(images, seconds, shown):
     assert images_per_second(images, seconds) == shown
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`emoset-peft recipes | head -1`: the reader leaves before the output is written (here
+    `true`, which reads nothing); no traceback, and SIGPIPE's status like a Unix tool."""
+    import subprocess
+    import sys
+
+    shell = f"{sys.executable} -m emoset_peft recipes | true; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141
