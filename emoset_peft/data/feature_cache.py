@@ -20,11 +20,11 @@ import json
 import logging
 import os
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from emoset_peft.data.decode_cache import row_hash
 from emoset_peft.utils.storage import (
     disk_full_is_user_error,
     fallback_cache_dir,
@@ -48,10 +48,6 @@ def feature_key(model_key: str, split_key: str, image_size: int, precision: str)
     """The entry name for one split's features under one backbone, geometry and precision."""
     text = f"v{FEATURE_FORMAT}:{model_key}:{split_key}:{image_size}:{precision}:{np.dtype(DTYPE)}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def array_crc(array: np.ndarray) -> str:
-    return f"{zlib.crc32(np.ascontiguousarray(array).data):08x}"
 
 
 def load_features(cache_dir, key: str, count: int) -> np.ndarray | None:
@@ -102,7 +98,7 @@ def _check(meta, features: np.ndarray, key: str, count: int) -> str | None:
         or list(features.shape) != meta["shape"]
     ):
         return f"array {features.dtype}{list(features.shape)}, expected float32[{count}, D]"
-    if array_crc(features) != meta["crc32"]:
+    if row_hash(features) != meta["crc32"]:
         return "the array does not match its CRC-32"
     return None
 
@@ -121,7 +117,7 @@ def save_features(cache_dir, key: str, features: np.ndarray, label: str = "") ->
         "key": key,
         "shape": list(features.shape),
         "dtype": np.dtype(DTYPE).name,
-        "crc32": array_crc(features),
+        "crc32": row_hash(features),
         "label": label,
         "created": time.time(),
     }
