@@ -1,10 +1,16 @@
 """Fixtures shared by the suite live in fixtures_*.py (one module per area) and are imported here."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Caches (EmoSet index, decoded images) go to a throwaway folder, never the user's ~/.cache.
-os.environ.setdefault("EMOSET_PEFT_CACHE", tempfile.mkdtemp(prefix="emoset-peft-test-cache-"))
+# Caches (EmoSet index, decoded images) go to a throwaway folder, never the user's ~/.cache,
+# removed when the run ends so that repeated runs do not fill the disk.
+if "EMOSET_PEFT_CACHE" not in os.environ:
+    _test_cache = tempfile.mkdtemp(prefix="emoset-peft-test-cache-")
+    os.environ["EMOSET_PEFT_CACHE"] = _test_cache
+    atexit.register(shutil.rmtree, _test_cache, ignore_errors=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
