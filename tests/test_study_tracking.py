@@ -1,5 +1,6 @@
-"""Study cells are tracked like runs: one tracker run per cell (tensorboard for real), the same
-scalars as a single run, and each cell folder keeps its config, provenance and manifest."""
+"""Study cells are tracked like runs: one tracker run per cell (tensorboard, and wandb offline and
+mlflow in a local store: one project per study), the same scalars as a single run, and each cell
+folder keeps its config, provenance and manifest."""
 
 import csv
 import json
@@ -68,6 +69,78 @@ def test_each_cell_is_one_tensorboard_run_with_the_scalars_of_a_single_run(
     )
     for cell in ("lora_k2_s0", "lora_k4_s0"):
         assert len(list((study / "logs" / cell).glob("events.out.tfevents.*"))) == 1
+
+
+def wandb_runs(folder, project: str) -> dict[str, set[str]]:
+    """``{run name: logged keys}`` of the offline wandb runs of ``project`` under ``folder``,
+    read from wandb's own record files (a LevelDB-style log of protobuf ``Record`` messages)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    runs = {}
+    for path in folder.glob("wandb/offline-run-*/run-*.wandb"):
+        data, pos, chunk, run = path.read_bytes(), 7, b"", {"logged": set()}  # 7: file header
+        while pos + 7 <= len(data):
+            if 32768 - pos % 32768 < 7:  # records never start in a block's last 6 bytes
+                pos += 32768 - pos % 32768
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            chunk, pos = chunk + data[pos + 7 : pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):  # a whole record, or the last piece of one
+                record = wandb_internal_pb2.Record.FromString(chunk)
+                chunk = b""
+                if record.HasField("run"):
+                    run.update(name=record.run.display_name, project=record.run.project)
+                elif record.HasField("history"):
+                    items = record.history.item
+                    run["logged"] |= {"/".join(item.nested_key) or item.key for item in items}
+        if run.get("project") == project:
+            runs[run["name"]] = run["logged"]
+    return runs
+
+
+def mlflow_runs(folder, project: str) -> dict[str, set[str]]:
+    """``{run name: logged keys}`` of mlflow experiment ``project`` (one store for the test)."""
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient().get_experiment_by_name(project)
+    runs = MlflowClient().search_runs([experiment.experiment_id]) if experiment else []
+    return {run.info.run_name: set(run.data.metrics) for run in runs}
+
+
+HOSTED = {
+    "wandb": (
+        wandb_runs,
+        {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"},
+    ),
+    "mlflow": (mlflow_runs, {"MLFLOW_ALLOW_FILE_STORE": "true"}),
+}
+
+
+@pytest.mark.parametrize("tracker", sorted(HOSTED))
+def test_a_hosted_tracker_gets_one_project_per_study_and_one_run_per_cell(
+    tracker, training_root, tiny_vit_dir, tiny_run, tmp_path, monkeypatch
+):
+    pytest.importorskip(tracker)
+    read_runs, environment = HOSTED[tracker]
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    for key in ("CACHE_DIR", "CONFIG_DIR", "DATA_DIR", "ARTIFACT_DIR"):  # not the user's home
+        monkeypatch.setenv(f"WANDB_{key}", str(tmp_path / "wandb_home"))
+    monkeypatch.chdir(tmp_path)  # anything written to the working folder stays in the test's
+    recipe = write_tiny_study(tmp_path, training_root, tiny_vit_dir, large_per_class=[4])
+    args = ["--no-progress", f"train.report_to={tracker}"]
+    assert main(["study", "--config", str(recipe), *args]) == 0
+    assert main(["train", *tiny_run("single", **{"train.report_to": tracker})]) == 0
+
+    # One project named by the study folder; k=2 trains on one process, k=4 on the DDP path.
+    cells = read_runs(tmp_path / "study" / "logs", "study")
+    assert sorted(cells) == ["lora_k2_s0", "lora_k4_s0"]
+    single = read_runs(tmp_path / "single", "emoset-peft")["single"]
+    assert {"train_loss", "val_accuracy"} <= single
+    assert all(logged == single for logged in cells.values())
 
 
 @pytest.mark.slow

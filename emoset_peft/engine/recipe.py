@@ -31,7 +31,12 @@ from emoset_peft.engine.run_dir import (
     locked_run_dir,
     prepare_run_dir,
 )
-from emoset_peft.engine.tracking import check_trackers_available, start_trackers, tracker_names
+from emoset_peft.engine.tracking import (
+    RUN_PROJECT,
+    check_trackers_available,
+    log_with,
+    start_trackers,
+)
 from emoset_peft.engine.trainer import FitResult, fit, step_budget
 from emoset_peft.errors import EmoSetError
 from emoset_peft.metrics.registry import summary_line
@@ -42,16 +47,22 @@ from emoset_peft.utils.provenance import provenance
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(config: RunConfig, project_dir: Path | None = None):
+def make_accelerator(
+    config: RunConfig, project_dir: Path | None = None, tracker_project: str = RUN_PROJECT
+):
+    """The run's Accelerator. Hosted trackers log run ``<output_dir name>`` of project
+    ``tracker_project`` (engine/tracking.py); folder trackers write under ``project_dir``."""
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 
     fresh_accelerator_state()  # each run in one process gets its own settings
-    trackers = tracker_names(config.train.report_to)
+    trackers = log_with(
+        config.train.report_to, tracker_project, Path(config.output_dir).name, project_dir
+    )
     device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
         cpu=config.cpu,
         mixed_precision=resolve_mixed_precision(config.train.mixed_precision, device),
-        log_with=trackers or None,
+        log_with=trackers,
         project_dir=str(project_dir) if project_dir else None,
         # A CLIP model keeps parameters that a vision-only loss never reaches (text tower,
         # zero-shot scale); DDP must not wait for their gradients.

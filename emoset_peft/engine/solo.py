@@ -28,11 +28,11 @@ class SoloAccelerator:
         self,
         device: torch.device,
         mixed_precision: str = "no",
-        log_with: list[str] | None = None,
+        log_with: list | None = None,
         logging_dir: Path | None = None,
     ):
         self.device = device
-        self.log_with = log_with or None  # tracker names (train.report_to), as the Accelerator
+        self.log_with = log_with or None  # trackers (engine/tracking.log_with), as the Accelerator
         self.logging_dir = logging_dir
         self.trackers = []
         self.mixed_precision = mixed_precision

@@ -5,6 +5,12 @@ A single run starts them through ``Accelerator.init_trackers``; a study cell tra
 process of many runs on ``engine.solo.SoloAccelerator``, which starts the same tracker classes
 with :func:`start_cell_trackers`. Each study cell is one tracker run named by the cell
 (``<study>/logs/<cell name>/`` for trackers that write to a folder).
+
+Hosted trackers: accelerate hands a tracker one name, which wandb and mlflow take as the
+*project* (experiment), leaving the run's name to chance; a study would then be one project per
+cell. :func:`log_with` gives them as objects told both names instead: a single run is run
+``<run folder>`` in project ``emoset-peft``, a study is one project named by its folder with one
+run per cell. Other trackers get accelerate's own handling.
 """
 
 from __future__ import annotations
@@ -20,6 +26,41 @@ STUDY_LOGS = "logs"  # a study's tracker folder, one run per cell inside
 def tracker_names(report_to: str) -> list[str]:
     """``"tensorboard, wandb"`` -> ``["tensorboard", "wandb"]``; ``"none"`` -> ``[]``."""
     return [name.strip() for name in report_to.split(",") if name.strip() not in ("", "none")]
+
+
+def _wandb(project: str, run: str, folder: Path | None):
+    from accelerate.tracking import WandBTracker
+
+    options = {"name": run}
+    if folder is not None:  # wandb's files (offline runs included) beside the run's own
+        options["dir"] = str(folder)  # wandb creates it when the run starts
+    return WandBTracker(project, **options)
+
+
+def _mlflow(project: str, run: str, folder: Path | None):
+    from accelerate.tracking import MLflowTracker
+
+    return MLflowTracker(experiment_name=project, run_name=run)
+
+
+# Trackers that accelerate would name by project alone: how to name the project and the run.
+NAMED_TRACKERS = {"wandb": _wandb, "mlflow": _mlflow}
+
+
+def log_with(report_to: str, project: str, run: str, folder: Path | None) -> list | None:
+    """What the accelerator's ``log_with`` gets for ``train.report_to``: tracker names, except
+    the hosted trackers of :data:`NAMED_TRACKERS`, which come as objects logging run ``run`` of
+    project ``project`` (files, if any, under ``folder``)."""
+    from accelerate.tracking import get_available_trackers
+
+    names = tracker_names(report_to)
+    if "all" in names:  # what accelerate would expand it to
+        names = [str(kind.value) for kind in get_available_trackers()]
+    trackers = [
+        NAMED_TRACKERS[name](project, run, folder) if name in NAMED_TRACKERS else name
+        for name in names
+    ]
+    return trackers or None
 
 
 def check_trackers_available(report_to: str) -> None:

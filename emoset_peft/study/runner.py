@@ -334,15 +334,17 @@ def _cell_accelerator(cell: Cell, state, logs: Path):
     from emoset_peft.engine.precision import resolve_mixed_precision
     from emoset_peft.engine.recipe import make_accelerator
     from emoset_peft.engine.solo import SoloAccelerator
-    from emoset_peft.engine.tracking import start_trackers, tracker_names
+    from emoset_peft.engine.tracking import log_with, start_trackers, tracker_names
 
     names = tracker_names(cell.config.train.report_to)
+    study_name = logs.parent.name  # hosted trackers: one project per study, one run per cell
     if cell.large:  # all processes train it together (DDP); rank 0 logs
-        accelerator = make_accelerator(cell.config, project_dir=logs)
+        accelerator = make_accelerator(cell.config, project_dir=logs, tracker_project=study_name)
     else:
         device = _cpu_device() if cell.config.cpu else state.device
         precision = resolve_mixed_precision(cell.config.train.mixed_precision, device)
-        accelerator = SoloAccelerator(device, precision, log_with=names, logging_dir=logs)
+        trackers = log_with(cell.config.train.report_to, study_name, cell.name, logs)
+        accelerator = SoloAccelerator(device, precision, log_with=trackers, logging_dir=logs)
     if names and accelerator.is_main_process:
         shutil.rmtree(logs / cell.name, ignore_errors=True)  # a killed attempt's events
     start_trackers(accelerator, cell.config, cell.name)
