@@ -37,6 +37,10 @@ def test_each_cell_is_one_tensorboard_run_with_the_scalars_of_a_single_run(
     assert main(["train", *tiny_run("single", **{"train.report_to": "tensorboard"})]) == 0
     single = scalars(tmp_path / "single" / "emoset-peft")
     assert "train_loss" in single and "val_accuracy" in single
+    # Scoring the finished run again logs to no tracker (and needs no tracker folder).
+    events = sorted((tmp_path / "single").glob("**/events.out.tfevents.*"))
+    assert main(["eval", str(tmp_path / "single"), "--split", "validation", "--no-progress"]) == 0
+    assert sorted((tmp_path / "single").glob("**/events.out.tfevents.*")) == events
 
     study = tmp_path / "study"
     assert sorted(p.name for p in (study / "logs").iterdir()) == ["lora_k2_s0", "lora_k4_s0"]

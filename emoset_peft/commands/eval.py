@@ -63,7 +63,7 @@ def run(args) -> int:
     if args.out:
         refuse_training_output(args.out, "--out")
     make_output_dir(metrics_path.parent, "the eval output folder")  # unwritable: fail now
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config, track=False)  # scoring logs to no tracker
     model = load_adapter(run_dir / "adapter").to(accelerator.device)
     spec = input_spec(model)
     with accelerator.main_process_first():

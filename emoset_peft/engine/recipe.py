@@ -48,16 +48,20 @@ log = logging.getLogger(__name__)
 
 
 def make_accelerator(
-    config: RunConfig, project_dir: Path | None = None, tracker_project: str = RUN_PROJECT
+    config: RunConfig,
+    project_dir: Path | None = None,
+    tracker_project: str = RUN_PROJECT,
+    *,
+    track: bool = True,
 ):
     """The run's Accelerator. Hosted trackers log run ``<output_dir name>`` of project
-    ``tracker_project`` (engine/tracking.py); folder trackers write under ``project_dir``."""
+    ``tracker_project`` (engine/tracking.py); folder trackers write under ``project_dir``.
+    ``track=False`` (scoring a finished run): no trackers, whatever the run trained with."""
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 
     fresh_accelerator_state()  # each run in one process gets its own settings
-    trackers = log_with(
-        config.train.report_to, tracker_project, Path(config.output_dir).name, project_dir
-    )
+    report_to = config.train.report_to if track else "none"
+    trackers = log_with(report_to, tracker_project, Path(config.output_dir).name, project_dir)
     device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
         cpu=config.cpu,
