@@ -21,8 +21,9 @@ LORA = {"model": {"options": {"r": 4}}, "train": {"lr": 1e-2}}
         ({"lora": {"model": {"options": {"rank": 4}}}}, None, ["lora_k2_s0", "rank"]),
         ({"lora": LORA}, "per_class=[2,500]", ["lora_k500_s0", "per_class=500"]),
         ({"lora": LORA, "ia3": {"model": {"backbone": "/nonexistent/vit"}}}, None, ["ia3_k2_s0"]),
+        ({"linear": {}, "lora": {"model": {"targets": ["query"]}}}, None, ["lora_k2_s0", "query"]),
     ],
-    ids=["unknown_method", "option_key", "k_above_class_size", "missing_backbone"],
+    ids=["unknown_method", "option_key", "k_above_class_size", "missing_backbone", "target_role"],
 )
 def test_a_bad_cell_anywhere_in_the_grid_stops_the_study_before_the_first_cell(
     methods, override, needles, training_root, tiny_vit_dir, tmp_path, capsys
@@ -38,14 +39,23 @@ def test_a_bad_cell_anywhere_in_the_grid_stops_the_study_before_the_first_cell(
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("model.method=lora2", "lora2"), ("model.backbone=/nonexistent/vit", "/nonexistent/vit")],
+    [
+        ("model.method=lora2", "lora2"),
+        ("model.backbone=/nonexistent/vit", "/nonexistent/vit"),
+        # The rest are found by building the model on the backbone's config (meta device).
+        ("model.targets=[query]", "unknown target role(s) ['query']"),
+        ("model.layers=[7]", "index 7 is out of range"),
+        ("model.head_init=text", "needs a full CLIP checkpoint"),
+        ("model.quantize=8bit", "8bit"),  # with bitfit, which cannot be quantized
+    ],
 )
-def test_train_checks_method_and_backbone_before_reading_the_data(
+def test_train_checks_the_whole_model_before_reading_the_data(
     override, needle, tiny_run, tmp_path, capsys
 ):
     cache = tmp_path / "cache"
     key, value = override.split("=")
-    assert main(["train", *tiny_run("out", **{key: value, "data.cache_dir": cache})]) == 2
+    extra = {"model.method": "bitfit", "model.options": "{}"} if key == "model.quantize" else {}
+    assert main(["train", *tiny_run("out", **{key: value, "data.cache_dir": cache, **extra})]) == 2
     one_line_error(capsys, needle)
     assert not cache.exists()  # neither EmoSet's index nor a decoded image was written
     assert not (tmp_path / "out").exists()

@@ -340,15 +340,31 @@ def _train_in(
     return metrics
 
 
+# preflight's model build when the step budget is not known yet (it needs the subset size):
+# what AdaLoRA's schedule is checked against; the real budget is checked again at build time.
+PREFLIGHT_STEPS = 1000
+
+
 def preflight(config: RunConfig):
-    """The checks that need no output folder: method and options (the registry), backbone.
+    """The checks that need no output folder and no image: trackers, then the whole model build
+    (method, options, targets, layers, quantization, head) on the backbone's config alone.
     Returns the backbone's ``InputSpec``: the data is decoded with it before the model is built
     (AdaLoRA's schedule needs the subset size), and the model records the same spec."""
-    from emoset_peft.models import input_spec_for, methods
+    from emoset_peft.models import check_build, input_spec_for
 
-    methods.make_options(methods.get_method(config.model.method), dict(config.model.options))
     check_trackers_available(config.train.report_to)
-    return input_spec_for(config.model.backbone)
+    m = config.model
+    check_build(
+        m.backbone,
+        m.method,
+        targets=m.targets,
+        layers=m.layers,
+        quantize=m.quantize,
+        total_steps=config.train.max_steps or PREFLIGHT_STEPS,
+        head_init=m.head_init,
+        **m.options,
+    )
+    return input_spec_for(m.backbone)
 
 
 def _check_same_subset(accelerator, data: RunData) -> None:

@@ -15,6 +15,7 @@ _EXPORTS = {
     "MERGEABLE": "methods",
     "build_model": "adapters",
     "build_model_from_config": "adapters",
+    "check_build": "adapters",
     "load_adapter": "adapters",
     "plain_peft_snippet": "wrapper",
     "EmoSetCLIPForImageClassification": "clip_classifier",

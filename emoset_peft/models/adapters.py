@@ -146,7 +146,7 @@ def build_model(
     spec = methods.get_method(method)
     options = methods.make_options(spec, method_options)
     info, config = backbones.describe_backbone(backbone)
-    return _build(
+    model = _build(
         spec,
         options,
         info,
@@ -160,6 +160,8 @@ def build_model(
         total_steps=total_steps,
         head_init=head_init,
     )
+    log_parameter_counts(model)
+    return model
 
 
 def build_model_from_config(
@@ -182,7 +184,35 @@ def build_model_from_config(
     options = methods.make_options(spec, method_options)
     info = backbones.describe_config(config, None)
     where = dict(id2label=id2label, targets=targets, layers=layers, total_steps=total_steps)
-    return _build(spec, options, info, config, num_labels, **where)
+    model = _build(spec, options, info, config, num_labels, **where)
+    log_parameter_counts(model)
+    return model
+
+
+def check_build(
+    backbone,
+    method: str,
+    num_labels: int = 8,
+    *,
+    targets=None,
+    layers=None,
+    quantize: str | None = None,
+    total_steps: int | None = None,
+    head_init: str | None = None,
+    **method_options,
+) -> None:
+    """Every check ``build_model`` makes, on the backbone's config alone: the network is built on
+    the meta device (no weights read, nothing allocated), so a bad target role, layer,
+    method/backbone pairing or quantization is an ``EmoSetError`` before any image is decoded."""
+    import torch
+
+    spec = methods.get_method(method)
+    options = methods.make_options(spec, method_options)
+    info, config = backbones.describe_backbone(backbone)
+    fit = dict(targets=targets, layers=layers, head_init=head_init, total_steps=total_steps)
+    _check_method_fit(spec, info, quantize=quantize, **fit)
+    with torch.device("meta"):  # quantization is checked above; bitsandbytes needs real weights
+        _build(spec, options, backbones.describe_config(config, None), config, num_labels, **fit)
 
 
 def _build(
@@ -230,7 +260,7 @@ def _build(
         head_init=head_init,
         total_steps=total_steps,
     )
-    model = _assemble(
+    return _assemble(
         network,
         spec,
         options,
@@ -242,8 +272,6 @@ def _build(
         gradient_checkpointing=gradient_checkpointing,
         total_steps=total_steps,
     )
-    log_parameter_counts(model)
-    return model
 
 
 def _base_network(info, config, label_map, quantize) -> nn.Module:
