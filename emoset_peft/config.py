@@ -247,8 +247,15 @@ def from_dict(cls: type, raw: dict[str, Any], where: str) -> Any:
             close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise EmoSetError(f"unknown key {where}.{key}{hint} (valid keys: {', '.join(fields)})")
+        if isinstance(value, bool) and (cls.__name__, key) in YAML_BOOLEAN_WORDS:
+            value = YAML_BOOLEAN_WORDS[cls.__name__, key][value]
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
+
+
+# String keys whose valid words YAML reads as booleans (`mixed_precision: no` is False): the
+# word the user wrote, back.
+YAML_BOOLEAN_WORDS = {("TrainConfig", "mixed_precision"): {False: "no", True: "yes"}}
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:

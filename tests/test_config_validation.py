@@ -70,3 +70,12 @@ def test_a_budget_of_zero_steps_is_refused_and_epochs_zero_means_exactly_max_ste
 )
 def test_valid_edges_pass(override):
     validate(load_config(None, ["data.root=/x", override]))
+
+
+@pytest.mark.parametrize("word", ["no", "No", "off", "false"])
+def test_mixed_precision_no_as_yaml_reads_it_is_no(word, tmp_path):
+    # YAML reads these words as False; the key takes strings, and "no" is one of its values.
+    assert load_config(None, [f"train.mixed_precision={word}"]).train.mixed_precision == "no"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"train:\n  mixed_precision: {word}\n")
+    assert load_config(recipe).train.mixed_precision == "no"
