@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import test_study
 
@@ -252,3 +253,25 @@ def test_default_selection_keeps_earlier_fingerprints():
         load_config(None, ["data.root=/x", "data.selection=k_tied"]).fingerprint()
         != config.fingerprint()
     )
+
+
+class _Chosen:
+    """The selection images' labels (all that selection_record reads of them)."""
+
+    def __init__(self, labels):
+        self.labels = np.asarray(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def test_selection_record_reports_the_images_used_not_those_asked_for():
+    from emoset_peft.data.run_data import selection_record
+
+    data = DataConfig(root="/x", selection="fixed", selection_per_class=20)
+    whole = selection_record(data, _Chosen(np.repeat(np.arange(8), 20)), 6, 2)
+    assert whole["images_per_class"] == 20 and "requested_per_class" not in whole
+    small = selection_record(data, _Chosen(np.repeat(np.arange(8), 6)), 6, 2)  # 6 per class left
+    assert (small["images_per_class"], small["requested_per_class"], small["images"]) == (6, 20, 48)
+    uneven = selection_record(data, _Chosen([0, 0, 1, 1, 1, 2, 2, 2, 2]), 6, 2)
+    assert uneven["images_per_class"] == "2-4" and uneven["requested_per_class"] == 20

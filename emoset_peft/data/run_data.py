@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from emoset_peft.config import DataConfig
 from emoset_peft.data.pipeline import EVAL_CROP_RATIO, DecodedImages, decode_split
 from emoset_peft.errors import EmoSetError
@@ -101,14 +103,27 @@ def selection_images_per_class(data: DataConfig) -> int | None:
 def selection_record(
     data: DataConfig, selection: DecodedImages | None, best_step: int, evaluations: int
 ) -> dict[str, Any]:
-    """metrics.json's "selection" entry: how the kept step was chosen, on how many images."""
-    return {
+    """metrics.json's "selection" entry: how the kept step was chosen, on how many images.
+    ``images_per_class`` is what was used: a validation split smaller than asked gives all it
+    has, and then ``requested_per_class`` says what was asked (a number, or "4-6" when the
+    classes got different counts)."""
+    requested = selection_images_per_class(data)
+    used = requested
+    if requested and selection is not None:
+        counts = np.bincount(np.asarray(selection.labels))
+        counts = counts[counts > 0]
+        low, high = int(counts.min()), int(counts.max())
+        used = low if low == high else f"{low}-{high}"
+    record = {
         "mode": data.selection,
-        "images_per_class": selection_images_per_class(data),
+        "images_per_class": used,
         "images": len(selection) if selection is not None else 0,
         "best_step": best_step,
         "evaluations": evaluations,
     }
+    if used != requested:
+        record["requested_per_class"] = requested
+    return record
 
 
 def _require_records(emoset, root: str, needs_validation: bool = True) -> None:
