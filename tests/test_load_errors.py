@@ -195,3 +195,24 @@ def test_planted_pickle_is_refused_in_one_line_and_never_unpickled(trained_run, 
     assert not marker.exists()
     pickle.loads((run / "adapter" / "adapter_model.bin").read_bytes())  # the pickle is live
     assert marker.exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix", "linear"])
+def test_an_adapter_on_another_size_of_its_backbone_is_one_line(method, tiny_vit_dir, tmp_path):
+    from emoset_peft.models.tiny import save_tiny_backbone
+
+    wider = save_tiny_backbone("vit", tmp_path / "vit64", hidden_size=64)
+    build_model(tiny_vit_dir, method).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(EmoSetError, match="do not fit backbone") as caught:
+        ep.load_adapter(tmp_path / "adapter", backbone=wider)
+    assert str(tiny_vit_dir) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_adapter_whose_recorded_backbone_is_gone_says_how_to_load_it(tiny_vit_dir, tmp_path):
+    moved = Path(shutil.copytree(tiny_vit_dir, tmp_path / "backbone"))
+    build_model(moved, "linear").save_pretrained(tmp_path / "adapter")
+    shutil.rmtree(moved)
+    with pytest.raises(EmoSetError, match=r"was saved on backbone .*backbone=") as caught:
+        ep.load_adapter(tmp_path / "adapter")
+    assert "\n" not in str(caught.value)
+    ep.load_adapter(tmp_path / "adapter", backbone=tiny_vit_dir)  # the advice works

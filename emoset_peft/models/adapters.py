@@ -372,7 +372,16 @@ def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) ->
     check_adapter_folder(path)
     record = read_record(path)
     spec = methods.get_method(record["method"])
-    info, config = backbones.describe_backbone(backbone or record["backbone"])
+    saved_on = record["backbone"]
+    try:
+        info, config = backbones.describe_backbone(backbone or saved_on)
+    except EmoSetError as err:
+        if backbone is not None:
+            raise
+        raise EmoSetError(
+            f"{path} was saved on backbone {saved_on!r}, which cannot be loaded ({err}); pass "
+            "load_adapter(..., backbone=<that model's folder or Hub id>)"
+        ) from err
     if info.model_type != record["model_type"]:
         raise EmoSetError(
             f"{path}: saved on a {record['model_type']!r} backbone, "
@@ -380,7 +389,16 @@ def load_adapter(path: str | Path, backbone=None, *, trainable: bool = False) ->
         )
     record = {**record, "backbone": info.source}
     options = methods.make_options(spec, record["options"])
-    model = spec.load(Loading(path, info, config, record, options, trainable))
+    try:
+        model = spec.load(Loading(path, info, config, record, options, trainable))
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):  # torch's message for weights of another shape
+            raise
+        raise EmoSetError(
+            f"{path}: its weights do not fit backbone {info.source!r} (another size of "
+            f"{info.model_type!r}); load it on the backbone it was trained on, "
+            f"{saved_on!r} when saved"
+        ) from err
     if not trainable:
         for param in model.parameters():
             param.requires_grad = False
