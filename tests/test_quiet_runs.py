@@ -68,6 +68,9 @@ def test_every_command_takes_quiet_and_no_progress_before_or_after_its_name():
     assert args.no_progress and not args.quiet
     args = parse_args(parser, ["report", "DIR"])
     assert not args.no_progress and not args.quiet
+    for command in ("train", "study"):  # overrides on both sides of a flag
+        args = parse_args(parser, [command, "seeds=[0]", "-q", "output_dir=x", "--config", "c"])
+        assert args.overrides == ["seeds=[0]", "output_dir=x"] and args.quiet, command
 
 
 def test_quiet_prints_no_info_lines(synthetic_root, tmp_path):

@@ -5,13 +5,17 @@ Under ``accelerate launch --num_processes N -m emoset_peft study ...`` the cells
 
 from __future__ import annotations
 
+from emoset_peft.commands.intermixed import intermixed
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "study",
-        help="run a grid of method x images-per-class x seed, resumably",
-        description="Run a low-data scaling study. Example: emoset-peft study --config "
-        "study/vit_methods data.root=/data/EmoSet-118K seeds=[0,1,2]",
+    parser = intermixed(
+        subparsers.add_parser(
+            "study",
+            help="run a grid of method x images-per-class x seed, resumably",
+            description="Run a low-data scaling study. Example: emoset-peft study --config "
+            "study/vit_methods data.root=/data/EmoSet-118K seeds=[0,1,2]",
+        )
     )
     parser.add_argument(
         "--config",

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import argparse
 
+from emoset_peft.commands.intermixed import intermixed
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train one adapter from a recipe",
-        description="Train one adapter. Example: emoset-peft train --config vit_lora "
-        "data.root=/data/EmoSet-118K output_dir=runs/vit_lora train.lr=1e-3",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = intermixed(
+        subparsers.add_parser(
+            "train",
+            help="train one adapter from a recipe",
+            description="Train one adapter. Example: emoset-peft train --config vit_lora "
+            "data.root=/data/EmoSet-118K output_dir=runs/vit_lora train.lr=1e-3",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     )
     parser.add_argument(
         "--config", help="YAML recipe: a file, or a packaged recipe's name (emoset-peft recipes)"
