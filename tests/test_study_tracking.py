@@ -113,6 +113,21 @@ def mlflow_runs(folder, project: str) -> dict[str, set[str]]:
     return {run.info.run_name: set(run.data.metrics) for run in runs}
 
 
+def _written(read_runs, folder, project: str, names: list[str], seconds: float = 60.0) -> dict:
+    """``read_runs(folder, project)`` once it holds ``names`` with their last logged key, or as
+    it is after ``seconds``: wandb's own service process writes an offline run's file and may
+    still be flushing it when ``run.finish()`` returns."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        runs = read_runs(folder, project)
+        done = all("val_accuracy" in runs.get(name, ()) for name in names)
+        if done or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
 HOSTED = {
     "wandb": (
         wandb_runs,
@@ -140,9 +155,9 @@ def test_a_hosted_tracker_gets_one_project_per_study_and_one_run_per_cell(
     assert main(["train", *tiny_run("single", **{"train.report_to": tracker})]) == 0
 
     # One project named by the study folder; k=2 trains on one process, k=4 on the DDP path.
-    cells = read_runs(tmp_path / "study" / "logs", "study")
+    cells = _written(read_runs, tmp_path / "study" / "logs", "study", ["lora_k2_s0", "lora_k4_s0"])
     assert sorted(cells) == ["lora_k2_s0", "lora_k4_s0"]
-    single = read_runs(tmp_path / "single", "emoset-peft")["single"]
+    single = _written(read_runs, tmp_path / "single", "emoset-peft", ["single"])["single"]
     assert {"train_loss", "val_accuracy"} <= single
     assert all(logged == single for logged in cells.values())
 
