@@ -35,11 +35,12 @@ import numpy as np
 
 from emoset_peft.study.bootstrap import (
     replicate_metric,
+    seed_units,
     two_level_p_value,
     variance_parts,
 )
 from emoset_peft.study.inference import (
-    MIN_PAIRS_FOR_P,
+    p_withheld,
     summarize_replicates,
 )
 
@@ -288,6 +289,7 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
         "ci_high": None,
         "p_value": None,
         "p_reason": None,
+        "p_short": None,
         "n_paired": 0,
         "reliable": False,
         "reason": None,
@@ -317,16 +319,25 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
         reliable=difference["reliable"],
         reason=difference["note"],
     )
-    if n >= MIN_PAIRS_FOR_P:
+    withheld = p_withheld(keys)
+    if withheld is None:
         entry["p_value"] = float(two_level_p_value(variance_parts(values, boot, keys)))
     else:
-        entry["p_reason"] = f"{n} pair(s): too few seeds for a p-value (needs >= {MIN_PAIRS_FOR_P})"
+        entry["p_short"], entry["p_reason"] = withheld
     n_a, n_b = summary[a]["n_replicates"], summary[b]["n_replicates"]
+    units, independent = seed_units(keys)
     if min(n_a, n_b) < MIN_PI_REPLICATES:
         entry["poi_reason"] = (
             f"{a} has {n_a} and {b} has {n_b} replicates with a complete "
             f"curve; a probability of improvement needs >= "
             f"{MIN_PI_REPLICATES} on both sides"
+        )
+        return entry
+    if units < MIN_PI_REPLICATES:
+        entry["poi_reason"] = (
+            f"crossed seeds: the {n} replicates share data and training seeds and count as "
+            f"{units} independent seed units; a probability of improvement needs >= "
+            f"{MIN_PI_REPLICATES}"
         )
         return entry
     entry["probability_of_improvement"] = float(
