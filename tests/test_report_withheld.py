@@ -14,7 +14,10 @@ from emoset_peft.study import report as report_module
 from emoset_peft.study.bootstrap import seed_units
 from emoset_peft.study.fits import B_MAX, scaling_fits
 from emoset_peft.study.inference import guarded_t_test, p_withheld
+from emoset_peft.study.plots_curve import plot_learning_curve
 from emoset_peft.study.report_curves import render_fits
+from emoset_peft.study.report_tables import render_notes
+from emoset_peft.study.summary import build_summary
 
 N_BOOT = 200
 
@@ -138,3 +141,57 @@ def test_planning_at_the_observed_seed_count_is_the_printed_interval(tmp_path):
         by = {row["seeds"]: row for row in entry["planning"]["by_seeds"]}
         printed = (entry["ci_high"] - entry["ci_low"]) / 2
         assert by[3]["half_width"] == pytest.approx(printed, rel=1e-9)
+
+
+def test_one_k_says_nesting_does_not_apply_and_why_there_is_no_curve(tmp_path):
+    make_fake_study(
+        tmp_path, seeds=(0, 1), ks=(2,), methods=("linear", "lora"), zero_shot=False, full=False
+    )
+    text = report_module.write_report(tmp_path, n_boot=N_BOOT).read_text()
+    assert "larger-k images): does not apply (one k: 2)." in _section(text, "## Protocol")
+    cannot = _section(text, "## What this study cannot say")
+    assert "a curve needs >= 2 values of k >= 1 (measured k = 2 only)" in cannot
+    assert "(k >= 1):" not in cannot and "common k: none" not in cannot
+
+
+def _legend(summary) -> list[str]:
+    figure = plot_learning_curve(
+        summary["cells"],
+        summary["replicates"],
+        [],
+        {"linear": "C0", "lora": "C1"},
+        metric="accuracy",
+        metric_label="test accuracy",
+        baseline="linear",
+        title="t",
+    )
+    return [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+
+
+def test_curve_legend_says_what_its_intervals_cover(tmp_path):
+    one, three = tmp_path / "one", tmp_path / "three"
+    for directory, seeds in ((one, (0,)), (three, (0, 1, 2))):
+        directory.mkdir()
+        make_fake_study(
+            directory, seeds=seeds, ks=(1, 2), methods=("linear", "lora"), zero_shot=False
+        )
+    band = [t for t in _legend(_summary(one)) if t.startswith("95% interval")]
+    assert band == ["95% interval († 1 seed: test images only)"]
+    band = [t for t in _legend(_summary(three)) if t.startswith("95% interval")]
+    assert band == ["95% interval (seeds x test images)"]
+    # Two k and no train_manifest.json: nesting is unknown, for that reason.
+    for manifest in three.glob("runs/*/train_manifest.json"):
+        manifest.unlink()
+    assert _summary(three)["protocol"]["nested_unknown"] == "unknown (no train_manifest.json)"
+
+
+def _summary(directory):
+    return build_summary(report_module.load_study(directory), n_boot=50)
+
+
+def test_failed_cells_section_says_how_to_retry():
+    failed = {"cell": "linear k=8 seed=2", "line": 7, "error": "non-finite loss at step 3"}
+    text = "\n".join(render_notes({"failed_cells": [failed]}))
+    assert "Rerunning the study does not retry them" in text
+    assert "delete its line from results.csv and rerun the same `emoset-peft study`" in text
+    assert "| linear k=8 seed=2 | 7 | non-finite loss at step 3 |" in text

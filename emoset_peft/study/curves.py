@@ -168,6 +168,17 @@ def compared_methods(curves: Curves, methods=None) -> tuple[list[str], dict[str,
     return [m for m in methods if m not in left_out], left_out
 
 
+def no_curve_reason(curves: Curves) -> str:
+    """Why no method has a learning curve, naming the k the study did measure."""
+    measured = sorted({k for ks in curves.ks.values() for k in ks})
+    found = (
+        f"measured k = {', '.join(map(str, measured))} only"
+        if measured
+        else "no k >= 1 (zero-shot or full data only)"
+    )
+    return f"no method has a learning curve: a curve needs >= 2 values of k >= 1 ({found})"
+
+
 def _rows(curves: Curves, method: str, ks: list[int]) -> list[int]:
     return [curves.ks[method].index(k) for k in ks]
 
@@ -234,7 +245,7 @@ def aulc(curves: Curves, methods=None) -> dict:
         "seed": curves.seed,
     }
     if len(methods) == 0:
-        result["reason"] = "no method has a learning curve (k >= 1)"
+        result["reason"] = no_curve_reason(curves)
         return result
     if len(ks) < 2:
         result["reason"] = (

@@ -76,7 +76,14 @@ def render_notes(summary: Mapping, max_listed: int = 30) -> list[str]:
         lines += [
             "## Failed cells",
             "",
-            ("Recorded as failed by the study; left out of every statistic below."),
+            (
+                "Recorded as failed by the study; left out of every statistic below. "
+                "Rerunning the study does not retry them: a failed row counts as done, like "
+                "a finished one. To retry a cell with the same settings, delete its line from "
+                "results.csv and rerun the same `emoset-peft study` command (only that cell "
+                "trains; its run folder is replaced). Changed settings (e.g. a lower train.lr) "
+                "make it a new cell, which needs `allow_grid_change=true`."
+            ),
             "",
         ]
         lines += table(
@@ -134,7 +141,8 @@ def render_cells(summary: Mapping, metric: str, label: str) -> list[str]:
             "run on this test set (Wilson for accuracy, bootstrap over test images for "
             "macro-F1). Share: how the variance of the mean splits between seeds (beyond their "
             "test noise) and test images. † marks an interval the data cannot make reliable "
-            "(1 or 2 seeds; see 'What this study cannot say')."
+            "(1 or 2 seeds, or only 2 crossed data or training seeds; see 'What this study "
+            "cannot say')."
         ),
         "",
     ]
