@@ -210,20 +210,21 @@ def variance_parts(values, boot, keys: Sequence | None = None) -> dict:
     (F, the test-image variance shared by the replicates); ``own_test`` (each replicate's own
     test noise inside A); ``image_total`` (the whole image-resampling variance of the mean);
     ``seed_only`` (A minus own_test, >= 0: the spread seeds add beyond test noise);
-    ``n_replicates``; ``df`` (degrees of freedom of A) and ``units`` (independent seed units:
-    R, or min(D, T) when crossed).
+    ``n_replicates``; ``df`` (degrees of freedom of A), ``units`` and ``independent``
+    (``seed_units``).
     """
     values = np.asarray(values, dtype=np.float64)
     boot = np.asarray(boot, dtype=np.float64)
     n_rep = values.shape[-1]
     image_total = boot.mean(axis=-1).var(axis=0, ddof=1)
-    df, units = float(max(n_rep - 1, 1)), n_rep
-    grid = crossed_grid(keys) if keys is not None and len(keys) == n_rep else None
+    df = float(max(n_rep - 1, 1))
+    known = keys is not None and len(keys) == n_rep
+    units, independent = seed_units(keys) if known else (n_rep, True)
+    grid = crossed_grid(keys) if known else None
     if n_rep >= 2:
         seed = values.var(axis=-1, ddof=1) / n_rep
         if grid is not None:
             seed, df = crossed_seed_variance(values[..., grid])
-            units = min(grid.shape)
         per_replicate = boot.var(axis=0, ddof=1).mean(axis=-1)
         # Var(mean) = shared + own / R and per-replicate = shared + own, so own / R is:
         own_test = np.maximum(per_replicate - image_total, 0.0) / (n_rep - 1)
@@ -241,7 +242,25 @@ def variance_parts(values, boot, keys: Sequence | None = None) -> dict:
         "n_replicates": n_rep,
         "df": df,
         "units": units,
+        "independent": independent,
     }
+
+
+def seed_units(keys: Sequence) -> tuple[int, bool]:
+    """(independent seed units, whether the replicates themselves are independent) of the
+    (data_seed, train_seed) ``keys``.
+
+    Replicates are independent when no two share a data seed, or no two share a training seed
+    (the paired default data_seed == train_seed; or one factor held fixed): R units. When both
+    factors repeat (crossed D x T, complete or with cells missing) every data seed shares the
+    same training seeds: the factor with fewer levels limits what the spread can say, and
+    min(D, T) counts the independent units (its spread rests on min(D, T) - 1 differences).
+    """
+    keys = [tuple(key) if isinstance(key, (tuple, list)) else (key, key) for key in keys]
+    n_data, n_train = len({key[0] for key in keys}), len({key[1] for key in keys})
+    if n_data == len(keys) or n_train == len(keys):
+        return len(keys), True
+    return min(n_data, n_train), False
 
 
 def crossed_grid(keys: Sequence) -> np.ndarray | None:

@@ -35,11 +35,12 @@ import numpy as np
 
 from emoset_peft.study.bootstrap import (
     replicate_metric,
+    seed_units,
     two_level_p_value,
     variance_parts,
 )
 from emoset_peft.study.inference import (
-    MIN_PAIRS_FOR_P,
+    p_withheld,
     summarize_replicates,
 )
 
@@ -167,6 +168,17 @@ def compared_methods(curves: Curves, methods=None) -> tuple[list[str], dict[str,
     return [m for m in methods if m not in left_out], left_out
 
 
+def no_curve_reason(curves: Curves) -> str:
+    """Why no method has a learning curve, naming the k the study did measure."""
+    measured = sorted({k for ks in curves.ks.values() for k in ks})
+    found = (
+        f"measured k = {', '.join(map(str, measured))} only"
+        if measured
+        else "no k >= 1 (zero-shot or full data only)"
+    )
+    return f"no method has a learning curve: a curve needs >= 2 values of k >= 1 ({found})"
+
+
 def _rows(curves: Curves, method: str, ks: list[int]) -> list[int]:
     return [curves.ks[method].index(k) for k in ks]
 
@@ -233,7 +245,7 @@ def aulc(curves: Curves, methods=None) -> dict:
         "seed": curves.seed,
     }
     if len(methods) == 0:
-        result["reason"] = "no method has a learning curve (k >= 1)"
+        result["reason"] = no_curve_reason(curves)
         return result
     if len(ks) < 2:
         result["reason"] = (
@@ -288,6 +300,7 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
         "ci_high": None,
         "p_value": None,
         "p_reason": None,
+        "p_short": None,
         "n_paired": 0,
         "reliable": False,
         "reason": None,
@@ -317,16 +330,25 @@ def _aulc_pair(curves: Curves, a: str, b: str, per_method: dict, summary: dict) 
         reliable=difference["reliable"],
         reason=difference["note"],
     )
-    if n >= MIN_PAIRS_FOR_P:
+    withheld = p_withheld(keys)
+    if withheld is None:
         entry["p_value"] = float(two_level_p_value(variance_parts(values, boot, keys)))
     else:
-        entry["p_reason"] = f"{n} pair(s): too few seeds for a p-value (needs >= {MIN_PAIRS_FOR_P})"
+        entry["p_short"], entry["p_reason"] = withheld
     n_a, n_b = summary[a]["n_replicates"], summary[b]["n_replicates"]
+    units, independent = seed_units(keys)
     if min(n_a, n_b) < MIN_PI_REPLICATES:
         entry["poi_reason"] = (
             f"{a} has {n_a} and {b} has {n_b} replicates with a complete "
             f"curve; a probability of improvement needs >= "
             f"{MIN_PI_REPLICATES} on both sides"
+        )
+        return entry
+    if units < MIN_PI_REPLICATES:
+        entry["poi_reason"] = (
+            f"crossed seeds: the {n} replicates share data and training seeds and count as "
+            f"{units} independent seed units; a probability of improvement needs >= "
+            f"{MIN_PI_REPLICATES}"
         )
         return entry
     entry["probability_of_improvement"] = float(

@@ -18,6 +18,7 @@ from emoset_peft.study.curves import (
     common_ks,
     compared_methods,
     interval,
+    no_curve_reason,
     resampled_mean,
 )
 from emoset_peft.study.inference import reliability
@@ -81,6 +82,9 @@ def data_efficiency(
         "n_boot": curves.n_boot,
         "seed": curves.seed,
     }
+    if not methods:
+        result["reason"] = no_curve_reason(curves)
+        return result
     if len(ks) < 2:
         result["reason"] = (
             f"needs >= 2 k values (>= 1, not 'all') that every method has; common k: {ks or 'none'}"

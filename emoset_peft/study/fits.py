@@ -119,6 +119,16 @@ def _params(fit: dict, draws: dict, n: int, names: tuple[str, ...]) -> dict:
     notes = []
     if fit["a"] <= 1e-12:
         notes.append("the fitted curve is flat (a = 0): b is not identified")
+        # Any b gives the same flat curve, so b and the interval ends (the search bounds 0 and
+        # B_MAX) say nothing; c is the curve's level, but its refits trade c against a and b.
+        entry["b"] = entry["b_ci_low"] = entry["b_ci_high"] = None
+        entry["b_reason"] = "not identified: the fitted curve is flat (a = 0), every b fits it"
+        if "c" in names:
+            entry["c_ci_low"] = entry["c_ci_high"] = None
+            entry["c_reason"] = (
+                "no interval: with b not identified the bootstrap refits trade c against a "
+                "and b, so their spread is not c's"
+            )
     elif fit["b"] >= B_MAX - 1e-6:
         notes.append(
             f"b sits at the search bound {B_MAX:g}: the error stops falling after the first k"

@@ -17,11 +17,12 @@ rests on a single difference: both are marked ``reliable = False`` with a note.
 Paired comparisons (method - baseline, per k). Replicates are paired by their (data_seed,
 train_seed) key and images by id, so what both cells share (the training subset of a data seed,
 the hard images) cancels. The difference gets the same two-part interval and a two-sided p-value
-(the level at which that interval touches 0; withheld with fewer than 3 pairs). Beside it: an
+(the level at which that interval touches 0; withheld with fewer than 3 independent seed units:
+pairs, or with crossed seeds min(data seeds, training seeds)). Beside it: an
 exact McNemar test per pair of replicates (b = images only the method got right, c = images only
 the baseline got right), Holm and Benjamini-Hochberg adjusted p over all comparisons reported
 (every method, k and metric), and a paired t-test over the per-replicate differences where it
-means something (>= 3 pairs with a spread above float noise). The t-test ignores test-image
+means something (>= 3 independent pairs, not crossed seeds, with a spread above float noise). The t-test ignores test-image
 noise, so it can be too optimistic; the two-level p-value is the primary one.
 
 Planning: from a cell's seed spread and test-image noise, the interval half-width and the
@@ -42,6 +43,7 @@ from emoset_peft.study.bootstrap import (
     METRICS,
     make_draws,
     replicate_metric,
+    seed_units,
     two_level_interval,
     two_level_p_value,
     union_keys,
@@ -190,12 +192,44 @@ def mcnemar_exact(correct_a, correct_b) -> dict:
     return {"b": b, "c": c, "p": p}
 
 
-def guarded_t_test(a_values, b_values) -> dict:
-    """Paired t-test over replicates, only where it means something; else p=None + reason."""
+def p_withheld(keys, minimum: int = MIN_PAIRS_FOR_P) -> tuple[str, str] | None:
+    """Why a statistic over the replicate ``keys`` that needs ``minimum`` independent seed units
+    (a p-value across seeds: 3) is withheld, as (short words for a table cell, the sentence for
+    "What this study cannot say"); None when it can be given. Crossed seeds count
+    ``bootstrap.seed_units``: min(data seeds, training seeds), not the D x T pairs."""
+    keys = [tuple(key) for key in keys]
+    units, independent = seed_units(keys)
+    if units >= minimum:
+        return None
+    n = len(keys)
+    if independent:
+        short = f"{n} pair(s)"
+        return short, f"{short}: too few seeds for a p-value across seeds (needs >= {minimum})"
+    n_data, n_train = len({key[0] for key in keys}), len({key[1] for key in keys})
+    few = [f"{count} {name} seeds" for count, name in ((n_data, "data"), (n_train, "training"))]
+    short = " and ".join(f for f, c in zip(few, (n_data, n_train)) if c < minimum)
+    return short, (
+        f"crossed seeds ({n_data} data x {n_train} training seeds, {n} pairs): the pairs "
+        f"are not independent (every data seed shares the same training seeds), so they count "
+        f"as {units} seed units, too few for a p-value across seeds (needs >= {minimum} "
+        "data and training seeds)"
+    )
+
+
+def guarded_t_test(a_values, b_values, keys=None) -> dict:
+    """Paired t-test over replicates, only where it means something; else p=None + reason.
+
+    ``keys`` ((data_seed, train_seed) per pair): crossed seeds are not independent pairs, which
+    the t-test assumes, so it is withheld for them."""
     a, b = np.asarray(a_values, float), np.asarray(b_values, float)
     n = int(a.size)
     if n < MIN_PAIRS_FOR_P:
         return {"p": None, "reason": f"{n} pair{'s' if n != 1 else ''}: too few for a t-test"}
+    if keys is not None and not seed_units(keys)[1]:
+        return {
+            "p": None,
+            "reason": (f"crossed seeds: the {n} pairs share seeds, not independent"),
+        }
     if np.std(a - b, ddof=1) <= SPREAD_NOISE:
         return {
             "p": None,
@@ -268,6 +302,7 @@ def compare_cells(
             "ci_high": None,
             "p_value": None,
             "p_reason": "no seed in common",
+            "p_short": "no seed in common",
             "reliable": False,
             "note": "the two cells share no (data_seed, train_seed) pair",
             "mcnemar": None,
@@ -280,15 +315,11 @@ def compare_cells(
     values_b = replicate_metric(baseline, labels, metric)[rows_b]
     boot = np.asarray(boot_cell)[:, rows_a] - np.asarray(boot_baseline)[:, rows_b]
     entry, parts = _summarize(values_a - values_b, boot, (-1.0, 1.0), keys=common)
-    n = len(common)
-    if n >= MIN_PAIRS_FOR_P:
-        p_value, p_reason = float(two_level_p_value(parts)), None
-    else:
-        p_value = None
-        p_reason = (
-            f"{n} pair{'s' if n != 1 else ''}: too few seeds for a p-value across "
-            "seeds (see the per-seed McNemar tests)"
-        )
+    withheld = p_withheld(common)
+    p_value = None if withheld else float(two_level_p_value(parts))
+    p_short, p_reason = withheld or (None, None)
+    if p_reason:
+        p_reason += " (see the per-seed McNemar tests)"
     mcnemar = None
     if metric == "accuracy":
         correct_a = cell.correct(labels)[rows_a]
@@ -303,8 +334,9 @@ def compare_cells(
         **entry,
         "p_value": p_value,
         "p_reason": p_reason,
+        "p_short": p_short,
         "mcnemar": mcnemar,
-        "t_test": guarded_t_test(values_a, values_b),
+        "t_test": guarded_t_test(values_a, values_b, common),
         "planning": plan_from_parts(parts, seeds_planned, target_half_width, paired=True),
     }
 

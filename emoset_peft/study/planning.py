@@ -4,7 +4,10 @@ From what a study observed for a cell (or for a paired difference) -- the spread
 beyond test noise, each seed's own test noise, and the test-image noise the seeds share -- this
 projects the 95% interval half-width (same construction as ``study.bootstrap``) and the minimum
 detectable difference (MDD: the true difference a two-sided 5% test finds with 80% power) at
-other seed counts, and the seeds needed for a half-width of +-1 pp. The shared test-image noise
+other seed counts, and the seeds needed for a half-width of +-1 pp. At the study's own seed
+count the projection is the half-width of the interval the report prints (the same observed
+seed variance, the same floor of test-image noise), before that interval is cut at 0% / 100%.
+Crossed data x training seeds are not projected: their replicates are not independent seeds. The shared test-image noise
 does not shrink with more seeds: when it alone exceeds the target, no number of seeds reaches
 it and only a larger test set helps. All values are fractions (0.01 = 1 pp).
 """
@@ -30,20 +33,28 @@ def _quantiles(n_seeds: np.ndarray):
     return t_level, t_power, z_level, z_power
 
 
-def project(per_seed_var: float, shared_var: float, n_seeds, *, two_cells: bool) -> dict:
+def project(
+    per_seed_var: float, shared_var: float, n_seeds, *, two_cells: bool, own_var: float = 0.0
+) -> dict:
     """Half-width and MDD at ``n_seeds`` (array) for a statistic whose replicates vary by
-    ``per_seed_var`` (seed spread + each seed's own test noise) around a shared test-image
-    noise ``shared_var``. ``two_cells``: the MDD compares two independent cells with this
-    noise each (no pairing benefit assumed), else the statistic is itself a paired difference.
+    ``per_seed_var`` (the observed variance of one replicate: seed spread + its own test noise)
+    around a shared test-image noise ``shared_var``. As in ``bootstrap._half_width``, the
+    half-width is never below what the test images alone give (shared noise plus each seed's
+    own test noise ``own_var`` over n), so at the study's own seed count it equals the half-width
+    of the interval the report prints (before that is cut at 0% / 100%). ``two_cells``: the MDD
+    compares two independent cells with this noise each (no pairing benefit assumed), else the
+    statistic is itself a paired difference.
     """
     n_seeds = np.asarray(n_seeds, dtype=np.float64)
     t_level, t_power, z_level, z_power = _quantiles(n_seeds)
     seed_part = per_seed_var / n_seeds
-    half = np.sqrt(t_level**2 * seed_part + z_level**2 * shared_var)
-    factor = 2.0 if two_cells else 1.0
-    mdd = np.sqrt(
-        factor * ((t_level + t_power) ** 2 * seed_part + (z_level + z_power) ** 2 * shared_var)
+    images_only = shared_var + own_var / n_seeds
+    half = np.sqrt(
+        np.maximum(t_level**2 * seed_part + z_level**2 * shared_var, z_level**2 * images_only)
     )
+    factor = 2.0 if two_cells else 1.0
+    both = (t_level + t_power) ** 2 * seed_part + (z_level + z_power) ** 2 * shared_var
+    mdd = np.sqrt(factor * np.maximum(both, (z_level + z_power) ** 2 * images_only))
     return {"half_width": half, "mdd": mdd}
 
 
@@ -74,10 +85,20 @@ def plan_from_parts(
     if n_rep < 2:
         out["note"] = "1 seed: the seed-to-seed spread is unknown, so there is nothing to project"
         return out
+    if not parts.get("independent", True):
+        out["note"] = (
+            f"crossed seeds: the {n_rep} replicates share data and training seeds, so their "
+            "spread is not that of independent seeds; projecting it to other seed counts "
+            "would mislead"
+        )
+        return out
     seed_var = n_rep * float(parts["seed_only"])  # between seeds, beyond test noise
-    own_var = n_rep * float(parts["own_test"])  # each seed's own test-image noise
     shared_var = float(parts["image"])  # test-image noise all seeds share
-    per_seed = seed_var + own_var
+    # Each seed's own test-image noise (as the interval counts it: shared + own / R = I).
+    own_var = n_rep * max(float(parts["image_total"]) - shared_var, 0.0)
+    # The observed variance of one replicate (what the printed interval uses). It can be below
+    # seed_var + own_var: seeds that agree by chance more than their test noise predicts.
+    per_seed = n_rep * float(parts["seed"])
     out.update(
         seed_sd=float(np.sqrt(seed_var)),
         test_sd_per_seed=float(np.sqrt(own_var)),
@@ -90,12 +111,23 @@ def plan_from_parts(
     test_term = float(t_level[0]) ** 2 * own_var / n_rep + z_level**2 * shared_var
     out["dominant"] = "seeds" if seed_term >= test_term else "test images"
     planned = np.asarray(list(seeds_planned), dtype=np.float64)
-    table = project(per_seed, shared_var, planned, two_cells=not paired)
+    table = project(per_seed, shared_var, planned, two_cells=not paired, own_var=own_var)
     out["by_seeds"] = [
         {"seeds": int(n), "half_width": float(h), "mdd_80": float(m)}
         for n, h, m in zip(planned, table["half_width"], table["mdd"])
     ]
     notes = []
+    now = float(
+        project(per_seed, shared_var, [n_rep], two_cells=False, own_var=own_var)["half_width"][0]
+    )
+    low, high = (-1.0, 1.0) if paired else (0.0, 1.0)
+    mean = float(parts["mean"])
+    if mean - now < low or mean + now > high:
+        edge = "+-100 pp" if paired else ("100%" if mean + now > high else "0%")
+        notes.append(
+            f"at {n_rep} seeds the printed interval is narrower than +-{100 * now:.1f} pp: "
+            f"it is cut at {edge}"
+        )
     if n_rep == 2:
         notes.append("based on 2 seeds: the seed spread is a rough guess")
     floor = float(stats.norm.isf((1 - CONFIDENCE) / 2) * np.sqrt(shared_var))
@@ -107,7 +139,9 @@ def plan_from_parts(
         )
     else:
         candidates = np.arange(2, MAX_SEEDS + 1, dtype=np.float64)
-        widths = project(per_seed, shared_var, candidates, two_cells=not paired)["half_width"]
+        widths = project(per_seed, shared_var, candidates, two_cells=not paired, own_var=own_var)[
+            "half_width"
+        ]
         reached = np.flatnonzero(widths <= target_half_width)
         if reached.size:
             out["seeds_for_target"] = int(candidates[reached[0]])

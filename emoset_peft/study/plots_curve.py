@@ -46,6 +46,20 @@ def _sorted_k(entries: Sequence[Mapping]) -> list[Mapping]:
     return sorted(entries, key=lambda e: per_class_sort_key(e["per_class"]))
 
 
+def _band_label(cells) -> str:
+    """What the drawn intervals cover: seeds and test images only where the report prints them
+    without † (1 seed: test images only; 2 seeds or 2 crossed seeds: a rough guess)."""
+    shown = [e for e in cells if _finite(e.get("ci_low"))]
+    parts = []
+    if any(e.get("reliable", True) for e in shown) or not shown:
+        parts.append("seeds x test images")
+    if any(not e.get("reliable", True) and e.get("n_seeds") == 1 for e in shown):
+        parts.append("† 1 seed: test images only")
+    if any(not e.get("reliable", True) and e.get("n_seeds") != 1 for e in shown):
+        parts.append("† few seeds: a rough guess")
+    return f"95% interval ({'; '.join(parts)})"
+
+
 def plot_learning_curve(
     cells: Sequence[Mapping],
     replicates: Sequence[Mapping],
@@ -140,7 +154,7 @@ def plot_learning_curve(
                 )
         handles.append(Line2D([], [], color=colour, marker="o", lw=2.2, label=method))
     handles.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6, label="one seed (thin)"))
-    handles.append(Patch(color="0.5", alpha=0.3, label="95% interval (seeds x test images)"))
+    handles.append(Patch(color="0.5", alpha=0.3, label=_band_label(cells)))
     if any(e["per_class"] == 0 for e in cells):
         handles.append(Line2D([], [], color="0.3", marker="D", ls=":", label="zero-shot (k = 0)"))
     if chance is not None:

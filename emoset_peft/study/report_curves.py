@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from emoset_peft.study.fits import B_MAX
 from emoset_peft.study.report_tables import (
     capital,
     interval,
@@ -80,18 +81,23 @@ def render_aulc(summary: Mapping) -> list[str]:
                     )
                     continue
                 poi = (
-                    "n/a: fewer than 5 seeds"
+                    (
+                        "n/a: crossed seeds"
+                        if str(pair.get("poi_reason")).startswith("crossed")
+                        else "n/a: fewer than 5 seeds"
+                    )
                     if pair["probability_of_improvement"] is None
                     else f"{pair['probability_of_improvement']:.2f} "
                     f"{_fraction_interval(pair['poi_ci_low'], pair['poi_ci_high'])}"
                 )
-                few = pair.get("n_paired", 3) < 3
+                few = pair.get("p_value") is None
+                why = pair.get("p_short") or f"{pair.get('n_paired')} pair(s)"
                 rows.append(
                     [
                         f"{pair['a']} - {pair['b']}",
                         pct(pair["difference"], 2),
                         interval(pair["ci_low"], pair["ci_high"], 2),
-                        f"n/a: {pair.get('n_paired')} pair(s)" if few else p_value(pair["p_value"]),
+                        f"n/a: {why}" if few else p_value(pair["p_value"]),
                         poi,
                         pair["reason"] or "",
                     ]
@@ -171,9 +177,14 @@ def render_fits(summary: Mapping) -> list[str]:
         rows.append(
             [
                 method,
-                f"{free['b']:.2f} {_plain_interval(free['b_ci_low'], free['b_ci_high'])}",
-                f"{pct(free['c'])} {interval(free['c_ci_low'], free['c_ci_high'])}",
-                f"{zero['b']:.2f} {_plain_interval(zero['b_ci_low'], zero['b_ci_high'])}",
+                _exponent(free),
+                f"{pct(free['c'])} "
+                + (
+                    "(no interval: b not identified)"
+                    if free.get("c_reason")
+                    else interval(free["c_ci_low"], free["c_ci_high"])
+                ),
+                _exponent(zero),
                 (
                     f"k = {extrapolation['k_held_out']}: {held['error_pp']:+.1f} pp "
                     f"{_plain_interval(held['error_pp_ci_low'], held['error_pp_ci_high'], 1)}"
@@ -200,6 +211,17 @@ def render_fits(summary: Mapping) -> list[str]:
     return lines
 
 
+def _exponent(fit: Mapping) -> str:
+    """b with its interval, in words where b is not identified or the interval reaches the
+    exponent's search bound (the bound is where the optimiser stopped, not an estimate)."""
+    if fit.get("b") is None:
+        return "not identified (flat curve)"
+    high = fit["b_ci_high"]
+    if ok(high) and high >= B_MAX - 1e-6 and ok(fit["b_ci_low"]):
+        return f"{fit['b']:.2f} [{fit['b_ci_low']:.2f}, search bound {B_MAX:g}]"
+    return f"{fit['b']:.2f} {_plain_interval(fit['b_ci_low'], high)}"
+
+
 def _plain_interval(low, high, digits: int = 2) -> str:
     return f"[{low:.{digits}f}, {high:.{digits}f}]" if ok(low) and ok(high) else "[n/a]"
 
@@ -210,16 +232,16 @@ def render_planning(summary: Mapping) -> list[str]:
         return []
     lines = ["## Planning the next study", ""]
     if not entries:
-        return lines + [
-            ("No projection: every cell has 1 seed, so the spread between seeds is unknown."),
-            "",
-        ]
+        notes = sorted({e.get("note") or "" for e in summary["planning"]} - {""})
+        return lines + [f"No projection: {'; '.join(notes) or 'nothing to project from'}.", ""]
     lines += [
         (
             "For the spreads observed here (seed SD beyond test noise, and the test-image "
             "noise all seeds share), the expected half-width of a cell's 95% interval and the "
             "minimum detectable difference (MDD: found with 80% power by a two-sided 5% test) "
             "at other seed counts, and the seeds a ±1 pp interval needs. Test accuracy. "
+            "At a cell's own seed count the half-width is that of its printed interval "
+            "(the note says when the printed one is cut at 0% or 100%). "
             "The MDD assumes the other method has the same noise and shares none of it; "
             "pairing on seeds and images (the paired comparisons) usually does better."
         ),

@@ -109,6 +109,7 @@ def protocol(directory: Path, rows: Sequence[Mapping], run_metrics: Sequence[dic
         "selection_modes": sorted(modes),
         "per_k": table,
         "nested": _nested(manifests),
+        "nested_unknown": _nested_unknown(per_k, manifests),
         "seeds": _seed_design(rows),
         "test_evaluations": sorted(recorded) if recorded else None,
         "test_evaluations_unrecorded": sum(value is None for value in test_evaluations) > 0,
@@ -171,6 +172,16 @@ def _overlap(manifests: Mapping[tuple, set[str]], k) -> dict:
         "overlap_max": float(np.max(shares)),
         "overlap_pairs": len(pairs),
     }
+
+
+def _nested_unknown(per_k: Mapping, manifests: Mapping[tuple, set[str]]) -> str:
+    """What the protocol block says when nesting could not be checked, and why."""
+    ks = [k for k in per_k if k not in (0, ALL)]
+    if len(ks) < 2:
+        return f"does not apply (one k: {ks[0]})" if ks else "does not apply (no k >= 1)"
+    if not manifests:
+        return "unknown (no train_manifest.json)"
+    return "unknown (no data seed has a train_manifest.json at two k)"
 
 
 def _nested(manifests: Mapping[tuple, set[str]]) -> bool | None:
@@ -260,7 +271,8 @@ def render_protocol(block: Mapping, table) -> list[str]:
     nested = block["nested"]
     lines.append(
         "- Training subsets nested across k (each seed's k images lie inside its "
-        f"larger-k images): {_yes_no(nested, 'unknown (no train_manifest.json)')}."
+        f"larger-k images): "
+        f"{_yes_no(nested, block.get('nested_unknown') or 'unknown (no train_manifest.json)')}."
     )
     evaluations = block["test_evaluations"]
     if evaluations is None:

@@ -76,7 +76,14 @@ def render_notes(summary: Mapping, max_listed: int = 30) -> list[str]:
         lines += [
             "## Failed cells",
             "",
-            ("Recorded as failed by the study; left out of every statistic below."),
+            (
+                "Recorded as failed by the study; left out of every statistic below. "
+                "Rerunning the study does not retry them: a failed row counts as done, like "
+                "a finished one. To retry a cell with the same settings, delete its line from "
+                "results.csv and rerun the same `emoset-peft study` command (only that cell "
+                "trains; its run folder is replaced). Changed settings (e.g. a lower train.lr) "
+                "make it a new cell, which needs `allow_grid_change=true`."
+            ),
             "",
         ]
         lines += table(
@@ -134,7 +141,8 @@ def render_cells(summary: Mapping, metric: str, label: str) -> list[str]:
             "run on this test set (Wilson for accuracy, bootstrap over test images for "
             "macro-F1). Share: how the variance of the mean splits between seeds (beyond their "
             "test noise) and test images. † marks an interval the data cannot make reliable "
-            "(1 or 2 seeds; see 'What this study cannot say')."
+            "(1 or 2 seeds, or only 2 crossed data or training seeds; see 'What this study "
+            "cannot say')."
         ),
         "",
     ]
@@ -185,8 +193,10 @@ def render_paired(summary: Mapping, metric: str, label: str) -> list[str]:
             "the differences + test-image bootstrap) and its two-sided p-value. Holm and BH "
             "adjust that p over every comparison in this report (all methods, k and metrics). McNemar: "
             "exact test per seed on the images where the two disagree (method right / baseline "
-            f"right). A p-value needs at least {MIN_PAIRS_FOR_P} seed pairs; † marks an "
-            "interval from 1 or 2 pairs (test-image noise only, or very wide)."
+            f"right). A p-value needs at least {MIN_PAIRS_FOR_P} independent seed pairs (with "
+            f"crossed seeds: {MIN_PAIRS_FOR_P} data and {MIN_PAIRS_FOR_P} training seeds, since "
+            "the D x T pairs share seeds; no t-test, which assumes independent pairs); † marks "
+            "an interval from 1 or 2 pairs or seeds (test-image noise only, or very wide)."
         ),
         "",
     ]
@@ -199,8 +209,10 @@ def render_paired(summary: Mapping, metric: str, label: str) -> list[str]:
         return lines + [why, ""]
     rows = []
     for e in entries:
-        few = e["n_pairs"] < MIN_PAIRS_FOR_P
-        why = f"n/a: {e['n_pairs']} pair(s)"
+        # Withheld p-values say why in the summary's words (few pairs, or crossed seeds that
+        # count as fewer independent units than pairs).
+        few = e.get("p_boot") is None
+        why = f"n/a: {e.get('p_short') or str(e['n_pairs']) + ' pair(s)'}"
         mark = " †" if e.get("reliable") is False and e["ci_low"] is not None else ""
         rows.append(
             [

@@ -114,14 +114,19 @@ def curve_summaries(predictions: StudyPredictions, draws, withheld: Withheld) ->
         for method, fit in out["fits"].get(metric, {"methods": {}})["methods"].items():
             if not fit["fitted"]:
                 withheld.add("fits", f"{method} ({label})", f"no scaling fit: {fit['reason']}")
-        for pair in out["aulc"][metric]["pairs"]:
-            if pair.get("poi_reason") and metric == "accuracy":
+            elif fit["free_c"].get("b_reason"):
                 withheld.add(
-                    "aulc",
-                    f"{pair['a']} vs {pair['b']}",
-                    "no probability of improvement: it needs >= "
-                    f"{curves.MIN_PI_REPLICATES} seeds per method",
+                    "fits", f"{method} ({label})", f"no exponent b: {fit['free_c']['b_reason']}"
                 )
+        for pair in out["aulc"][metric]["pairs"]:
+            subject = f"{pair['a']} vs {pair['b']}"
+            if pair.get("p_reason") and pair["difference"] is not None:
+                withheld.add("aulc", f"{subject} AULC ({label})", f"no p-value: {pair['p_reason']}")
+            if pair.get("poi_reason") and metric == "accuracy":
+                reason = pair["poi_reason"]
+                if not reason.startswith("crossed"):  # the usual case, said once for all pairs
+                    reason = f"it needs >= {curves.MIN_PI_REPLICATES} seeds per method"
+                withheld.add("aulc", subject, f"no probability of improvement: {reason}")
     return out
 
 
@@ -301,13 +306,14 @@ def inference_sections(
     paired = []
     for entry in result["comparisons"]:
         t_test = entry.get("t_test") or {}
+        subject = (
+            f"{entry['method']} vs {entry['baseline']} k="
+            f"{entry['per_class']} ({METRIC_LABELS[entry['metric']]})"
+        )
         if entry["p_value"] is None and entry.get("p_reason"):
-            withheld.add(
-                "paired",
-                f"{entry['method']} vs {entry['baseline']} k="
-                f"{entry['per_class']} ({METRIC_LABELS[entry['metric']]})",
-                f"no p-value: {entry['p_reason']}",
-            )
+            withheld.add("paired", subject, f"no p-value: {entry['p_reason']}")
+        elif t_test.get("p") is None and str(t_test.get("reason")).startswith("crossed"):
+            withheld.add("paired", subject, f"no paired t-test: {t_test['reason']}")
         paired.append(
             {
                 "method": entry["method"],
@@ -320,6 +326,7 @@ def inference_sections(
                 "ci_high": entry["ci_high"],
                 "p_boot": entry["p_value"],
                 "p_reason": entry.get("p_reason"),
+                "p_short": entry.get("p_short"),
                 "p_holm": entry.get("p_holm"),
                 "p_bh": entry.get("p_bh"),
                 "mcnemar": entry.get("mcnemar") or [],
@@ -331,6 +338,13 @@ def inference_sections(
             }
         )
     planning = [e for e in result["planning"] if e["metric"] == "accuracy"]
+    for entry in planning:
+        if entry["by_seeds"] is None and str(entry["note"]).startswith("crossed"):
+            withheld.add(
+                "planning",
+                f"{entry['method']} k={entry['per_class']}",
+                f"no projection: {entry['note']}",
+            )
     return {"cells": cells, "paired": paired, "planning": planning}
 
 
