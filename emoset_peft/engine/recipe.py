@@ -7,6 +7,7 @@ run, and what research code calls. It returns the metrics dict it writes to metr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -112,20 +113,25 @@ def run_training(
     resume_from: Path | None = None,
     show_progress: bool = True,
     decode_seconds: float = 0.0,
+    split_batch: bool = False,
 ) -> dict:
     """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics.
-    ``decode_seconds``: what loading ``data`` took, recorded beside the other parts."""
+    ``decode_seconds``: what loading ``data`` took, recorded beside the other parts.
+    ``split_batch``: ``train.batch_size`` is the global batch, split over the processes (a
+    study's large cell, so that it trains as its cells on one process do), not each one's."""
     from emoset_peft.models import count_parameters, input_spec
 
     torch.manual_seed(config.train.seed)  # head init and dropout; the data seed is separate
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    total_steps = None
+    processes, train_cfg = accelerator.num_processes, config.train
+    if split_batch and processes > 1:
+        train_cfg = dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size // processes)
+    total_steps, global_batch = None, 0
     if data.train is not None:
-        batch = max(
-            1, min(config.train.batch_size, len(data.train) // accelerator.num_processes or 1)
-        )
-        total_steps = step_budget(len(data.train), batch, accelerator.num_processes, config.train)
+        batch = max(1, min(train_cfg.batch_size, len(data.train) // processes or 1))
+        total_steps = step_budget(len(data.train), batch, processes, train_cfg)
+        global_batch = batch * processes * train_cfg.grad_accum  # images per optimizer step
     precision = str(accelerator.mixed_precision)
     model = build_run_model(config, data.class_names, total_steps, precision=precision)
     spec = input_spec(model)
@@ -170,7 +176,7 @@ def run_training(
             result = fit(
                 path.model,
                 path.data,
-                config.train,
+                train_cfg,
                 accelerator,
                 path.normalizer,
                 path.image_size,
@@ -225,6 +231,7 @@ def run_training(
             if images is not None
         },
         "num_processes": accelerator.num_processes,
+        "global_batch": global_batch,
         "mixed_precision": precision,  # as run: bf16 in the recipe becomes "no" where emulated
         # what was asked for, what ran and why (the CPU's measured bf16 vs fp32 GEMM rates)
         "precision": precision_record(

@@ -2,7 +2,9 @@
 
 - Under ``accelerate launch --num_processes N`` the small cells are dealt round-robin to the
   processes, each training its cells alone; cells marked large (``large_per_class``) are trained
-  by all processes together with DDP, before the small ones.
+  by all processes together with DDP, before the small ones, each process taking its share of
+  ``train.batch_size``: every cell trains on the same global batch and step budget whatever the
+  number of processes.
 - Per process, EmoSet's index, the decoded images (via the on-disk cache) and the backbone are
   loaded once and reused: every cell builds its adapter on a fresh copy of the loaded backbone,
   so no cell can see another's weights.
@@ -17,6 +19,7 @@ import contextlib
 import csv
 import io
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -47,6 +50,7 @@ RESULT_COLUMNS = (
     "trainable_params",
     "total_params",
     "train_images",
+    "global_batch",  # images per optimizer step over all processes (the same for every cell)
     "steps",
     "best_step",
     # wall seconds per part of the cell (what cell_seconds is made of, beside building the model
@@ -155,6 +159,7 @@ def run_cell(
             out_dir=out,
             show_progress=show_progress,
             decode_seconds=decode_seconds,
+            split_batch=cell.large,  # every cell: train.batch_size images per step, all processes
         )
     except TrainingDiverged as err:
         if not accelerator.is_main_process:
@@ -176,6 +181,7 @@ def run_cell(
         "trainable_params": metrics["trainable_params"],
         "total_params": metrics["total_params"],
         "train_images": metrics["train_images"],
+        "global_batch": metrics["global_batch"],
         "steps": metrics["steps"],
         "best_step": metrics["best_step"],
         **time_columns(metrics["seconds"]),
@@ -223,13 +229,17 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
     """Run every unfinished cell of the grid; returns the study folder."""
     from accelerate import PartialState
 
-    from emoset_peft.study.validate import validate_grid
+    from emoset_peft.study.validate import check_grid, validate_grid
 
     cells = expand(study)
     # cpu=true in the recipe must reach the process group too (gloo instead of NCCL).
     state = PartialState(cpu=any(cell.config.cpu for cell in cells))
+    check_launch(state.num_processes)
     out = Path(study.output_dir)
     context = CellContext()
+    for warning in check_grid(study, cells, state.num_processes):
+        if state.is_main_process:
+            log.warning(warning)
     validate_grid(cells, context)  # every process: the whole grid, before any folder or cell
     with contextlib.ExitStack() as hold:
         if state.is_main_process:  # N processes under accelerate launch are one study: one lock
@@ -237,6 +247,19 @@ def run_study(study: StudyConfig, *, show_progress: bool = True) -> Path:
         state.wait_for_everyone()
         _run_grid(study, cells, state, out, show_progress, context)
     return out
+
+
+def check_launch(num_processes: int) -> None:
+    """A launcher that started N processes which each see one (CPU processes without cpu=true
+    join no process group) would run N independent copies of the study: refuse it."""
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if num_processes == 1 and launched.isdigit() and int(launched) > 1:
+        raise EmoSetError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they formed "
+            "no process group, so each would run the whole study alone; on CPUs pass cpu=true "
+            "(ACCELERATE_USE_CPU=true accelerate launch --config_file cpu_2proc.yaml -m "
+            "emoset_peft study ... cpu=true)"
+        )
 
 
 @contextlib.contextmanager

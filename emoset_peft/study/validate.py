@@ -1,7 +1,10 @@
 """Check a whole study grid before its first cell trains: a mistake in the last cell must not
 cost the hours the first cells take, nor leave a half-run study behind.
 
-Two passes, cheapest first, each raising one ``EmoSetError`` line that names the cell:
+First the rules of the grid as a whole (``check_grid``): no empty grid, no k=0 without a
+method that runs at k=0, no ``train.checkpoint_every`` (a study resumes by skipping finished
+cells), and a ``train.batch_size`` that the processes of a large cell can split evenly. Then two
+passes, cheapest first, each raising one ``EmoSetError`` line that names the cell:
 
 1. per cell, what ``train`` checks before it decodes any image (``engine.recipe.preflight``):
    the method and its option keys and values, the trackers, the backbone's folder or Hub id
@@ -21,6 +24,55 @@ import functools
 import json
 
 from emoset_peft.errors import EmoSetError
+
+
+def check_grid(study, cells, num_processes: int = 1) -> list[str]:
+    """Refuse (one ``EmoSetError`` line) a grid that would run other than it reads; returns the
+    warnings to print (once, on the main process)."""
+    from emoset_peft.models import methods
+
+    zero_shot = ", ".join(methods.named(lambda spec: not spec.trains))
+    asks_zero = any(not isinstance(k, bool) and k == 0 for k in study.per_class)
+    at_zero = [cell for cell in cells if cell.per_class == 0]
+    dropped = sorted({cell.method for cell in cells if cell.per_class != 0})
+    warnings = []
+    if asks_zero and not at_zero:
+        raise EmoSetError(
+            "study.per_class lists 0 (no training images) but no method in study.methods runs "
+            f"at k=0 (only {zero_shot} does: CLIP zero-shot); add one, or remove 0 from "
+            "study.per_class"
+        )
+    if asks_zero and dropped:
+        warnings.append(
+            f"study.per_class: k=0 runs only {', '.join(sorted({c.method for c in at_zero}))}; "
+            f"{', '.join(dropped)} train, so they have no k=0 cell"
+        )
+    if not cells:
+        raise EmoSetError("the study grid has no cells: check study.per_class and study.methods")
+    for cell in cells:
+        train = cell.config.train
+        if train.checkpoint_every:
+            _in_cell(
+                cell,
+                _refuse,
+                f"train.checkpoint_every={train.checkpoint_every} does not "
+                "apply to study cells (a study resumes by skipping finished cells); remove "
+                "it from the study's recipe",
+            )
+        if cell.large and num_processes > 1 and train.batch_size % num_processes:
+            _in_cell(
+                cell,
+                _refuse,
+                f"a large_per_class cell is trained by all {num_processes} "
+                f"processes, which split its train.batch_size={train.batch_size} (the "
+                "global batch of every cell); set train.batch_size to a multiple of "
+                f"{num_processes}",
+            )
+    return warnings
+
+
+def _refuse(message: str) -> None:
+    raise EmoSetError(message)
 
 
 def validate_grid(cells, context) -> None:
