@@ -76,7 +76,14 @@ class PeftSpec(MethodSpec):
             ) from None
 
     def save(self, model, path) -> None:
-        model.network.save_pretrained(str(path), safe_serialization=True)
+        network = model.network
+        # The toolkit writes the card (EmoSetModel.save_pretrained); peft's own would edit a
+        # README.md the user keeps in the folder, and fails on one whose metadata is not YAML.
+        network.create_or_update_model_card = lambda output_dir: None
+        try:
+            network.save_pretrained(str(path), safe_serialization=True)
+        finally:
+            del network.create_or_update_model_card
 
     def load(self, loading):
         import peft
