@@ -31,6 +31,8 @@ class PeftSpec(MethodSpec):
     kind: str = "peft"
     # (options, common peft kwargs, total_steps) -> the peft config
     config: Callable | None = None
+    # bitsandbytes modes peft folds this method into (merge_and_unload; rounded to the mode)
+    merges_quantized: tuple[str, ...] = ()
 
     trains_head: ClassVar[bool] = False  # peft trains a copy of the head (modules_to_save)
     takes_targets: ClassVar[bool] = True
@@ -94,6 +96,16 @@ class PeftSpec(MethodSpec):
         return loading.wrap(network)
 
     def merge_and_unload(self, model):
+        mode = model.record.get("quantize")
+        if mode and mode not in self.merges_quantized:
+            # Checked before peft starts: it raises at the first layer, after folding none.
+            fits = [s.name for s in PEFT_SPECS if mode in s.merges_quantized]
+            raise EmoSetError(
+                f"method {self.name!r} cannot be merged into a backbone loaded with "
+                f"quantize={mode!r} (peft merges only {', '.join(fits)} into {mode} layers); use it unmerged "
+                "(save_pretrained, emoset_peft.load_adapter), or merge the saved adapter on the "
+                "unquantized backbone with plain peft (its card's code, then merge_and_unload())"
+            )
         return model.network.merge_and_unload()
 
 
@@ -292,6 +304,7 @@ PEFT_SPECS = (
         "low-rank updates of q and v",
         roles=QV,
         quantize=BOTH,
+        merges_quantized=BOTH,
         config=functools.partial(_lora, dora=False),
     ),
     # DoRA on 8-bit layers fails inside bitsandbytes 0.50's CPU int8 matmul.
@@ -301,6 +314,7 @@ PEFT_SPECS = (
         "LoRA with a learned magnitude per output",
         roles=QV,
         quantize=("4bit",),
+        merges_quantized=("4bit",),
         config=functools.partial(_lora, dora=True),
     ),
     PeftSpec(
