@@ -89,3 +89,13 @@ def test_load_adapter_onto_another_architecture(tmp_path, tiny_vit_dir, tiny_cli
     build_model(tiny_vit_dir, "linear").save_pretrained(tmp_path)
     with pytest.raises(EmoSetError, match="saved on a 'vit' backbone"):
         load_adapter(tmp_path, backbone=tiny_clip_dir)
+
+
+def test_a_string_is_one_target_role(tiny_vit_dir):
+    model = build_model(tiny_vit_dir, "lora", targets="mlp_in")
+    assert model.record["targets"] == ["mlp_in"]
+    assert all(name.endswith(".mlp.fc1") for name in model.record["target_modules"])
+    with pytest.raises(EmoSetError, match=r"unknown target role\(s\) \['qv'\]"):
+        build_model(tiny_vit_dir, "lora", targets="qv")  # not q and v
+    with pytest.raises(EmoSetError, match="targets= takes a role or a list of roles"):
+        build_model(tiny_vit_dir, "lora", targets=5)
