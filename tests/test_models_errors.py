@@ -99,3 +99,14 @@ def test_a_string_is_one_target_role(tiny_vit_dir):
         build_model(tiny_vit_dir, "lora", targets="qv")  # not q and v
     with pytest.raises(EmoSetError, match="targets= takes a role or a list of roles"):
         build_model(tiny_vit_dir, "lora", targets=5)
+
+
+def test_a_backbone_that_is_no_id_or_folder(tiny_vit_dir):
+    from transformers import ViTModel
+
+    with pytest.raises(
+        EmoSetError, match="expected a Hugging Face Hub id or a local folder, got NoneType"
+    ):
+        build_model(None, "lora")
+    with pytest.raises(EmoSetError, match=r"got ViTModel; .*save_pretrained\(folder\)"):
+        build_model(ViTModel.from_pretrained(tiny_vit_dir), "lora")

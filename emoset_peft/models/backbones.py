@@ -70,7 +70,19 @@ def quiet_transformers():
 
 def resolve_source(backbone: str | os.PathLike) -> str:
     """A local folder -> its absolute path; a plausible Hub id -> itself; anything else -> EmoSetError."""
+    if not isinstance(backbone, (str, os.PathLike)):
+        hint = ""
+        if isinstance(backbone, nn.Module):
+            hint = (
+                "; for a model in memory, save it with .save_pretrained(folder) and pass the folder"
+            )
+        raise EmoSetError(
+            f"backbone: expected a Hugging Face Hub id or a local folder, got "
+            f"{type(backbone).__name__}{hint}"
+        )
     text = os.fspath(backbone)
+    if not isinstance(text, str):  # a PathLike of bytes
+        text = os.fsdecode(text)
     path = Path(text).expanduser()
     if path.is_dir():
         return str(path.resolve())
