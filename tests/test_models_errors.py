@@ -110,3 +110,23 @@ def test_a_backbone_that_is_no_id_or_folder(tiny_vit_dir):
         build_model(None, "lora")
     with pytest.raises(EmoSetError, match=r"got ViTModel; .*save_pretrained\(folder\)"):
         build_model(ViTModel.from_pretrained(tiny_vit_dir), "lora")
+
+
+def test_bad_num_labels_and_class_names(tiny_vit_dir):
+    cases = [
+        (dict(num_labels="8"), "num_labels='8' must be an integer"),
+        (dict(num_labels=0), "num_labels=0 must be >= 2"),
+        (dict(num_labels=-1), "num_labels=-1 must be >= 2"),
+        (dict(num_labels=0, id2label=[]), "num_labels=0 must be >= 2"),
+        (dict(num_labels=2, id2label=["a", "a"]), "id2label repeats ['a']"),
+        (dict(num_labels=2, id2label=["a", ""]), "id2label has an empty name"),
+        (dict(id2label=["a", "b", "c"]), "pass num_labels=3"),
+        (dict(num_labels=2, id2label={"x": "a", 1: "b"}), "key 'x' is not a class index"),
+        (dict(num_labels=2, id2label="ab"), "id2label= takes a list of class names"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(EmoSetError) as caught:
+            build_model(tiny_vit_dir, "linear", **kwargs)
+        assert message in str(caught.value), (kwargs, str(caught.value))
+    model = build_model(tiny_vit_dir, "linear", num_labels=2, id2label={"0": "calm", 1: "tense"})
+    assert model.id2label == {0: "calm", 1: "tense"}
