@@ -130,3 +130,24 @@ def test_bad_num_labels_and_class_names(tiny_vit_dir):
         assert message in str(caught.value), (kwargs, str(caught.value))
     model = build_model(tiny_vit_dir, "linear", num_labels=2, id2label={"0": "calm", 1: "tense"})
     assert model.id2label == {0: "calm", 1: "tense"}
+
+
+def test_an_oft_block_size_that_does_not_divide_the_layers_is_refused(tiny_vit_dir):
+    """peft would use another block size (with a warning) than the folder and card record."""
+    import warnings
+
+    from emoset_peft.models.adapters import check_build
+
+    for size in (5, 64):  # the tiny ViT's q and v layers are 32 wide
+        with pytest.raises(EmoSetError) as caught:
+            build_model(tiny_vit_dir, "oft", block_size=size)
+        message = str(caught.value)
+        assert f"model.options.block_size={size} (method 'oft') must divide" in message
+        assert "(32); block sizes that fit: 2, 4, 8, 16, 32" in message
+        with pytest.raises(EmoSetError, match="must divide"):
+            check_build(tiny_vit_dir, "oft", block_size=size)  # train's preflight, meta device
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build_model(tiny_vit_dir, "oft", block_size=16)
+    assert not [w for w in caught if "oft_block_size" in str(w.message)]
+    assert model.record["options"]["block_size"] == 16

@@ -59,9 +59,14 @@ class PeftSpec(MethodSpec):
             "task_type": None,
             "feedforward_modules": feedforward,
         }
+        self.check_targets(network, target_modules, options)
         config = self.peft_config(options, common, site.total_steps)
         site.record.update(target_modules=target_modules, targets=wanted)
         return peft.get_peft_model(network, config), {}
+
+    def check_targets(self, network, target_modules: list[str], options) -> None:
+        """EmoSetError when ``options`` cannot apply to these layers as given (peft would
+        quietly change them)."""
 
     def peft_config(self, options, common: dict, total_steps):
         """The method's peft config; peft's own refusals become one EmoSetError line."""
@@ -107,6 +112,25 @@ class PeftSpec(MethodSpec):
                 "unquantized backbone with plain peft (its card's code, then merge_and_unload())"
             )
         return model.network.merge_and_unload()
+
+
+@dataclass(frozen=True)
+class OftSpec(PeftSpec):
+    def check_targets(self, network, target_modules, options):
+        """peft's OFT splits each layer's input into blocks of block_size; one that does not
+        divide the width is replaced by a nearby divisor with only a warning, so the folder and
+        the card would record a block size that was not used."""
+        modules = dict(network.named_modules())
+        widths = sorted({modules[name].in_features for name in target_modules})
+        size = options.block_size
+        if all(width % size == 0 for width in widths):
+            return
+        fits = [d for d in range(2, widths[0] + 1) if all(w % d == 0 for w in widths)]
+        raise EmoSetError(
+            f"model.options.block_size={size} (method 'oft') must divide the input width of every "
+            f"targeted layer ({', '.join(map(str, widths))}); block sizes that fit: "
+            f"{', '.join(map(str, fits)) or 'none'}"
+        )
 
 
 class AdaLoraHooks(MethodHooks):
@@ -327,7 +351,7 @@ PEFT_SPECS = (
     ),
     PeftSpec("loha", opts.LycorisOptions, "low-rank Hadamard product", roles=QV, config=_loha),
     PeftSpec("lokr", opts.LoKrOptions, "low-rank Kronecker product", roles=QV, config=_lokr),
-    PeftSpec("oft", opts.OFTOptions, "block-diagonal orthogonal rotation", roles=QV, config=_oft),
+    OftSpec("oft", opts.OFTOptions, "block-diagonal orthogonal rotation", roles=QV, config=_oft),
     PeftSpec(
         "vera",
         opts.VeraOptions,
