@@ -83,3 +83,40 @@ def test_schedule_too_long_for_the_budget_names_keys_and_minimum(tiny_vit_dir):
     for part in ("model.options.tinit=2", "model.options.tfinal=1", "= 4 optimizer steps", "has 3"):
         assert part in message
     assert "train.max_steps" in message
+
+
+def test_a_trained_adalora_adapter_loads_without_the_rank_pattern_warning(tiny_vit_dir, tmp_path):
+    """Its saved rank_pattern ("<module>.lora_E": kept ranks) is peft's own format, applied on
+    load; peft's generic pattern check calls it unmatched. Filtered by name (utils/warnings.py),
+    as the user's session has it; a LoRA rank_pattern key that matches nothing still warns."""
+    import warnings
+
+    import peft
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    import emoset_peft as ep
+    from emoset_peft.models.wrapper import after_optimizer_step
+
+    torch.manual_seed(0)
+    model = build_model(tiny_vit_dir, "adalora", total_steps=3, r=R, init_r=INIT_R)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    pixels, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for step in range(3):
+        model(pixels, labels=labels).loss.backward()
+        optimizer.step()
+        after_optimizer_step(model, step)
+        optimizer.zero_grad()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["rank_pattern"]
+    assert saved and all(key.endswith(".lora_E") for key in saved)
+    with warnings.catch_warnings(record=True) as caught:
+        loaded = ep.load_adapter(tmp_path).eval()
+    assert not [w for w in caught if "rank_pattern" in str(w.message)]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels).logits, model.eval()(pixels).logits)
+
+    base = AutoModelForImageClassification.from_pretrained(tiny_vit_dir, num_labels=2)
+    config = peft.LoraConfig(r=2, target_modules=["q_proj"], rank_pattern={"no_such_proj": 4})
+    with pytest.warns(RuntimeWarning, match="rank_pattern keys did not match"):
+        peft.get_peft_model(base, config)

@@ -173,3 +173,16 @@ def test_selection_subset_uses_validation_and_refuses_test(emoset):
     )
     with pytest.raises(EmoSetError, match="test split"):
         selection_subset(emoset["test"], per_class=2, seed=0)
+
+
+def test_a_dataset_dict_or_a_bad_seed_is_one_line():
+    split = _imbalanced_split([3] * len(EMOTIONS))
+    with pytest.raises(
+        EmoSetError, match=r"got a DatasetDict of splits \(train, test\); .*ds\['train'\]"
+    ):
+        low_data_subset(datasets.DatasetDict(train=split, test=split), per_class=2)
+    with pytest.raises(EmoSetError, match="takes one split of load_emoset"):
+        low_data_subset([1, 2], per_class=2)
+    for seed in ("a", -1, 1.5, True):
+        with pytest.raises(EmoSetError, match="seed must be a non-negative integer"):
+            low_data_subset(split, per_class=2, seed=seed)

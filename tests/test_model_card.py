@@ -48,6 +48,7 @@ def test_a_finished_run_has_a_card_with_its_results(trained_run, tiny_vit_dir):
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "image-classification"
     assert meta["license"] == "other" and "lora" in meta["tags"]
     assert "base_model" not in meta  # a local folder is not a Hub id
+    assert meta["emoset_peft_card"] is True  # the next save_pretrained may rewrite it
     results = {r.metric_type: r for r in ModelCard.load(card_file).data.eval_results}
     assert set(results) == {"accuracy", "macro_f1", "valence_accuracy"}
     for key, result in results.items():

@@ -89,3 +89,65 @@ def test_load_adapter_onto_another_architecture(tmp_path, tiny_vit_dir, tiny_cli
     build_model(tiny_vit_dir, "linear").save_pretrained(tmp_path)
     with pytest.raises(EmoSetError, match="saved on a 'vit' backbone"):
         load_adapter(tmp_path, backbone=tiny_clip_dir)
+
+
+def test_a_string_is_one_target_role(tiny_vit_dir):
+    model = build_model(tiny_vit_dir, "lora", targets="mlp_in")
+    assert model.record["targets"] == ["mlp_in"]
+    assert all(name.endswith(".mlp.fc1") for name in model.record["target_modules"])
+    with pytest.raises(EmoSetError, match=r"unknown target role\(s\) \['qv'\]"):
+        build_model(tiny_vit_dir, "lora", targets="qv")  # not q and v
+    with pytest.raises(EmoSetError, match="targets= takes a role or a list of roles"):
+        build_model(tiny_vit_dir, "lora", targets=5)
+
+
+def test_a_backbone_that_is_no_id_or_folder(tiny_vit_dir):
+    from transformers import ViTModel
+
+    with pytest.raises(
+        EmoSetError, match="expected a Hugging Face Hub id or a local folder, got NoneType"
+    ):
+        build_model(None, "lora")
+    with pytest.raises(EmoSetError, match=r"got ViTModel; .*save_pretrained\(folder\)"):
+        build_model(ViTModel.from_pretrained(tiny_vit_dir), "lora")
+
+
+def test_bad_num_labels_and_class_names(tiny_vit_dir):
+    cases = [
+        (dict(num_labels="8"), "num_labels='8' must be an integer"),
+        (dict(num_labels=0), "num_labels=0 must be >= 2"),
+        (dict(num_labels=-1), "num_labels=-1 must be >= 2"),
+        (dict(num_labels=0, id2label=[]), "num_labels=0 must be >= 2"),
+        (dict(num_labels=2, id2label=["a", "a"]), "id2label repeats ['a']"),
+        (dict(num_labels=2, id2label=["a", ""]), "id2label has an empty name"),
+        (dict(id2label=["a", "b", "c"]), "pass num_labels=3"),
+        (dict(num_labels=2, id2label={"x": "a", 1: "b"}), "key 'x' is not a class index"),
+        (dict(num_labels=2, id2label="ab"), "id2label= takes a list of class names"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(EmoSetError) as caught:
+            build_model(tiny_vit_dir, "linear", **kwargs)
+        assert message in str(caught.value), (kwargs, str(caught.value))
+    model = build_model(tiny_vit_dir, "linear", num_labels=2, id2label={"0": "calm", 1: "tense"})
+    assert model.id2label == {0: "calm", 1: "tense"}
+
+
+def test_an_oft_block_size_that_does_not_divide_the_layers_is_refused(tiny_vit_dir):
+    """peft would use another block size (with a warning) than the folder and card record."""
+    import warnings
+
+    from emoset_peft.models.adapters import check_build
+
+    for size in (5, 64):  # the tiny ViT's q and v layers are 32 wide
+        with pytest.raises(EmoSetError) as caught:
+            build_model(tiny_vit_dir, "oft", block_size=size)
+        message = str(caught.value)
+        assert f"model.options.block_size={size} (method 'oft') must divide" in message
+        assert "(32); block sizes that fit: 2, 4, 8, 16, 32" in message
+        with pytest.raises(EmoSetError, match="must divide"):
+            check_build(tiny_vit_dir, "oft", block_size=size)  # train's preflight, meta device
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build_model(tiny_vit_dir, "oft", block_size=16)
+    assert not [w for w in caught if "oft_block_size" in str(w.message)]
+    assert model.record["options"]["block_size"] == 16

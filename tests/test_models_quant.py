@@ -75,3 +75,22 @@ def test_narrow_4bit_layers_keep_the_generic_cpu_kernel(tiny_vit_dir):
     assert narrow and wide
     assert not any(m.support_avx512bf16_for_cpu for m in narrow)
     assert all(m.support_avx512bf16_for_cpu == bnb.functional.has_avx512bf16() for m in wide)
+
+
+@pytest.mark.parametrize(("method", "mode"), [("ia3", "8bit"), ("adalora", "4bit")])
+def test_merging_what_peft_cannot_fold_into_quantized_layers_is_one_line(
+    tiny_vit_dir, method, mode
+):
+    """peft raises a ValueError (ia3) or an empty NotImplementedError (adalora); the model is
+    left as it was."""
+    model = build_model(tiny_vit_dir, method, quantize=mode, total_steps=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(pixel_values=x).logits
+    with pytest.raises(EmoSetError) as caught:
+        model.merge_and_unload()
+    message = str(caught.value)
+    assert "\n" not in message and f"method {method!r}" in message
+    assert f"quantize={mode!r}" in message and "load_adapter" in message
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x).logits, before)

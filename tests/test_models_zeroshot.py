@@ -65,6 +65,15 @@ def test_custom_templates_change_the_head(tiny_clip_dir, images):
         build_model(tiny_clip_dir, "zeroshot", templates=["no slot"])
 
 
+def test_a_string_is_one_template(tiny_clip_dir):
+    one = build_model(tiny_clip_dir, "zeroshot", templates="a photo of {}")
+    listed = build_model(tiny_clip_dir, "zeroshot", templates=["a photo of {}"])
+    assert one.record["options"]["templates"] == listed.record["options"]["templates"]
+    assert torch.equal(one.network.classifier.weight, listed.network.classifier.weight)
+    with pytest.raises(EmoSetError, match="option templates=3 should be a string"):
+        build_model(tiny_clip_dir, "zeroshot", templates=3)
+
+
 @pytest.mark.parametrize("method", ["lora", "linear", "vpt"])
 def test_head_init_text_starts_from_the_zero_shot_head(method, tiny_clip_dir, images):
     zero = build_model(tiny_clip_dir, "zeroshot").eval()

@@ -168,3 +168,36 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
 
 def test_predict_is_public_api():
     assert "predict" in ep.__all__ and callable(ep.predict)
+
+
+def test_arrays_are_images_and_what_predict_cannot_take_is_one_line(tiny_vit_dir, tmp_path):
+    import numpy as np
+    import torch
+
+    model = ep.build_model(tiny_vit_dir, "linear").eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    from_pil = ep.predict(model, Image.fromarray(pixels))
+    assert ep.predict(model, pixels) == from_pil
+    for row in ep.predict(model, np.stack([pixels, pixels])):  # N x H x W x 3
+        assert row == pytest.approx(from_pil[0], abs=1e-5)
+    assert len(ep.predict(model, [pixels[..., 0], pixels])) == 2  # grey H x W too
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(pixels).save(photos / "a.jpg")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    cases = [
+        (torch.zeros(3, 32, 32), "a torch tensor"),
+        (pixels.astype(np.float32), "dtype uint8"),
+        ([str(photos / "a.jpg"), 3], "images[1]: an object of type int"),
+        (photos, "`emoset-peft predict MODEL"),
+        (str(photos / "*.jpg"), "is a glob"),
+        (photos / "broken.jpg", "broken.jpg: UnidentifiedImageError"),
+        (photos / "missing.jpg", "missing.jpg: file not found; check the path"),
+    ]
+    for images, message in cases:
+        with pytest.raises(ep.EmoSetError) as caught:
+            ep.predict(model, images)
+        text = str(caught.value)
+        assert message in text and "\n" not in text, text
+        assert "EmoSet download" not in text and "split file" not in text

@@ -59,6 +59,8 @@ def low_data_subset(
     contributes all of its images (and a warning is logged). See the module docstring for how
     rows are chosen and ordered.
     """
+    _check_split(split, "low_data_subset")
+    _check_seed(seed)
     counts = _counts_per_class(split, per_class, fraction, allow_fewer)
     ranked = _ranked_rows_per_class(split, seed)
     indices = np.concatenate([rows[:count] for rows, count in zip(ranked, counts)])
@@ -161,6 +163,7 @@ def subset_from_manifest(
     Raises :class:`EmoSetError` naming the first id of the manifest that is not in the split
     and the manifest (``source``: how to name a dict manifest in that message).
     """
+    _check_split(split, "subset_from_manifest")
     if not isinstance(manifest, dict):
         source = source or str(manifest)
         manifest = read_manifest(manifest)
@@ -188,6 +191,30 @@ def ids_sha256(ids: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_split(split, caller: str) -> None:
+    """EmoSetError unless ``split`` is one split (a ``datasets.Dataset``)."""
+    import datasets
+
+    if isinstance(split, datasets.Dataset):
+        return
+    if isinstance(split, (datasets.DatasetDict, dict)):
+        names = ", ".join(map(str, split)) or "none"
+        first = next(iter(split), "train")
+        raise EmoSetError(
+            f"{caller} takes one split, got a {type(split).__name__} of splits ({names}); "
+            f"pass one of them, e.g. ds[{first!r}]"
+        )
+    raise EmoSetError(
+        f"{caller} takes one split of load_emoset (a datasets.Dataset, e.g. ds['train']), "
+        f"got {type(split).__name__}"
+    )
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise EmoSetError(f"seed must be a non-negative integer; got {seed!r}")
 
 
 def _counts_per_class(split, per_class, fraction, allow_fewer) -> list[int]:

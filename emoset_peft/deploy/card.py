@@ -24,6 +24,9 @@ from emoset_peft.errors import EmoSetError
 log = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
+# Card metadata key that marks a README this toolkit wrote: save_pretrained rewrites only those and
+# keeps any other README.md (a user's project notes) as it is, like plain peft does.
+MARKER = "emoset_peft_card"
 # The weights derive from the base model (its own license) and from EmoSet, which its authors
 # release for non-commercial research; "other" makes the Hub show the License section below.
 LICENSE = "other"
@@ -102,6 +105,20 @@ def write_model_card(out_dir: str | Path, config, metrics: dict) -> None:
         log.warning("%s: the model card was not written (%s)", adapter / CARD_NAME, err)
 
 
+def is_toolkit_card(folder: str | Path) -> bool:
+    """Whether ``folder/README.md`` is missing or a card this toolkit wrote (its ``MARKER``)."""
+    from huggingface_hub import metadata_load
+
+    path = Path(folder) / CARD_NAME
+    if not path.exists():
+        return True
+    try:
+        metadata = metadata_load(path)
+    except Exception:  # noqa: BLE001 (unreadable or not YAML: not a card of ours)
+        return False
+    return isinstance(metadata, dict) and metadata.get(MARKER) is True
+
+
 def write_card(folder: str | Path, record: dict, **kwargs) -> Path:
     """Write ``folder/README.md`` (atomically) from ``card_text(record, **kwargs)``."""
     from emoset_peft.utils.io import atomic_write_text
@@ -176,6 +193,7 @@ def _card_data(record, run, repo_id, exported):
         license_name=LICENSE_NAME,
         tags=["emoset-peft", "emotion-recognition", "emoset", spec.name],
         eval_results=results or None,
+        **{MARKER: True},
     )
 
 

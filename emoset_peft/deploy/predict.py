@@ -188,9 +188,9 @@ def score_images(
                     rows.append(pixels)
                     kept.append(index)
                     continue
-                if not skip_unreadable:
-                    raise err
                 name = err.path or _name(images[index])
+                if not skip_unreadable:
+                    raise _unreadable(name, err.reason or str(err)) from None
                 unreadable.append((index, name, err.reason or str(err)))
                 if on_unreadable is not None:
                     on_unreadable(name, err.reason or str(err))
@@ -212,12 +212,32 @@ def score_images(
 
 
 def _square(image, resolution: int, crop_size: int) -> np.ndarray:
+    from PIL import Image
+
     from emoset_peft.data.images import as_rgb
     from emoset_peft.data.pipeline import decode_square, square_pixels
 
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+    if isinstance(image, np.ndarray):  # checked by _image_list: uint8 H x W [x 1/3/4]
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    if _is_pil(image):
         return square_pixels(as_rgb(image), resolution, crop_size)
     return decode_square(os.fspath(image), resolution, crop_size=crop_size)
+
+
+def _unreadable(name: str, reason: str):
+    """The decoder's error with advice for a user's own photo (not an EmoSet file)."""
+    from emoset_peft.data.images import CorruptImageError
+
+    fix = (
+        "check the path"
+        if reason == "file not found"
+        else f"give an image file PIL can open ({_extensions()}), or leave it out"
+    )
+    return CorruptImageError(
+        f"cannot read image {name}: {reason}; {fix}",
+        name,
+        reason,
+    )
 
 
 def _decoded(rows: list[np.ndarray]):
@@ -231,7 +251,80 @@ def _decoded(rows: list[np.ndarray]):
 
 
 def _name(image) -> str:
+    if isinstance(image, np.ndarray):
+        return f"<array {'x'.join(map(str, image.shape))}>"
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else "<PIL image>"
+
+
+def _is_pil(image) -> bool:
+    return hasattr(image, "convert") and hasattr(image, "size")
+
+
+IMAGE_TYPES = "image file paths, PIL images or H x W x 3 uint8 arrays"
+
+
+def _image_list(images) -> list:
+    """``predict``'s ``images`` as a list of items ``score_images`` reads; EmoSetError (one line)
+    for what it cannot: folders and globs (their images would come back unnamed), tensors, other
+    types, arrays that are not uint8 pixels."""
+    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        images = [images] if images.ndim in (2, 3) else list(images)
+    elif _is_tensor(images) or not hasattr(images, "__iter__"):
+        images = [images]
+    else:
+        images = list(images)
+    for position, image in enumerate(images):
+        _check_image(image, position if len(images) > 1 else None)
+    return images
+
+
+def _check_image(image, position: int | None) -> None:
+    where = "images" if position is None else f"images[{position}]"
+    if isinstance(image, (str, os.PathLike)):
+        text = os.fspath(image)
+        many = (
+            "a folder"
+            if Path(text).is_dir()
+            else (
+                "a glob"
+                if not Path(text).exists() and any(c in text for c in GLOB_CHARACTERS)
+                else ""
+            )
+        )
+        if many:
+            raise EmoSetError(
+                f"{text} is {many}: ep.predict takes {IMAGE_TYPES}, one result per item; run "
+                f"`emoset-peft predict MODEL {text}` (a CSV naming each file), or pass the files "
+                f"(emoset_peft.deploy.predict.find_images([{text!r}]) lists them)"
+            )
+        return
+    if _is_pil(image):
+        return
+    if isinstance(image, np.ndarray):
+        shape_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
+        if image.dtype == np.uint8 and shape_ok and min(image.shape[:2]) > 0:
+            return
+        raise EmoSetError(
+            f"{where}: an array of shape {image.shape} and dtype {image.dtype}; an image array is "
+            "H x W x 3 (RGB), H x W x 4 (RGBA) or H x W, dtype uint8 (0-255)"
+        )
+    if _is_tensor(image):
+        raise EmoSetError(
+            f"{where}: a torch tensor; ep.predict takes {IMAGE_TYPES} and resizes and normalises "
+            "them itself. For pixels already prepared, call model(pixel_values=...).logits; for "
+            "a uint8 H x W x 3 tensor, pass tensor.numpy()"
+        )
+    raise EmoSetError(
+        f"{where}: an object of type {type(image).__name__}; ep.predict takes {IMAGE_TYPES}"
+    )
+
+
+def _is_tensor(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
 
 
 def predict(
@@ -245,17 +338,16 @@ def predict(
     """One ``{label: probability}`` per image, most probable first (``top_k``: only the first k).
 
     ``model``: from ``ep.load_adapter``/``ep.build_model``, or a run folder / adapter folder
-    (loaded here, on the GPU when there is one). ``images``: paths or PIL images (or one of
-    them). Preprocessing is the one the run evaluated with (see the module docstring). An
+    (loaded here, on the GPU when there is one). ``images``: image file paths, PIL images or
+    H x W x 3 uint8 arrays (or one of them; folders and globs: ``emoset-peft predict``). Preprocessing is the one the run evaluated with (see the module docstring). An
     unreadable image raises ``EmoSetError`` naming it. The valence: ``sum(p for label, p in
     result.items() if label in emoset_peft.labels.POSITIVE_EMOTIONS)`` (with ``top_k=None``).
     """
-    if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
-    single = isinstance(images, (str, os.PathLike)) or hasattr(images, "convert")
-    images = [images] if single else list(images)
+    images = _image_list(images)
     if top_k is not None and int(top_k) < 1:
         raise EmoSetError(f"top_k must be at least 1 (or None for every class), got {top_k}")
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
     scored = score_images(model, images, batch_size=batch_size, show_progress=show_progress)
     return [ranked(row, scored.class_names, top_k) for row in scored.probs]
 

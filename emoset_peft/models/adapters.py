@@ -41,7 +41,7 @@ from pathlib import Path
 from torch import nn
 
 from emoset_peft.errors import EmoSetError
-from emoset_peft.models import backbones, methods, quant, zeroshot
+from emoset_peft.models import backbones, methods, quant, roles, zeroshot
 from emoset_peft.models.folder import FORMAT_VERSION, check_adapter_folder, read_record
 from emoset_peft.models.kinds import Site
 from emoset_peft.models.methods import MERGEABLE, METHODS, REGISTRY  # noqa: F401 (public names)
@@ -231,6 +231,7 @@ def _build(
     head_init=None,
 ) -> EmoSetModel:
     """The one build path; ``info.source`` None means random weights from ``config`` alone."""
+    targets = roles.as_roles(targets)
     _check_method_fit(
         spec,
         info,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import numbers
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -70,7 +71,19 @@ def quiet_transformers():
 
 def resolve_source(backbone: str | os.PathLike) -> str:
     """A local folder -> its absolute path; a plausible Hub id -> itself; anything else -> EmoSetError."""
+    if not isinstance(backbone, (str, os.PathLike)):
+        hint = ""
+        if isinstance(backbone, nn.Module):
+            hint = (
+                "; for a model in memory, save it with .save_pretrained(folder) and pass the folder"
+            )
+        raise EmoSetError(
+            f"backbone: expected a Hugging Face Hub id or a local folder, got "
+            f"{type(backbone).__name__}{hint}"
+        )
     text = os.fspath(backbone)
+    if not isinstance(text, str):  # a PathLike of bytes
+        text = os.fsdecode(text)
     path = Path(text).expanduser()
     if path.is_dir():
         return str(path.resolve())
@@ -174,6 +187,13 @@ def label_maps(num_labels: int, id2label) -> tuple[dict[int, str], dict[str, int
     """id2label from a dict or a list of names; default: the 8 emotions, or the 2 valences."""
     from emoset_peft.labels import EMOTIONS, VALENCES
 
+    if isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral):
+        raise EmoSetError(f"num_labels={num_labels!r} must be an integer (the number of classes)")
+    num_labels = int(num_labels)
+    if num_labels < 2:
+        raise EmoSetError(
+            f"num_labels={num_labels} must be >= 2 (a classifier needs at least 2 classes)"
+        )
     if id2label is None:
         defaults = {len(EMOTIONS): EMOTIONS, len(VALENCES): VALENCES}
         if num_labels not in defaults:
@@ -181,15 +201,38 @@ def label_maps(num_labels: int, id2label) -> tuple[dict[int, str], dict[str, int
                 f"num_labels={num_labels}: give id2label= (the class names in index order)"
             )
         id2label = defaults[num_labels]
-    if isinstance(id2label, dict):
-        mapping = {int(k): str(v) for k, v in id2label.items()}
-    else:
-        mapping = dict(enumerate(str(name) for name in id2label))
+    mapping = _id2label(id2label)
     if sorted(mapping) != list(range(num_labels)):
+        fix = f"; for these {len(mapping)} names pass num_labels={len(mapping)}" if mapping else ""
         raise EmoSetError(
-            f"id2label must name classes 0..{num_labels - 1}, got indices {sorted(mapping)}"
+            f"id2label must name classes 0..{num_labels - 1} (num_labels={num_labels}), got "
+            f"indices {sorted(mapping)}{fix}"
         )
+    names = list(mapping.values())
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated or "" in names:
+        what = f"repeats {repeated}" if repeated else "has an empty name"
+        raise EmoSetError(f"id2label {what}; give each class its own name")
     return mapping, {name: index for index, name in mapping.items()}
+
+
+def _id2label(id2label) -> dict[int, str]:
+    """A dict {index: name} or a list of names -> {int index: str name}."""
+    if isinstance(id2label, str) or not isinstance(id2label, (dict, list, tuple)):
+        raise EmoSetError(
+            f"id2label= takes a list of class names or a dict {{index: name}}, got {id2label!r}"
+        )
+    if isinstance(id2label, (list, tuple)):
+        return dict(enumerate(str(name) for name in id2label))
+    mapping = {}
+    for key, name in id2label.items():
+        try:
+            mapping[int(key)] = str(name)
+        except (TypeError, ValueError):
+            raise EmoSetError(
+                f"id2label key {key!r} is not a class index; give {{0: name, 1: name, ...}}"
+            ) from None
+    return mapping
 
 
 # Set by ``reuse_loaded_backbones()``: (source, labels) -> a loaded classifier that is never

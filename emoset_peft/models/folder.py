@@ -120,3 +120,33 @@ def read_record(path: str | Path) -> dict:
             f"{file}: unknown method {record.get('method')!r}; methods: {', '.join(methods.METHODS)}"
         )
     return record
+
+
+def saved_files(path: str | Path) -> set[str]:
+    """The names of the files a save_pretrained wrote in ``path``, by its ``emoset_peft.json``:
+    the record and its method's weights and JSON files (the card is kept or rewritten by its
+    marker, deploy/card.py). Empty when the folder holds no record this toolkit reads."""
+    from emoset_peft.models import methods
+
+    try:
+        record = json.loads((Path(path) / RECORD_NAME).read_bytes())
+    except (OSError, ValueError):
+        return set()
+    spec = methods.REGISTRY.get(record.get("method")) if isinstance(record, dict) else None
+    if spec is None:
+        return set()
+    json_files, weights = spec.folder_files
+    return {RECORD_NAME, weights, *json_files}
+
+
+def remove_stale(path: str | Path, before: set[str]) -> list[str]:
+    """Delete the files of a previous save in ``path`` (``before``: its ``saved_files``) that the
+    save just made did not write again; returns their names. Another method's leftovers would be
+    loaded in its place: transformers reads a stale config.json + model.safetensors, plain peft
+    a stale adapter_config.json. Other files in the folder are the user's and stay."""
+    stale = sorted(before - saved_files(path))
+    for name in stale:
+        file = Path(path) / name
+        if file.is_file():
+            file.unlink()
+    return stale

@@ -128,11 +128,23 @@ def make_options(spec: MethodSpec, given: dict):
         elif isinstance(default, float):
             setattr(options, name, float(value))
     if isinstance(options, ZeroShotOptions):
-        options.templates = tuple(options.templates)
+        options.templates = _templates(spec, options.templates)
     _check_option_ranges(spec, options)
     if isinstance(options, AdaLoraOptions):
         _check_adalora_ranks(spec, options)
     return options
+
+
+def _templates(spec: MethodSpec, templates) -> tuple[str, ...]:
+    """One string is one template ("a photo of {}", not its letters)."""
+    if isinstance(templates, str):
+        return (templates,)
+    if not isinstance(templates, (list, tuple)) or not all(isinstance(t, str) for t in templates):
+        raise EmoSetError(
+            f"method {spec.name!r}: option templates={templates!r} should be a string with {{}} "
+            "for the class name, or a list of them"
+        )
+    return tuple(templates)
 
 
 POSITIVE_OPTIONS = (

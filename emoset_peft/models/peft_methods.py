@@ -31,6 +31,8 @@ class PeftSpec(MethodSpec):
     kind: str = "peft"
     # (options, common peft kwargs, total_steps) -> the peft config
     config: Callable | None = None
+    # bitsandbytes modes peft folds this method into (merge_and_unload; rounded to the mode)
+    merges_quantized: tuple[str, ...] = ()
 
     trains_head: ClassVar[bool] = False  # peft trains a copy of the head (modules_to_save)
     takes_targets: ClassVar[bool] = True
@@ -57,9 +59,14 @@ class PeftSpec(MethodSpec):
             "task_type": None,
             "feedforward_modules": feedforward,
         }
+        self.check_targets(network, target_modules, options)
         config = self.peft_config(options, common, site.total_steps)
         site.record.update(target_modules=target_modules, targets=wanted)
         return peft.get_peft_model(network, config), {}
+
+    def check_targets(self, network, target_modules: list[str], options) -> None:
+        """EmoSetError when ``options`` cannot apply to these layers as given (peft would
+        quietly change them)."""
 
     def peft_config(self, options, common: dict, total_steps):
         """The method's peft config; peft's own refusals become one EmoSetError line."""
@@ -76,7 +83,14 @@ class PeftSpec(MethodSpec):
             ) from None
 
     def save(self, model, path) -> None:
-        model.network.save_pretrained(str(path), safe_serialization=True)
+        network = model.network
+        # The toolkit writes the card (EmoSetModel.save_pretrained); peft's own would edit a
+        # README.md the user keeps in the folder, and fails on one whose metadata is not YAML.
+        network.create_or_update_model_card = lambda output_dir: None
+        try:
+            network.save_pretrained(str(path), safe_serialization=True)
+        finally:
+            del network.create_or_update_model_card
 
     def load(self, loading):
         import peft
@@ -87,7 +101,36 @@ class PeftSpec(MethodSpec):
         return loading.wrap(network)
 
     def merge_and_unload(self, model):
+        mode = model.record.get("quantize")
+        if mode and mode not in self.merges_quantized:
+            # Checked before peft starts: it raises at the first layer, after folding none.
+            fits = [s.name for s in PEFT_SPECS if mode in s.merges_quantized]
+            raise EmoSetError(
+                f"method {self.name!r} cannot be merged into a backbone loaded with "
+                f"quantize={mode!r} (peft merges only {', '.join(fits)} into {mode} layers); use it unmerged "
+                "(save_pretrained, emoset_peft.load_adapter), or merge the saved adapter on the "
+                "unquantized backbone with plain peft (its card's code, then merge_and_unload())"
+            )
         return model.network.merge_and_unload()
+
+
+@dataclass(frozen=True)
+class OftSpec(PeftSpec):
+    def check_targets(self, network, target_modules, options):
+        """peft's OFT splits each layer's input into blocks of block_size; one that does not
+        divide the width is replaced by a nearby divisor with only a warning, so the folder and
+        the card would record a block size that was not used."""
+        modules = dict(network.named_modules())
+        widths = sorted({modules[name].in_features for name in target_modules})
+        size = options.block_size
+        if all(width % size == 0 for width in widths):
+            return
+        fits = [d for d in range(2, widths[0] + 1) if all(w % d == 0 for w in widths)]
+        raise EmoSetError(
+            f"model.options.block_size={size} (method 'oft') must divide the input width of every "
+            f"targeted layer ({', '.join(map(str, widths))}); block sizes that fit: "
+            f"{', '.join(map(str, fits)) or 'none'}"
+        )
 
 
 class AdaLoraHooks(MethodHooks):
@@ -285,6 +328,7 @@ PEFT_SPECS = (
         "low-rank updates of q and v",
         roles=QV,
         quantize=BOTH,
+        merges_quantized=BOTH,
         config=functools.partial(_lora, dora=False),
     ),
     # DoRA on 8-bit layers fails inside bitsandbytes 0.50's CPU int8 matmul.
@@ -294,6 +338,7 @@ PEFT_SPECS = (
         "LoRA with a learned magnitude per output",
         roles=QV,
         quantize=("4bit",),
+        merges_quantized=("4bit",),
         config=functools.partial(_lora, dora=True),
     ),
     PeftSpec(
@@ -306,7 +351,7 @@ PEFT_SPECS = (
     ),
     PeftSpec("loha", opts.LycorisOptions, "low-rank Hadamard product", roles=QV, config=_loha),
     PeftSpec("lokr", opts.LoKrOptions, "low-rank Kronecker product", roles=QV, config=_lokr),
-    PeftSpec("oft", opts.OFTOptions, "block-diagonal orthogonal rotation", roles=QV, config=_oft),
+    OftSpec("oft", opts.OFTOptions, "block-diagonal orthogonal rotation", roles=QV, config=_oft),
     PeftSpec(
         "vera",
         opts.VeraOptions,

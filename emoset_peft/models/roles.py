@@ -28,6 +28,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "Architecture",
     "architecture_for",
+    "as_roles",
     "layer_names",
     "normalize_layers",
     "resolve_targets",
@@ -89,6 +90,19 @@ def normalize_layers(layers: Iterable[int] | None, num_layers: int) -> list[int]
             "layers= is empty; give at least one layer index or leave it out for all layers"
         )
     return sorted(chosen)
+
+
+def as_roles(targets) -> list[str] | None:
+    """``targets=`` as a list of roles: one string is one role ("mlp_in", not its letters)."""
+    if targets is None:
+        return None
+    if isinstance(targets, str):
+        return [targets]
+    if not isinstance(targets, Iterable) or not all(isinstance(t, str) for t in targets):
+        raise EmoSetError(
+            f"targets= takes a role or a list of roles ({', '.join(ROLES)}), got {targets!r}"
+        )
+    return list(targets)
 
 
 def resolve_targets(

@@ -32,7 +32,13 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from emoset_peft.errors import EmoSetError
 from emoset_peft.models import methods
 from emoset_peft.models.families import InputSpec, family_for
-from emoset_peft.models.folder import FORMAT_VERSION, RECORD_NAME, check_adapter_folder  # noqa: F401
+from emoset_peft.models.folder import (  # noqa: F401
+    FORMAT_VERSION,
+    RECORD_NAME,
+    check_adapter_folder,
+    remove_stale,
+    saved_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -204,14 +210,22 @@ class EmoSetModel(nn.Module):
             )
         if not is_main_process:
             return
+        from emoset_peft.deploy.card import CARD_NAME, is_toolkit_card, write_card
+
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
+        previous = saved_files(path)
+        own_card = is_toolkit_card(path)
         self.spec.save(self, path)
         record = {**self.record, "format_version": FORMAT_VERSION}
         (path / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        from emoset_peft.deploy.card import write_card
-
-        # Replaces peft's template card; a finished run rewrites it with its results.
+        stale = remove_stale(path, previous)
+        if stale:
+            logger.info("%s: removed %s of the model saved there before", path, ", ".join(stale))
+        if not own_card:
+            logger.info("%s: kept %s (not a card emoset_peft wrote)", path, CARD_NAME)
+            return
+        # A finished run rewrites the card with its results.
         trainable = count_parameters(self)
         write_card(path, record, trainable=trainable if trainable[0] else None)
 

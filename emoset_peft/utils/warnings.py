@@ -15,6 +15,15 @@ import warnings
 WARNINGS = (
     # peft reads transformers 5's deprecated `is_gradient_checkpointing`; the toolkit never does.
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    # peft >= 0.21 checks rank_pattern keys as LoRA module patterns on every load, but a trained
+    # AdaLoRA adapter's rank_pattern is peft's own per-parameter record ("<module>.lora_E": kept
+    # ranks), which AdaLoRA applies when it loads (resize_modules_by_rank_pattern). Only such
+    # keys are matched (no colon: pytest's -W syntax); a LoRA user's stray key still warns.
+    (
+        RuntimeWarning,
+        r"The following rank_pattern keys did not match any targeted module and were ignored"
+        r"\W+\['[^']*\.lora_E'(, '[^']*\.lora_E')*\]\.$",
+    ),
 )
 
 # logger name -> message prefixes dropped from that logger (its other records pass).
