@@ -31,6 +31,8 @@ def test_train_on_a_data_subset_manifest_then_on_a_runs_train_manifest(
     assert first["image_ids"] == wanted["image_ids"] and first["sha256"] == wanted["sha256"]
     assert first["args"]["manifest"] == str(out) and first["args"]["per_class"] == 3
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["train_images"] == 24
+    card = (tmp_path / "a" / "adapter" / "README.md").read_text()  # tiny_run asks for 4
+    assert "| EmoSet training images | 3 per class (24 images) |" in card
 
     # A run's train_manifest.json is accepted the same way (here through its run folder).
     # k_tied takes the manifest's k (3 per class), not data.per_class.

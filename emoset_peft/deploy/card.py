@@ -88,7 +88,17 @@ def run_info(adapter_dir: str | Path) -> dict | None:
         raise EmoSetError(
             f"{run}: metrics.json or config.yaml is unreadable ({err}); train the run again"
         ) from None
-    return {"config": config, "metrics": metrics}
+    return {"config": config, "metrics": metrics, "per_class": _trained_per_class(run)}
+
+
+def _trained_per_class(run: Path) -> list[int] | None:
+    """The images per class the run trained on (its ``train_manifest.json``): the recipe's
+    ``data.per_class`` is not it when a manifest or ``allow_fewer`` chose the images."""
+    try:
+        manifest = json.loads((run / "train_manifest.json").read_text())
+        return sorted(int(n) for n in manifest["per_class_counts"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def write_model_card(out_dir: str | Path, config, metrics: dict) -> None:
@@ -99,7 +109,11 @@ def write_model_card(out_dir: str | Path, config, metrics: dict) -> None:
     adapter = Path(out_dir) / "adapter"
     try:
         record = read_record(adapter)
-        run = {"config": config.to_dict(), "metrics": metrics}
+        run = {
+            "config": config.to_dict(),
+            "metrics": metrics,
+            "per_class": _trained_per_class(Path(out_dir)),
+        }
         write_card(adapter, record, run=run)
     except (OSError, EmoSetError) as err:
         log.warning("%s: the model card was not written (%s)", adapter / CARD_NAME, err)
@@ -280,8 +294,12 @@ def _training_section(run) -> str:
         return ""
     config, metrics = run["config"], run["metrics"]
     data, train = config.get("data", {}), config.get("train", {})
+    counts = run.get("per_class")
     if data.get("fraction") is not None:
         amount = f"{data['fraction']:.0%} of each class"
+    elif counts:  # what was trained on, not what the recipe asked for
+        low, high = counts[0], counts[-1]
+        amount = f"{low} per class" if low == high else f"{low}-{high} per class"
     else:
         amount = f"{data.get('per_class')} per class"
     rows = [
