@@ -84,6 +84,37 @@ def test_user_errors_are_one_line_with_status_2(synthetic_root, tmp_path, capsys
     assert "is not a folder" in capsys.readouterr().err
 
 
+def test_subset_out_that_cannot_or_must_not_be_written_is_one_line(
+    synthetic_copy, tmp_path, capsys
+):
+    root = synthetic_copy
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    cases = [
+        (root / "train.json", "inside the EmoSet tree"),
+        (root / "annotation" / "m.json", "inside the EmoSet tree"),
+        (folder, f"e.g. {folder / 'manifest.json'}"),
+        (afile / "m.json", "is a file, not a folder"),
+        (afile, "is not a subset manifest"),
+    ]
+    for out, needle in cases:
+        assert main(["data", "subset", str(root), "--per-class", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and needle in err, err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert afile.read_text() == "x" and not any(folder.iterdir())
+
+    # A manifest named like a split file, outside any tree, is the user's own: it is replaced.
+    out = tmp_path / "train.json"
+    for seed in ("0", "1"):
+        argv = ["data", "subset", str(root), "--per-class", "2", "--seed", seed, "--out"]
+        assert main([*argv, str(out)]) == 0
+    assert read_manifest(out)["args"]["seed"] == 1
+
+
 def test_synth_writes_a_tree_and_refuses_a_foreign_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     assert (
