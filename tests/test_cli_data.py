@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from emoset_peft.cli import main
 from emoset_peft.data import read_manifest
@@ -82,6 +85,60 @@ def test_user_errors_are_one_line_with_status_2(synthetic_root, tmp_path, capsys
 
     assert main(["data", "inspect", str(tmp_path / "absent")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_subset_out_that_cannot_or_must_not_be_written_is_one_line(
+    synthetic_copy, tmp_path, capsys
+):
+    root = synthetic_copy
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    cases = [
+        (root / "train.json", "inside the EmoSet tree"),
+        (root / "annotation" / "m.json", "inside the EmoSet tree"),
+        (folder, f"e.g. {folder / 'manifest.json'}"),
+        (afile / "m.json", "is a file, not a folder"),
+        (afile, "is not a subset manifest"),
+    ]
+    for out, needle in cases:
+        assert main(["data", "subset", str(root), "--per-class", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and needle in err, err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert afile.read_text() == "x" and not any(folder.iterdir())
+
+    # A manifest named like a split file, outside any tree, is the user's own: it is replaced.
+    out = tmp_path / "train.json"
+    for seed in ("0", "1"):
+        argv = ["data", "subset", str(root), "--per-class", "2", "--seed", seed, "--out"]
+        assert main([*argv, str(out)]) == 0
+    assert read_manifest(out)["args"]["seed"] == 1
+
+
+def test_subset_on_a_full_disk_is_one_line_and_leaves_nothing(synthetic_root, tmp_path):
+    """A real file size limit (RLIMIT_FSIZE, in a child process) fails the manifest write."""
+    from emoset_peft.data import load_emoset
+
+    load_emoset(synthetic_root)  # the index cache exists: the child only writes the manifest
+    out = tmp_path / "m.json"
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200)); "
+    run = "from emoset_peft.cli import main; raise SystemExit(main())"
+    argv = ["data", "subset", str(synthetic_root), "--per-class", "2", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-c", limit + run, *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=120,
+        check=False,
+    )
+    err = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in err and "Traceback" not in err, err
+    assert f"cannot write --out {out}" in err and "free space" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_synth_writes_a_tree_and_refuses_a_foreign_folder(tmp_path, capsys):

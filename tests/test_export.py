@@ -2,6 +2,7 @@
 process (no emoset_peft) with the toolkit's logits; the runs it cannot export say so in one line."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -127,16 +128,82 @@ def test_methods_that_do_not_fold_are_refused(method, tiny_vit_dir, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def _tree(folder):
+    """Every file under ``folder`` with its bytes (hidden files included)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _refused(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_overwrite_replaces_only_an_earlier_export(
+    tiny_vit_dir, synthetic_copy, tmp_path, capsys, monkeypatch
+):
+    runs = tmp_path / "runs"
+    run = runs / "a"
+    _saved(tiny_vit_dir, "linear", run / "adapter")
+    (run / ".emoset-peft-run").write_text("{}")  # a training run's marker
+    (run / "metrics.json").write_text("{}")
+    shutil.copytree(run, runs / "b")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("important")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    before = _tree(tmp_path)
+
+    # A dataset, a folder of notes, another run, the source run, its adapter, a folder inside
+    # it, the folder holding it, a file: refused in one line, with and without --overwrite.
+    cases = [
+        (synthetic_copy, "inside the EmoSet tree"),
+        (notes, "nothing in it is touched"),
+        (runs / "b", "nothing in it is touched"),
+        (run, "which is being exported"),
+        (run / "adapter", "lies inside"),
+        (run / "new", "lies inside"),
+        (runs, "holds"),
+        (afile, "is a file, not a folder"),
+    ]
+    for out, needle in cases:
+        for extra in ([], ["--overwrite"]):
+            _refused(capsys, ["export", str(run), str(out), *extra], needle)
+        _refused(capsys, ["export", str(run / "adapter"), str(out), "--overwrite"])
+    monkeypatch.chdir(runs / "b")
+    _refused(capsys, ["export", str(run), ".", "--overwrite"], "current folder")
+    assert _tree(tmp_path) == before
+
+    # An earlier export is replaced with --overwrite only, and only while it holds just what
+    # export wrote.
+    out = tmp_path / "exported"
+    assert main(["export", str(run), str(out)]) == 0
+    capsys.readouterr()
+    marker = json.loads((out / ".emoset-peft-export").read_text())
+    assert set(marker["files"]) == {p.name for p in out.iterdir()} - {".emoset-peft-export"}
+    _refused(capsys, ["export", str(runs / "b"), str(out)], "earlier export", "--overwrite")
+    assert main(["export", str(runs / "b"), str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert json.loads((out / ".emoset-peft-export").read_text())["source"] == str(runs / "b")
+    (out / "mine.txt").write_text("mine")
+    _refused(capsys, ["export", str(run), str(out), "--overwrite"], "did not write (mine.txt)")
+    assert (out / "mine.txt").read_text() == "mine"
+
+    # An export written before the marker existed: exactly its four files and its card.
+    (out / "mine.txt").unlink()
+    (out / ".emoset-peft-export").unlink()
+    assert main(["export", str(run), str(out), "--overwrite"]) == 0
+    assert (out / ".emoset-peft-export").is_file()
+
+
 def test_an_existing_folder_is_not_replaced_without_overwrite(tiny_vit_dir, tmp_path, capsys):
     folder = _saved(tiny_vit_dir, "linear", tmp_path / "linear")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    assert main(["export", str(folder), str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert (out / "notes.txt").read_text() == "mine"
-    assert main(["export", str(folder), str(out), "--overwrite"]) == 0
-    assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
+    assert main(["export", str(folder), str(out)]) == 0  # an empty folder is fine
     card = (out / "README.md").read_text()
     assert "merged into a stand-alone transformers model" in card
     assert 'pipeline("image-classification", model=' in card

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -164,6 +165,46 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
     assert main(["predict", str(run), image, "--out", str(run / "predictions_test.csv")]) == 2
     assert "never overwrite" in _one_line_error(capsys)
     assert (run / "predictions_test.csv").read_bytes() == before
+
+
+def test_out_paths_that_cannot_or_must_not_be_written_are_one_line(
+    trained, synthetic_copy, tmp_path, capsys
+):
+    run, paths = trained
+    image = next(iter(paths.values()))
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    unwritable = readonly / "p.csv"
+    if os.access(readonly, os.W_OK):  # root ignores modes: sysfs refuses everyone
+        unwritable = Path("/sys/emoset-peft-test/p.csv")
+    before = {p: p.read_bytes() for p in synthetic_copy.rglob("*") if p.is_file()}
+    cases = [
+        (synthetic_copy / "val.json", "inside the EmoSet tree"),
+        (synthetic_copy / "image" / "new.csv", "inside the EmoSet tree"),
+        (folder, f"e.g. {folder / 'predictions.csv'}"),
+        (afile / "p.csv", "is a file, not a folder"),
+        (afile, "is not a predictions CSV"),
+        (unwritable, "writable folder"),
+    ]
+    try:
+        for out, needle in cases:
+            assert main(["predict", str(run), image, "--out", str(out)]) == 2
+            assert needle in _one_line_error(capsys)
+    finally:
+        readonly.chmod(0o755)
+    assert {p: p.read_bytes() for p in synthetic_copy.rglob("*") if p.is_file()} == before
+    assert afile.read_text() == "x" and not any(folder.iterdir())
+
+    # An earlier predictions CSV is replaced.
+    out = tmp_path / "p.csv"
+    for _ in range(2):
+        assert main(["predict", str(run), image, "--out", str(out), "--no-progress"]) == 0
+    assert len(_read_csv(out)) == 1
 
 
 def test_predict_is_public_api():

@@ -123,7 +123,11 @@ def run_inspect(args) -> int:
 def run_subset(args) -> int:
     from emoset_peft.data.emoset import load_emoset
     from emoset_peft.data.subsets import low_data_subset, write_manifest
+    from emoset_peft.utils.outputs import check_output_file, output_errors
 
+    check_output_file(
+        args.out, "--out", ours=_is_manifest, kind="a subset manifest", example="manifest.json"
+    )
     split_name = SPLIT_CHOICES[args.split]
     split = load_emoset(
         args.root,
@@ -138,17 +142,18 @@ def run_subset(args) -> int:
         seed=args.seed,
         allow_fewer=args.allow_fewer,
     )
-    manifest = write_manifest(
-        args.out,
-        subset,
-        split_size=len(split),
-        root=str(Path(args.root).resolve()),
-        split=split_name,
-        per_class=args.per_class,
-        fraction=args.fraction,
-        seed=args.seed,
-        allow_fewer=args.allow_fewer,
-    )
+    with output_errors(args.out, "--out"):
+        manifest = write_manifest(
+            args.out,
+            subset,
+            split_size=len(split),
+            root=str(Path(args.root).resolve()),
+            split=split_name,
+            per_class=args.per_class,
+            fraction=args.fraction,
+            seed=args.seed,
+            allow_fewer=args.allow_fewer,
+        )
     how = f"{args.per_class} per class" if args.per_class else f"fraction {args.fraction}"
     print(
         f"wrote {args.out}: {manifest['num_images']:,} images ({how}, seed {args.seed}) from "
@@ -197,6 +202,18 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="follow symlinks whose target lies outside ROOT (refused otherwise)",
     )
+
+
+def _is_manifest(path: Path) -> bool:
+    """True for a file an earlier ``data subset`` wrote, which --out may replace."""
+    from emoset_peft.data.subsets import read_manifest
+    from emoset_peft.errors import EmoSetError
+
+    try:
+        read_manifest(path)
+    except (EmoSetError, OSError):
+        return False
+    return True
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:

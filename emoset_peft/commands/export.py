@@ -15,7 +15,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument("run", help="a run folder (emoset-peft train) or an adapter folder")
     parser.add_argument("out", help="the folder to write (new or empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if an earlier export wrote it (any other folder is left as it is)",
+    )
     parser.set_defaults(func=run)
 
 

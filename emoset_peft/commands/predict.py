@@ -55,12 +55,20 @@ def run(args) -> int:
     )
     from emoset_peft.engine.rescore import refuse_training_output
     from emoset_peft.errors import EmoSetError
+    from emoset_peft.utils.outputs import check_output_file, output_errors
 
     if args.top_k < 1 or args.batch_size < 1:
         raise EmoSetError("--top-k and --batch-size must be at least 1")
     folder = adapter_folder(args.model)  # bad model folder: one line before any image is read
     images = find_images(args.paths)
     refuse_training_output(args.out, "--out")
+    check_output_file(
+        args.out,
+        "--out",
+        ours=is_predictions_csv,
+        kind="a predictions CSV",
+        example="predictions.csv",
+    )
     model = load_model(folder, "cpu" if args.cpu else None)
 
     def warn(name: str, reason: str) -> None:
@@ -77,13 +85,28 @@ def run(args) -> int:
     skipped = len(scored.unreadable)
     if not scored.indices:
         raise EmoSetError(f"none of the {len(images)} images could be read (listed above)")
-    out = write_prediction_csv(
-        args.out,
-        [images[index] for index in scored.indices],
-        scored.probs,
-        scored.class_names,
-        args.top_k,
-    )
+    with output_errors(args.out, "--out"):
+        out = write_prediction_csv(
+            args.out,
+            [images[index] for index in scored.indices],
+            scored.probs,
+            scored.class_names,
+            args.top_k,
+        )
     listed = " (listed above)" if skipped else ""
     print(f"{out}: {len(scored.indices)} images, {skipped} unreadable{listed}")
     return 0
+
+
+def is_predictions_csv(path) -> bool:
+    """True for a CSV an earlier predict wrote (its header), which --out may replace."""
+    import csv
+
+    from emoset_peft.deploy.predict import prediction_columns
+
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            header = next(csv.reader(stream), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header[:3] == prediction_columns(["x"], 1)[:3]

@@ -87,20 +87,22 @@ def check_exportable(record: dict, where: str | Path) -> None:
 
 
 def export_model(run_or_adapter: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Merge the run's adapter and write a stand-alone transformers folder to ``out``."""
+    """Merge the run's adapter and write a stand-alone transformers folder to ``out``.
+
+    ``overwrite`` replaces only a folder an earlier export wrote (see :func:`check_export_out`)."""
     import torch
 
     from emoset_peft.deploy.card import adapter_folder, run_info, write_card
     from emoset_peft.models.adapters import load_adapter
     from emoset_peft.models.folder import read_record
+    from emoset_peft.utils.io import atomic_write_json
     from emoset_peft.utils.storage import atomic_folder
 
     adapter = adapter_folder(run_or_adapter)
     record = read_record(adapter)
     check_exportable(record, run_or_adapter)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise EmoSetError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
+    check_export_out(run_or_adapter, out, overwrite=overwrite)
     run = run_info(adapter)
     model = load_adapter(adapter)
     with torch.no_grad():
@@ -110,4 +112,108 @@ def export_model(run_or_adapter: str | Path, out: str | Path, *, overwrite: bool
         merged.save_pretrained(str(tmp), safe_serialization=True)
         image_processor(record).save_pretrained(str(tmp))
         write_card(tmp, record, run=run, exported=True)
+        files = sorted(path.name for path in tmp.iterdir())
+        atomic_write_json(
+            tmp / EXPORT_MARKER,
+            {"source": str(Path(run_or_adapter).resolve()), "files": files},
+        )
     return out
+
+
+# Written last into every exported folder: the names export wrote, so that --overwrite can
+# prove a folder is an earlier export before it removes it (as the run folder's marker does).
+EXPORT_MARKER = ".emoset-peft-export"
+# What exports wrote before the marker existed: such a folder, with exactly these names, counts.
+_UNMARKED_FILES = frozenset(
+    {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
+)
+
+
+def check_export_out(source: str | Path, out: Path, *, overwrite: bool) -> None:
+    """EmoSetError (one line) unless ``out`` is new, empty, or (with ``overwrite``) an earlier
+    export holding only what that export wrote. Never a dataset tree, the current folder, the
+    source run, a folder inside it or one holding it."""
+    from emoset_peft.utils.outputs import check_writable_place, refuse_dataset_output
+
+    if out.exists() and not out.is_dir():
+        raise EmoSetError(f"OUT {out} is a file, not a folder; pick a new folder")
+    refuse_dataset_output(out, "OUT")
+    target, here = out.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise EmoSetError(
+            f"OUT {out} is the current folder or holds it; pick a new folder, e.g. {out / 'model'}"
+        )
+    for shown, src in _source_folders(source):
+        if target == src:
+            where = "is"
+        elif src in target.parents:
+            where = "lies inside"
+        elif target in src.parents:
+            where = "holds"
+        else:
+            continue
+        raise EmoSetError(
+            f"OUT {out} {where} {shown}, which is being exported; pick a new folder outside it"
+        )
+    check_writable_place(out, "OUT")
+    names = {path.name for path in out.iterdir()} if out.is_dir() else set()
+    if not names:
+        return
+    written = export_files(out)
+    if written is None:
+        why = f"is not empty and holds no {EXPORT_MARKER} marker of an earlier export"
+    elif names - written:
+        shown = sorted(names - written)
+        why = "holds files export did not write (" + ", ".join(shown[:3])
+        why += ", ...)" if len(shown) > 3 else ")"
+    elif overwrite:
+        return
+    else:
+        raise EmoSetError(
+            f"OUT {out} holds an earlier export; pass --overwrite to replace it, "
+            "or pick a new folder"
+        )
+    raise EmoSetError(
+        f"OUT {out} {why}; nothing in it is touched (--overwrite replaces only an earlier "
+        "export): pick a new or empty folder, or move those files away"
+    )
+
+
+def _source_folders(source: str | Path) -> list[tuple[Path, Path]]:
+    """(as named, resolved) for the source folder and, for an adapter inside a run, that run."""
+    from emoset_peft.engine.rescore import is_run_folder
+
+    source = Path(source)
+    src = source.resolve()
+    if is_run_folder(src.parent):
+        return [(source.parent, src.parent), (source, src)]
+    return [(source, src)]
+
+
+def export_files(folder: Path) -> set[str] | None:
+    """The names an earlier export wrote in ``folder`` (its marker included), or None when
+    ``folder`` is not provably an export."""
+    import json
+
+    marker = folder / EXPORT_MARKER
+    if not marker.exists():
+        names = {path.name for path in folder.iterdir()}
+        card = folder / "README.md"
+        unmarked = names == _UNMARKED_FILES and card.is_file()
+        if unmarked and "merged into a stand-alone transformers model" in _text(card):
+            return set(_UNMARKED_FILES)
+        return None
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        return None
+    return {*files, EXPORT_MARKER}
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""

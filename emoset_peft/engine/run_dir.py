@@ -39,6 +39,7 @@ from emoset_peft.engine.checkpoint import latest_checkpoint
 from emoset_peft.errors import EmoSetError
 from emoset_peft.utils.io import atomic_write_json
 from emoset_peft.utils.locks import LOCK_NAME, check_not_busy, folder_lock
+from emoset_peft.utils.outputs import refuse_dataset_output
 
 MARKER = ".emoset-peft-run"
 WRITTEN = frozenset(
@@ -112,16 +113,20 @@ def discard_run_dir(out: Path, *, created: bool) -> None:
 
 def make_output_dir(out: Path, key: str) -> None:
     """mkdir -p with a one-line error (read-only disk, permissions, a file in the way)."""
+    # ``key`` is an option (output_dir) or a noun phrase (the eval output folder): the wording
+    # reads right with either.
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise EmoSetError(f"{key} {out} is a file, not a folder; pick another {key}") from None
+        raise EmoSetError(
+            f"{key} {out} is a file, not a folder; pick another folder as {key}"
+        ) from None
     except OSError as err:
         raise EmoSetError(
-            f"cannot create {key} {out}: {err.strerror}; pick a writable {key}"
+            f"cannot create {key} {out}: {err.strerror}; pick a writable folder as {key}"
         ) from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise EmoSetError(f"{key} {out} is not writable; pick a writable {key}")
+        raise EmoSetError(f"{key} {out} is not writable; pick a writable folder as {key}")
 
 
 def _plan(config: RunConfig, locked: bool = False) -> str:
@@ -130,6 +135,7 @@ def _plan(config: RunConfig, locked: bool = False) -> str:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise EmoSetError(f"output_dir {out} is a file, not a folder; pick another output_dir")
+    refuse_dataset_output(out, "output_dir")
     if not out.exists():
         return "new"
     if not locked:  # (a second open file of the lock would conflict with our own hold)
