@@ -81,6 +81,7 @@ def eval_configs(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunCon
     when the run's data tree is not where it trained (naming it) or an override is unused."""
     check_eval_overrides(overrides)
     trained = load_config(run_dir / "config.yaml")
+    typed_relative = not Path(trained.data.root).expanduser().is_absolute()
     folder = training_folder(run_dir, trained)
     recorded = _absolute(trained.data, folder or Path.cwd())
     trained = dataclasses.replace(trained, data=recorded)
@@ -90,7 +91,7 @@ def eval_configs(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunCon
     if config.data.root == recorded.root and not root.is_dir():
         where = (
             f"the run was trained on {root}"
-            if folder is not None
+            if folder is not None or not typed_relative
             else f"the run's config.yaml gives data.root relative to the folder it was trained "
             f"in, which {run_dir} does not record; from here that is {root}"
         )
