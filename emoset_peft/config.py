@@ -9,6 +9,7 @@ values are converted to the field's type. The resolved config is written into ev
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -85,7 +86,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     seed: int = 0  # training randomness (init, dropout, augmentation)
-    eval_every: int | None = None  # steps between selection evals; None = ~10 evals per run
+    eval_every: int | None = None  # steps (>= 1) between selection evals; None = ~10 per run
     patience: int | None = None  # stop after this many evals without improvement; None = never
     select_metric: str = "accuracy"  # validation metric used to pick the checkpoint
     checkpoint_every: int | None = None  # steps between resumable checkpoints; None = none
@@ -170,17 +171,29 @@ def load_config(
 ) -> RunConfig:
     """Read a YAML recipe (optional), apply dotted overrides, and validate into a RunConfig."""
     raw: dict[str, Any] = dict(base or {})
-    if path is not None:
-        raw = deep_merge(raw, read_yaml(path))
+    recipe = read_yaml(path) if path is not None else {}
+    raw = deep_merge(raw, copy.deepcopy(recipe))  # overrides below edit raw's sections in place
     for item in overrides or []:
         apply_override(raw, item)
+    if recipe and overrides:
+        from emoset_peft.config_help import check_recipe_options
+
+        check_recipe_options(recipe, overrides, raw)
     return from_dict(RunConfig, raw, where="config")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     from emoset_peft.utils.recipes import resolve_recipe_path
 
-    path = resolve_recipe_path(path)  # a file, or a packaged recipe's name ("vit_lora")
+    try:
+        path = resolve_recipe_path(path)  # a file, or a packaged recipe's name ("vit_lora")
+    except EmoSetError:
+        if Path(path).is_dir():
+            raise EmoSetError(
+                f"recipe {path} is a folder, not a file; pass a recipe file (a .yaml in it?) "
+                "or a packaged recipe's name (emoset-peft recipes ls)"
+            ) from None
+        raise
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
@@ -189,7 +202,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"offset {err.start}); save it as UTF-8"
         ) from None
     except yaml.YAMLError as err:
-        raise EmoSetError(f"recipe {path} is not valid YAML: {err}") from None
+        from emoset_peft.config_help import yaml_error_line
+
+        raise EmoSetError(f"recipe {path} is not valid YAML: {yaml_error_line(err)}") from None
     if not isinstance(content, dict):
         raise EmoSetError(f"recipe {path} must be a mapping of sections (data, model, train)")
     return content
@@ -380,7 +395,7 @@ RANGES = (
     ("train.batch_size", 1, None, True, None),
     ("train.eval_batch_size", 1, None, True, None),
     ("train.grad_accum", 1, None, True, None),
-    ("train.eval_every", 0, None, True, None),
+    ("train.eval_every", 1, None, True, None),
     ("train.checkpoint_every", 0, None, True, None),
     ("train.keep_checkpoints", 1, None, True, None),
     ("data.fraction", 0, 1, False, True),
@@ -388,6 +403,13 @@ RANGES = (
     ("data.test_limit_per_class", 1, None, True, None),
     ("data.decode_workers", 1, None, True, None),
 )
+
+RANGE_HINTS = {
+    "train.eval_every": (
+        " steps; leave it unset (null) for about 10 selection evals per run, or set "
+        "data.selection=none for none"
+    ),
+}
 
 
 def _check_ranges(config: RunConfig) -> None:
@@ -403,7 +425,7 @@ def _check_ranges(config: RunConfig) -> None:
                 wanted = f">= {low}" if low_in else f"> {low}"
             else:
                 wanted = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
-            raise EmoSetError(f"{dotted}={value} must be {wanted}")
+            raise EmoSetError(f"{dotted}={value} must be {wanted}{RANGE_HINTS.get(dotted, '')}")
     t = config.train
     if t.epochs == 0 and t.min_steps == 0 and t.max_steps is None:
         raise EmoSetError(

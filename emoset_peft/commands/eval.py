@@ -30,7 +30,10 @@ def register(subparsers) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="e.g. data.root=/elsewhere/EmoSet-118K to score another tree (or a moved one)",
+        help="data.* (e.g. data.root=/elsewhere/EmoSet-118K to score another tree or a moved "
+        "one), model.backbone=FOLDER (a moved backbone), train.eval_batch_size, "
+        "train.mixed_precision, cpu; a relative path in the run's config.yaml is resolved "
+        "where the run was trained",
     )
     parser.set_defaults(func=run)
 
@@ -38,12 +41,16 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from emoset_peft.config import load_config
     from emoset_peft.data.pipeline import Normalizer
     from emoset_peft.engine.evaluate import evaluate
     from emoset_peft.engine.metrics import write_predictions
     from emoset_peft.engine.recipe import make_accelerator
-    from emoset_peft.engine.rescore import load_split, output_paths, refuse_training_output
+    from emoset_peft.engine.rescore import (
+        eval_configs,
+        load_split,
+        output_paths,
+        refuse_training_output,
+    )
     from emoset_peft.engine.run_dir import make_output_dir
     from emoset_peft.errors import EmoSetError
     from emoset_peft.metrics.registry import summary_line
@@ -55,8 +62,7 @@ def run(args) -> int:
     if not (run_dir / "config.yaml").exists() or not (run_dir / "adapter").is_dir():
         raise EmoSetError(f"{run_dir} is not a finished run (no config.yaml or adapter/)")
     check_adapter_folder(run_dir / "adapter")  # before any data is loaded or decoded
-    trained = load_config(run_dir / "config.yaml")
-    config = load_config(run_dir / "config.yaml", args.overrides)
+    trained, config = eval_configs(run_dir, args.overrides)
     metrics_path, predictions_path = output_paths(
         run_dir, args.split, config.data.root, trained.data.root, args.out_dir
     )
@@ -64,7 +70,13 @@ def run(args) -> int:
         refuse_training_output(args.out, "--out")
     make_output_dir(metrics_path.parent, "the eval output folder")  # unwritable: fail now
     accelerator = make_accelerator(config, track=False)  # scoring logs to no tracker
-    model = load_adapter(run_dir / "adapter").to(accelerator.device)
+    moved = any(item.split("=", 1)[0].strip() == "model.backbone" for item in args.overrides)
+    backbone = config.model.backbone if moved else None  # default: the adapter's own record
+    try:
+        model = load_adapter(run_dir / "adapter", backbone=backbone).to(accelerator.device)
+    except EmoSetError as err:  # its hint names the Python argument; here it is an override
+        hint = "load_adapter(..., backbone="
+        raise EmoSetError(str(err).replace(hint, "model.backbone=")) from None
     spec = input_spec(model)
     with accelerator.main_process_first():
         images, class_names = load_split(

@@ -318,8 +318,9 @@ def _index_split(
         )
         if not skip_missing:
             raise EmoSetError(
-                f"{message}. Restore the files, or pass skip_missing=True "
-                "(CLI: --skip-missing) to leave those records out."
+                f"{message}. Restore the files, or leave those records out: "
+                "data.skip_missing=true (train, eval, study), --skip-missing (emoset-peft "
+                "data inspect/subset), skip_missing=True (load_emoset)"
             )
         log.warning("%s; skipped them (skip_missing=True)", message)
     folders = {

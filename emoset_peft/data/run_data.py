@@ -59,7 +59,7 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
         train, args = None, {"per_class": 0}
     else:
         args = {"per_class": int(data.per_class), "seed": data.data_seed}
-        train = low_data_subset(train, **args, allow_fewer=data.allow_fewer)
+        train = low_data_subset(train, **args, allow_fewer=data.allow_fewer, name="data.per_class")
     manifest = (
         subset_manifest(train, split_size=len(emoset["train"]), **args)
         if train is not None
@@ -72,12 +72,23 @@ def select_splits(data: DataConfig, emoset) -> tuple[Any, Any, Any, dict | None]
         selection = None
     elif per_class is not None:
         # A small validation split (or class) gives all it has: selection needs no exact count.
+        name = (
+            "data.selection_per_class"
+            if data.selection == "fixed"
+            else "data.selection=k_tied: validation images per class"
+        )
         selection = selection_subset(
-            selection, per_class=per_class, seed=data.data_seed, allow_fewer=True
+            selection, per_class=per_class, seed=data.data_seed, allow_fewer=True, name=name
         )
     test = emoset["test"]
     if data.test_limit_per_class is not None:
-        test = low_data_subset(test, per_class=data.test_limit_per_class, seed=0, allow_fewer=True)
+        test = low_data_subset(
+            test,
+            per_class=data.test_limit_per_class,
+            seed=0,
+            allow_fewer=True,
+            name="data.test_limit_per_class",
+        )
     return train, selection, test, manifest
 
 

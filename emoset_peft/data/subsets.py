@@ -50,6 +50,7 @@ def low_data_subset(
     fraction: float | None = None,
     seed: int = 0,
     allow_fewer: bool = False,
+    name: str = "per_class",
 ) -> datasets.Dataset:
     """Pick ``per_class`` images of every class (or ``fraction`` of each class) from ``split``.
 
@@ -57,11 +58,12 @@ def low_data_subset(
     ``round(fraction * n_c)`` images (at least 1), so class proportions are kept. A class with
     fewer than ``per_class`` images raises :class:`EmoSetError`, or, with ``allow_fewer=True``,
     contributes all of its images (and a warning is logged). See the module docstring for how
-    rows are chosen and ordered.
+    rows are chosen and ordered. ``name``: what the caller calls ``per_class`` in messages (a
+    config key such as ``data.selection_per_class``).
     """
     _check_split(split, "low_data_subset")
     _check_seed(seed)
-    counts = _counts_per_class(split, per_class, fraction, allow_fewer)
+    counts = _counts_per_class(split, per_class, fraction, allow_fewer, name)
     ranked = _ranked_rows_per_class(split, seed)
     indices = np.concatenate([rows[:count] for rows, count in zip(ranked, counts)])
     return split.select(indices.tolist())
@@ -73,6 +75,7 @@ def selection_subset(
     seed: int = 0,
     *,
     allow_fewer: bool = False,
+    name: str = "per_class",
 ) -> datasets.Dataset:
     """The model-selection set: ``per_class`` images per class from the validation split.
 
@@ -85,7 +88,7 @@ def selection_subset(
             "validation split (ds['validation']) and keep test for the final score"
         )
     return low_data_subset(
-        validation_split, per_class=per_class, seed=seed, allow_fewer=allow_fewer
+        validation_split, per_class=per_class, seed=seed, allow_fewer=allow_fewer, name=name
     )
 
 
@@ -217,7 +220,7 @@ def _check_seed(seed) -> None:
         raise EmoSetError(f"seed must be a non-negative integer; got {seed!r}")
 
 
-def _counts_per_class(split, per_class, fraction, allow_fewer) -> list[int]:
+def _counts_per_class(split, per_class, fraction, allow_fewer, name="per_class") -> list[int]:
     """How many images to take from each class, after checking the arguments."""
     if (per_class is None) == (fraction is None):
         raise EmoSetError("give exactly one of per_class= (images per class) and fraction=")
@@ -235,11 +238,17 @@ def _counts_per_class(split, per_class, fraction, allow_fewer) -> list[int]:
         listed = ", ".join(f"{name} has {n}" for name, n in short)
         if not allow_fewer:
             raise EmoSetError(
-                f"per_class={per_class} but the {split.split} split has fewer "
-                f"images in some classes ({listed}); lower per_class, or take all images "
+                f"{name}={per_class} but the {split.split} split has fewer "
+                f"images in some classes ({listed}); lower {name}, or take all images "
                 f"of those classes: {ALLOW_FEWER_ADVICE}"
             )
-        log.warning("per_class=%d: taking all images of classes with fewer (%s)", per_class, listed)
+        log.warning(
+            "%s=%d: taking all images of the %s classes with fewer (%s)",
+            name,
+            per_class,
+            split.split,
+            listed,
+        )
     return [min(int(n), int(per_class)) for n in available]
 
 

@@ -9,19 +9,96 @@ split asked for is selected and decoded, so scoring the test split of another tr
 Results go to ``metrics_<split>.json`` and ``predictions_<split>.csv`` in ``RUN/eval/`` (for the
 run's own data tree) or ``RUN/eval/<tree folder name>/`` (another tree), never over a file the
 run wrote while training (``metrics.json``, ``predictions_test.csv``, ...).
+
+Paths in a run's config.yaml are kept as typed (its fingerprint hashes them so): a relative
+``data.root`` is resolved against the folder the run was trained in (provenance.json ``cwd``; for
+runs from before it was recorded, the folder that ``output_dir`` was relative to), overrides on
+the eval command line against the current folder. Eval takes only the overrides it uses
+(:data:`EVAL_KEYS`); any other key would change nothing, so it is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
-from emoset_peft.config import DataConfig
+from emoset_peft.config import DataConfig, RunConfig, load_config
 from emoset_peft.errors import EmoSetError
 
 SPLITS = ("train", "validation", "test")
 EVAL_FOLDER = "eval"  # inside the run folder; engine/run_dir.py lists it as the run's own
+# Override keys eval reads besides every data.* key: the rest only change how a run trains.
+EVAL_KEYS = ("model.backbone", "train.eval_batch_size", "train.mixed_precision", "cpu")
+DATA_PATHS = ("root", "cache_dir", "manifest")  # data.* keys holding a file or folder
+
+
+def check_eval_overrides(overrides: list[str]) -> None:
+    """EmoSetError naming the overrides eval does not use (it would ignore them silently)."""
+    unused = []
+    for item in overrides:
+        dotted = item.split("=", 1)[0].strip()
+        if not (dotted == "data" or dotted.startswith("data.") or dotted in EVAL_KEYS):
+            unused.append(dotted)
+    if unused:
+        raise EmoSetError(
+            f"eval does not use {', '.join(unused)} (they change how a run trains, not how it "
+            f"is scored); it takes data.*, {', '.join(EVAL_KEYS)}"
+        )
+
+
+def training_folder(run_dir: Path, trained: RunConfig) -> Path | None:
+    """The working folder the run was trained in, where its relative paths start; None when
+    the run does not tell (trained before provenance.json recorded it, and moved since)."""
+    try:
+        cwd = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        cwd = None
+    if isinstance(cwd, str) and cwd:
+        return Path(cwd)
+    typed = Path(trained.output_dir)
+    here = run_dir.resolve()
+    if typed.is_absolute() or ".." in typed.parts or not typed.parts:
+        return None
+    if here.parts[-len(typed.parts) :] != typed.parts:
+        return None  # renamed or moved since
+    return Path(*here.parts[: -len(typed.parts)])
+
+
+def _absolute(data: DataConfig, folder: Path) -> DataConfig:
+    changes = {}
+    for key in DATA_PATHS:
+        value = getattr(data, key)
+        if value and not Path(value).expanduser().is_absolute():
+            changes[key] = os.path.abspath(folder / Path(value).expanduser())  # no ../
+    return dataclasses.replace(data, **changes)
+
+
+def eval_configs(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunConfig]:
+    """(the run's config, the config to score with): data paths absolute, the run's own ones
+    resolved where it was trained, the overrides' ones from the current folder. EmoSetError
+    when the run's data tree is not where it trained (naming it) or an override is unused."""
+    check_eval_overrides(overrides)
+    trained = load_config(run_dir / "config.yaml")
+    typed_relative = not Path(trained.data.root).expanduser().is_absolute()
+    folder = training_folder(run_dir, trained)
+    recorded = _absolute(trained.data, folder or Path.cwd())
+    trained = dataclasses.replace(trained, data=recorded)
+    config = load_config(None, overrides, base=trained.to_dict())
+    config = dataclasses.replace(config, data=_absolute(config.data, Path.cwd()))
+    root = Path(config.data.root)
+    if config.data.root == recorded.root and not root.is_dir():
+        where = (
+            f"the run was trained on {root}"
+            if folder is not None or not typed_relative
+            else f"the run's config.yaml gives data.root relative to the folder it was trained "
+            f"in, which {run_dir} does not record; from here that is {root}"
+        )
+        raise EmoSetError(
+            f"{where}, which is not there; pass data.root=<where that EmoSet tree is now>"
+        )
+    return trained, config
 
 
 def is_run_folder(folder: Path) -> bool:

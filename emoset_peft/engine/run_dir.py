@@ -176,9 +176,12 @@ def _plan(config: RunConfig, locked: bool = False) -> str:
     saved = out / "config.yaml"
     first_line = saved.read_text().splitlines()[0] if saved.exists() else ""
     if config.fingerprint() not in first_line:
+        from emoset_peft.config_help import config_differences
+
+        differs = config_differences(saved, config) if saved.exists() else ""
         raise EmoSetError(
-            f"{saved} was written by a different config; resume needs the same "
-            "recipe and overrides (or pass overwrite=true)"
+            f"{saved} was written by a different config{f' ({differs})' if differs else ''}; "
+            "resume needs the same recipe and overrides (or pass overwrite=true)"
         )
     return "resume"
 

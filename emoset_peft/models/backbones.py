@@ -108,8 +108,15 @@ def _load_failure(source: str, what: str, err: Exception) -> EmoSetError:
         else "check the Hub id and the network (set HF_HUB_OFFLINE=1 to use only the local cache)"
     )
     reason = " ".join(str(err).split())  # transformers' messages span lines; ours is one
+    # A Hub-id-shaped name may have been meant as a folder (model.backbone=my_vit): say both.
+    tried = (
+        ""
+        if os.path.isdir(source)
+        else f"no local folder {os.path.abspath(source)}, and as a Hub id: "
+    )
     return EmoSetError(
-        f"backbone {source!r}: could not load {what} ({type(err).__name__}: {reason}); {hint}"
+        f"backbone {source!r}: {tried}could not load {what} ({type(err).__name__}: {reason}); "
+        f"{hint}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def provenance() -> dict:
         "host": platform.node(),
         "python": platform.python_version(),
         "argv": sys.argv,
+        "cwd": os.getcwd(),  # where the run's relative paths (data.root=data) start
         "versions": versions,
         "git_commit": _git_commit(),
         "device": _device(),
