@@ -9,6 +9,7 @@ import json
 import pytest
 from fixtures_study import make_fake_study, write_results
 from test_curves_fits import power_curves
+from test_report import _section, _table_rows
 
 from emoset_peft.study import report as report_module
 from emoset_peft.study.bootstrap import seed_units
@@ -20,17 +21,6 @@ from emoset_peft.study.report_tables import render_notes
 from emoset_peft.study.summary import build_summary
 
 N_BOOT = 200
-
-
-def _section(text: str, heading: str) -> str:
-    start = text.index(heading)
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else None]
-
-
-def _table_rows(section: str) -> list[list[str]]:
-    lines = [line for line in section.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
 
 
 def _crossed_study(directory, n_seeds: int):
