@@ -121,6 +121,21 @@ def test_files_written_in_training_are_never_overwritten(run, tmp_path, capsys):
     assert legacy == json.loads((run / "metrics.json").read_text())["test"]
 
 
+def test_out_paths_eval_cannot_or_must_not_write_are_one_line(run, tmp_path, capsys):
+    (tmp_path / "notes.json").write_text('{"mine": 1}')  # a file eval did not write
+    (tmp_path / "afile").write_text("x")
+    cases = {
+        tmp_path / "notes.json": "eval metrics",
+        tmp_path / "afile" / "m.json": "is a file, not a folder",
+        Path("/sys/emoset-peft-test/m.json"): "not writable",  # refused even for root
+        tmp_path: "folder",
+    }
+    for out, needle in cases.items():
+        assert main(["eval", str(run), "--out", str(out), "--no-progress"]) == 2, out
+        assert needle in _one_line_error(capsys), out
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}'
+
+
 def test_a_run_without_selection_set_or_training_images_says_so(run, capsys):
     assert main(["eval", str(run), "--split", "validation", "data.selection=none"]) == 2
     assert "data.selection=none" in _one_line_error(capsys)

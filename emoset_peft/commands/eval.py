@@ -57,6 +57,7 @@ def run(args) -> int:
     from emoset_peft.models import input_spec, load_adapter
     from emoset_peft.models.wrapper import check_adapter_folder
     from emoset_peft.utils.io import atomic_write_json
+    from emoset_peft.utils.outputs import check_output_file, output_errors
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "adapter").is_dir():
@@ -68,6 +69,9 @@ def run(args) -> int:
     )
     if args.out:
         refuse_training_output(args.out, "--out")
+        check_output_file(
+            args.out, "--out", ours=_is_metrics_json, kind="eval metrics", example="metrics.json"
+        )
     make_output_dir(metrics_path.parent, "the eval output folder")  # unwritable: fail now
     accelerator = make_accelerator(config, track=False)  # scoring logs to no tracker
     moved = any(item.split("=", 1)[0].strip() == "model.backbone" for item in args.overrides)
@@ -103,9 +107,20 @@ def run(args) -> int:
             {**metrics, "split": args.split, "data_root": str(config.data.root)},
         )
         if args.out:
-            atomic_write_json(args.out, metrics)
+            with output_errors(args.out, "--out"):
+                atomic_write_json(args.out, metrics)
         print(f"{args.split} ({len(images)} images of {config.data.root}): {summary_line(metrics)}")
         print(f"wrote {metrics_path} and {predictions_path}")
         if images.skipped:
             print(f"{len(images.skipped)} unreadable image(s) left out, e.g. {images.skipped[0]}")
     return 0
+
+
+def _is_metrics_json(path) -> bool:
+    """An earlier ``eval --out`` file (a JSON object with an accuracy): --out may replace it."""
+    import json
+
+    try:
+        return "accuracy" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
