@@ -120,3 +120,25 @@ def test_a_trained_adalora_adapter_loads_without_the_rank_pattern_warning(tiny_v
     config = peft.LoraConfig(r=2, target_modules=["q_proj"], rank_pattern={"no_such_proj": 4})
     with pytest.warns(RuntimeWarning, match="rank_pattern keys did not match"):
         peft.get_peft_model(base, config)
+
+
+@pytest.mark.parametrize(
+    "wording",
+    [
+        "did not match any targeted module and were ignored",  # peft 0.21
+        "did not match any targeted module or parameter and were ignored",  # peft 0.22
+    ],
+)
+def test_the_rank_pattern_filter_holds_across_peft_wordings(wording):
+    """The filter pins the start of peft's message and an all-'.lora_E' key list, not the words
+    between them, so the next peft release's rewording does not bring the warning back; a LoRA
+    key that matched nothing is still shown whatever the wording."""
+    import re
+
+    from emoset_peft.utils.warnings import WARNINGS
+
+    [pattern] = [message for category, message in WARNINGS if "rank_pattern" in message]
+    adalora = f"The following rank_pattern keys {wording}: ['vit.layers.0.attention.q_proj.lora_E', 'vit.layers.1.attention.v_proj.lora_E']."
+    stray = f"The following rank_pattern keys {wording}: ['no_such_proj']."
+    assert re.match(pattern, adalora)
+    assert not re.match(pattern, stray)
