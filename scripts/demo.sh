@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e .
+# constraints.txt: the versions the test suite last passed with (see its header).
+"$VENV/bin/python" -m pip install -q -c constraints.txt --upgrade pip
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e .
 exec "$VENV/bin/emoset-peft" demo "$@"

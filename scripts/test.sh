@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# constraints.txt: the versions the suite last passed with, so an upstream release cannot break it.
+"$VENV/bin/python" -m pip install -q -c constraints.txt --upgrade pip
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
 # Lint and format first (seconds): the same checks a reviewer runs, configured in pyproject.toml.
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
