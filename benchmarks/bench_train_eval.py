@@ -8,8 +8,8 @@ the machine's physical limit, with peak memory. One command, one table:
 Both sides: synthetic EmoSet-shaped JPEGs of 300-640 px, a random-init ViT-S/16 at 224 px loaded
 from a folder (``--backbone-size base``: ViT-B/16), LoRA r=16 (alpha 16, dropout 0.1) on q and
 v, batch 16, torch's default threads. Precision: the toolkit's decision for ``bf16``
-(``engine.precision.decide_precision``: on a CPU with native bf16, a cached GEMM probe; bf16
-where it is >= 1.15x fp32), printed with its reason; both sides run in it, so the ratios compare
+(``engine.precision.decide_precision``: from the device and its CPU flags; on a CPU, bf16 with
+AMX or AMD's AVX512-BF16), printed with its reason; both sides run in it, so the ratios compare
 like with like, and the plain path as a user writes it (``bf16=True``) is measured as well where
 the toolkit chose fp32, unless ``--no-bf16``. Each measurement runs in its own process (peak RSS
 is its ``ru_maxrss``); each side runs ``--rounds`` times, alternating, plus retries while a

@@ -150,26 +150,19 @@ def test_train_batches_are_a_pure_function_of_seed_and_step(synthetic_root, tmp_
     assert x5.shape == (16, 3, IMAGE_SIZE, IMAGE_SIZE) and x5.dtype == torch.float32
 
 
-def _bf16_measures_fast(monkeypatch):
-    """The GEMM probe's verdict for a CPU where bf16 is native AND fast (AMX): without this the
-    test would follow the machine it runs on (an AVX512-BF16 Xeon without AMX measures fp32
-    faster, and rightly runs fp32)."""
-    monkeypatch.setattr(
-        "emoset_peft.engine.precision_probe.cached_gemm_rates",
-        lambda low, *args, **kwargs: {f"{low}_gflops": 3000.0, "fp32_gflops": 400.0},
-    )
+AMX = ("GenuineIntel", frozenset({"avx512_bf16", "amx_bf16"}))
+AVX2 = ("AuthenticAMD", frozenset({"avx2"}))
 
 
-def test_precision_policy_drops_only_emulated_low_precision(monkeypatch):
+def test_precision_policy_drops_only_slow_low_precision(monkeypatch):
     from emoset_peft.engine import precision
 
     cpu = torch.device("cpu")
     assert precision.resolve_mixed_precision("no", cpu) == "no"
-    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: False)
+    monkeypatch.setattr(precision, "cpu_features", lambda: AVX2)
     assert precision.resolve_mixed_precision("bf16", cpu) == "no"
     assert precision.resolve_mixed_precision("fp16", cpu) == "no"
-    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: True)
-    _bf16_measures_fast(monkeypatch)
+    monkeypatch.setattr(precision, "cpu_features", lambda: AMX)
     assert precision.resolve_mixed_precision("bf16", cpu) == "bf16"
 
 
@@ -181,18 +174,10 @@ def test_runs_and_study_cells_train_in_the_resolved_precision(monkeypatch, tiny_
     config = load_config(
         overrides=tiny_run("precision", **{"train.mixed_precision": "bf16", "cpu": "true"})
     )
-    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: False)
+    monkeypatch.setattr(precision, "cpu_features", lambda: AVX2)
     assert make_accelerator(config).mixed_precision == "no"
-    monkeypatch.setattr(precision, "native_low_precision", lambda device, dtype: True)
-    _bf16_measures_fast(monkeypatch)
+    monkeypatch.setattr(precision, "cpu_features", lambda: AMX)
     assert make_accelerator(config).mixed_precision == "bf16"
-
-
-def test_native_bf16_check_agrees_with_onednn():
-    from emoset_peft.engine.precision import native_low_precision
-
-    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert native_low_precision(torch.device("cpu"), torch.bfloat16) is expected
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -41,7 +41,7 @@ def test_bf16_autocast_training_run_on_the_gpu(tiny_run, tmp_path):
     from emoset_peft.engine.precision import decide_precision
 
     decision = decide_precision("bf16", CUDA)
-    assert decision.measured is None  # GPUs are not probed
+    assert "GPU" in decision.reason  # the GPU rule, not a CPU flag
     expected = "bf16" if torch.cuda.is_bf16_supported() else "no"
     assert decision.resolved == expected, decision.reason
     assert (

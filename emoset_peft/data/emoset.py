@@ -100,6 +100,25 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "emoset_peft"
 
 
+def check_emoset_root(root: str | os.PathLike) -> Path:
+    """``root`` resolved, or EmoSetError unless it is a folder holding the split files: a
+    look at the file system, so commands call it before anything slow."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise EmoSetError(
+            f"EmoSet root {root} is not a folder: pass the folder that holds "
+            "info.json, train.json, val.json, test.json, image/ and annotation/"
+        )
+    root = root.resolve()
+    for name in SPLIT_FILES.values():
+        if not (root / name).is_file():
+            raise EmoSetError(
+                f"{root / name} not found: an EmoSet root holds train.json, "
+                "val.json and test.json; check the path or re-extract the download"
+            )
+    return root
+
+
 def load_emoset(
     root: str | os.PathLike,
     *,
@@ -125,19 +144,7 @@ def load_emoset(
     off on a network file system. Compare: ``python benchmarks/bench_load_emoset.py --threads
     0,4``. It does not change the result, so it is not part of the cache key.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise EmoSetError(
-            f"EmoSet root {root} is not a folder: pass the folder that holds "
-            "info.json, train.json, val.json, test.json, image/ and annotation/"
-        )
-    root = root.resolve()
-    for name in SPLIT_FILES.values():
-        if not (root / name).is_file():
-            raise EmoSetError(
-                f"{root / name} not found: an EmoSet root holds train.json, "
-                "val.json and test.json; check the path or re-extract the download"
-            )
+    root = check_emoset_root(root)
     cache_root = default_cache_dir(cache_dir)
     key = cache_key(root, ("info.json", *SPLIT_FILES.values()), skip_missing, follow_symlinks)
     entry = cache_root / f"{safe_name(root.name)}-{key[:24]}"

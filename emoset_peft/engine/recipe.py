@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from emoset_peft.config import RunConfig, save_config, validate
+from emoset_peft.data.emoset import check_emoset_root
 from emoset_peft.data.pipeline import Normalizer
 from emoset_peft.data.run_data import RunData, load_run_data, selection_record
 from emoset_peft.deploy.card import write_model_card
@@ -270,6 +271,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     before the first checkpoint removes what this run wrote.
     """
     validate(config)
+    check_emoset_root(config.data.root)  # a look at the disk: before the model is built
     spec = preflight(config)
     accelerator = make_accelerator(config, Path(config.output_dir))
     main = accelerator.is_main_process

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from emoset_peft.config import DataConfig, RunConfig, load_config
+from emoset_peft.data.emoset import check_emoset_root
 from emoset_peft.errors import EmoSetError
 
 SPLITS = ("train", "validation", "test")
@@ -98,6 +99,7 @@ def eval_configs(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunCon
         raise EmoSetError(
             f"{where}, which is not there; pass data.root=<where that EmoSet tree is now>"
         )
+    check_emoset_root(root)  # a look at the disk: before the model is loaded
     return trained, config
 
 
