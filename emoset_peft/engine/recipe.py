@@ -75,6 +75,19 @@ def make_accelerator(
     )
 
 
+def per_process_batch(batch_size: int, processes: int, who: str = "") -> int:
+    """Each process's share of ``train.batch_size``, the global batch of one optimizer step
+    (before grad_accum) on any number of processes, so that a run on N processes trains what
+    it trains on one. ``who`` names the processes in the refusal (default: "N processes")."""
+    if batch_size % processes:
+        raise EmoSetError(
+            f"train.batch_size={batch_size} (the global batch of one optimizer step) cannot be "
+            f"split evenly by {who or f'{processes} processes'}; set train.batch_size to a "
+            f"multiple of {processes}, e.g. {batch_size // processes * processes or processes}"
+        )
+    return batch_size // processes
+
+
 def build_run_model(
     config: RunConfig, class_names, total_steps: int | None = None, *, precision: str = "no"
 ):
@@ -113,21 +126,20 @@ def run_training(
     resume_from: Path | None = None,
     show_progress: bool = True,
     decode_seconds: float = 0.0,
-    split_batch: bool = False,
 ) -> dict:
     """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics.
     ``decode_seconds``: what loading ``data`` took, recorded beside the other parts.
-    ``split_batch``: ``train.batch_size`` is the global batch, split over the processes (a
-    study's large cell, so that it trains as its cells on one process do), not each one's."""
+    ``train.batch_size`` is the global batch, split over the processes (``per_process_batch``)."""
     from emoset_peft.models import count_parameters, input_spec
 
     torch.manual_seed(config.train.seed)  # head init and dropout; the data seed is separate
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    processes, train_cfg = accelerator.num_processes, config.train
-    if split_batch and processes > 1:
-        train_cfg = dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size // processes)
-    total_steps, global_batch = None, 0
+    processes = accelerator.num_processes
+    train_cfg = dataclasses.replace(
+        config.train, batch_size=per_process_batch(config.train.batch_size, processes)
+    )
+    total_steps, global_batch, batch = None, 0, 0
     if data.train is not None:
         batch = max(1, min(train_cfg.batch_size, len(data.train) // processes or 1))
         total_steps = step_budget(len(data.train), batch, processes, train_cfg)
@@ -232,6 +244,7 @@ def run_training(
         },
         "num_processes": accelerator.num_processes,
         "global_batch": global_batch,
+        "per_process_batch": batch,  # images per process per micro-batch (0: no training)
         "mixed_precision": precision,  # as run: bf16 in the recipe becomes "no" where emulated
         # what was asked for, what ran and why (the CPU's measured bf16 vs fp32 GEMM rates)
         "precision": precision_record(
@@ -272,6 +285,7 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     validate(config)
     spec = preflight(config)
     accelerator = make_accelerator(config, Path(config.output_dir))
+    per_process_batch(config.train.batch_size, accelerator.num_processes)  # before any decoding
     main = accelerator.is_main_process
     # Under accelerate launch / torchrun the N processes are one run: rank 0 checks, locks and
     # prepares the folder and picks the checkpoint; the others receive its decision.
