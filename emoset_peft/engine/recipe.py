@@ -269,8 +269,8 @@ def run_training(
             test_probs,
             data.class_names,
         )
-        atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
         write_model_card(out_dir, config, metrics)  # adapter/README.md with the results
+        atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
     accelerator.wait_for_everyone()
     return metrics
 
@@ -289,7 +289,9 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     main = accelerator.is_main_process
     # Under accelerate launch / torchrun the N processes are one run: rank 0 checks, locks and
     # prepares the folder and picks the checkpoint; the others receive its decision.
-    decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
+    plan = decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
+    if plan == "finish":
+        return finish_run(config, accelerator)
     decode_started = time.perf_counter()
     with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
         data = load_run_data(
@@ -320,6 +322,29 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
             raise
     if main:
         log.info("test %s -> %s", summary_line(metrics["test"]), out_dir / "metrics.json")
+    return metrics
+
+
+def finish_run(config: RunConfig, accelerator) -> dict:
+    """resume=true on a finished run: redo, without training, what only follows from its
+    metrics.json (the model card, which a kill or a full disk may have left without results);
+    returns the metrics."""
+    from emoset_peft.deploy.card import run_info
+
+    def finish() -> dict:
+        with locked_run_dir(config) as out:
+            info = run_info(out / "adapter")
+            if info is None:
+                raise EmoSetError(
+                    f"{out} lost its metrics.json or config.yaml while it was checked; "
+                    "pass overwrite=true to train it again"
+                )
+            write_model_card(out, config, info["metrics"])
+        log.info("%s was finished: its model card was written again; nothing was trained", out)
+        return info["metrics"]
+
+    metrics = decide_on_main(accelerator, finish)
+    accelerator.end_training()
     return metrics
 
 
