@@ -73,7 +73,9 @@ class TrainConfig:
     lr: float = 1e-3
     head_lr: float | None = None  # None = same as lr
     weight_decay: float = 0.01
-    batch_size: int = 32  # images per process per micro-batch (capped by the subset size)
+    # images per optimizer step over all processes (each takes batch_size / N), before
+    # grad_accum; capped by the subset size
+    batch_size: int = 32
     eval_batch_size: int = 128
     epochs: float = (
         30.0  # passes over the subset; the step budget is max(min_steps, epochs * n / batch)

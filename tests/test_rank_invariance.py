@@ -1,12 +1,16 @@
 """A global batch depends on (seed, step) only: how it is split across processes changes nothing."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from test_distributed import launch_two_cpu_processes
+from two_processes import run_two_cpu_processes
 
 from emoset_peft.cli import main
+from emoset_peft.config import load_config
 from emoset_peft.data import load_emoset
 from emoset_peft.data.pipeline import Normalizer, TrainStream, decode_split
 
@@ -40,8 +44,9 @@ def test_global_batch_and_its_crops_do_not_depend_on_the_process_split(synthetic
 
 
 @pytest.mark.slow
-def test_one_process_batch_16_trains_what_two_processes_batch_8_do(tiny_run, tmp_path):
-    """LoRA without dropout (masks are drawn per process and cannot match): same adapter."""
+def test_train_batch_size_is_the_global_batch_on_one_and_two_processes(tiny_run, tmp_path):
+    """train.batch_size=16 on 1 process and on 2 (8 each): the same global batch, recorded as
+    such, and the same adapter (LoRA without dropout: masks are drawn per process)."""
     common = {
         "cpu": "true",
         "train.min_steps": 4,
@@ -49,9 +54,18 @@ def test_one_process_batch_16_trains_what_two_processes_batch_8_do(tiny_run, tmp
         "train.eval_every": 4,
         "model.options.dropout": 0.0,
         "train.seed": 11,
+        "train.batch_size": 16,
     }
-    assert main(["train", *tiny_run("one", **common, **{"train.batch_size": 16})]) == 0
-    launch_two_cpu_processes("train", *tiny_run("two", **common, **{"train.batch_size": 8}))
+    assert main(["train", *tiny_run("one", **common)]) == 0
+    launch_two_cpu_processes("train", *tiny_run("two", **common))
+    runs = {
+        name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")
+    }
+    assert runs["two"]["num_processes"] == 2
+    assert runs["one"]["global_batch"] == runs["two"]["global_batch"] == 16
+    assert (runs["one"]["per_process_batch"], runs["two"]["per_process_batch"]) == (16, 8)
+    for name in ("one", "two"):
+        assert load_config(tmp_path / name / "config.yaml", []).train.batch_size == 16
     one = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
     two = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
     assert sorted(one) == sorted(two) and any("lora_B" in name for name in one)
@@ -62,3 +76,16 @@ def test_one_process_batch_16_trains_what_two_processes_batch_8_do(tiny_run, tmp
         )
     # And the LoRA weights really moved (a test on untrained adapters would prove nothing).
     assert max(t.abs().max().item() for n, t in one.items() if "lora_B" in n) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_batch_size_two_processes_cannot_split_is_one_line_before_any_work(tiny_run, tmp_path):
+    result = run_two_cpu_processes("train", *tiny_run("odd", cpu="true", **{"train.batch_size": 9}))
+    assert result.returncode != 0
+    # Each rank refuses on its own (both know the process count): the same one line twice.
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 2 and errors[0] == errors[1], result.stderr[-3000:]
+    assert "train.batch_size=9" in errors[0] and "2 processes" in errors[0]
+    assert "multiple of 2" in errors[0]
+    assert "EmoSetError" not in result.stderr  # (the launcher's own traceback is not ours)
+    assert not (tmp_path / "odd").exists()  # refused before the output folder was created

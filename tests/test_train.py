@@ -53,7 +53,8 @@ def test_existing_run_is_never_overwritten_silently(tiny_run, tmp_path, capsys):
     assert main(args) == 2
     assert "already holds a finished run" in capsys.readouterr().err
     assert (tmp_path / "run" / "metrics.json").read_text() == before
-    assert main(args + ["resume=true"]) == 2  # finished: nothing to resume
+    assert main(args + ["resume=true"]) == 0  # finished: only the model card is written again
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
     assert main(args + ["overwrite=true", "train.seed=1"]) == 0
     assert (
         json.loads((tmp_path / "run" / "metrics.json").read_text())["config_fingerprint"]

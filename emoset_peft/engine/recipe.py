@@ -76,6 +76,19 @@ def make_accelerator(
     )
 
 
+def per_process_batch(batch_size: int, processes: int, who: str = "") -> int:
+    """Each process's share of ``train.batch_size``, the global batch of one optimizer step
+    (before grad_accum) on any number of processes, so that a run on N processes trains what
+    it trains on one. ``who`` names the processes in the refusal (default: "N processes")."""
+    if batch_size % processes:
+        raise EmoSetError(
+            f"train.batch_size={batch_size} (the global batch of one optimizer step) cannot be "
+            f"split evenly by {who or f'{processes} processes'}; set train.batch_size to a "
+            f"multiple of {processes}, e.g. {batch_size // processes * processes or processes}"
+        )
+    return batch_size // processes
+
+
 def build_run_model(
     config: RunConfig, class_names, total_steps: int | None = None, *, precision: str = "no"
 ):
@@ -114,21 +127,20 @@ def run_training(
     resume_from: Path | None = None,
     show_progress: bool = True,
     decode_seconds: float = 0.0,
-    split_batch: bool = False,
 ) -> dict:
     """Build the model, fit, select, test once; save into ``out_dir``. Returns the metrics.
     ``decode_seconds``: what loading ``data`` took, recorded beside the other parts.
-    ``split_batch``: ``train.batch_size`` is the global batch, split over the processes (a
-    study's large cell, so that it trains as its cells on one process do), not each one's."""
+    ``train.batch_size`` is the global batch, split over the processes (``per_process_batch``)."""
     from emoset_peft.models import count_parameters, input_spec
 
     torch.manual_seed(config.train.seed)  # head init and dropout; the data seed is separate
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    processes, train_cfg = accelerator.num_processes, config.train
-    if split_batch and processes > 1:
-        train_cfg = dataclasses.replace(train_cfg, batch_size=train_cfg.batch_size // processes)
-    total_steps, global_batch = None, 0
+    processes = accelerator.num_processes
+    train_cfg = dataclasses.replace(
+        config.train, batch_size=per_process_batch(config.train.batch_size, processes)
+    )
+    total_steps, global_batch, batch = None, 0, 0
     if data.train is not None:
         batch = max(1, min(train_cfg.batch_size, len(data.train) // processes or 1))
         total_steps = step_budget(len(data.train), batch, processes, train_cfg)
@@ -233,6 +245,7 @@ def run_training(
         },
         "num_processes": accelerator.num_processes,
         "global_batch": global_batch,
+        "per_process_batch": batch,  # images per process per micro-batch (0: no training)
         "mixed_precision": precision,  # as run: bf16 in the recipe becomes "no" where emulated
         # what was asked for, what ran and why (the CPU's measured bf16 vs fp32 GEMM rates)
         "precision": precision_record(
@@ -257,8 +270,8 @@ def run_training(
             test_probs,
             data.class_names,
         )
-        atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
         write_model_card(out_dir, config, metrics)  # adapter/README.md with the results
+        atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means "done"
     accelerator.wait_for_everyone()
     return metrics
 
@@ -274,10 +287,13 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
     check_emoset_root(config.data.root)  # a look at the disk: before the model is built
     spec = preflight(config)
     accelerator = make_accelerator(config, Path(config.output_dir))
+    per_process_batch(config.train.batch_size, accelerator.num_processes)  # before any decoding
     main = accelerator.is_main_process
     # Under accelerate launch / torchrun the N processes are one run: rank 0 checks, locks and
     # prepares the folder and picks the checkpoint; the others receive its decision.
-    decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
+    plan = decide_on_main(accelerator, lambda: check_run_dir(config))  # refuse before decoding
+    if plan == "finish":
+        return finish_run(config, accelerator)
     decode_started = time.perf_counter()
     with accelerator.main_process_first():  # rank 0 decodes; the others read its cache
         data = load_run_data(
@@ -308,6 +324,29 @@ def train(config: RunConfig, *, show_progress: bool = True) -> dict:
             raise
     if main:
         log.info("test %s -> %s", summary_line(metrics["test"]), out_dir / "metrics.json")
+    return metrics
+
+
+def finish_run(config: RunConfig, accelerator) -> dict:
+    """resume=true on a finished run: redo, without training, what only follows from its
+    metrics.json (the model card, which a kill or a full disk may have left without results);
+    returns the metrics."""
+    from emoset_peft.deploy.card import run_info
+
+    def finish() -> dict:
+        with locked_run_dir(config) as out:
+            info = run_info(out / "adapter")
+            if info is None:
+                raise EmoSetError(
+                    f"{out} lost its metrics.json or config.yaml while it was checked; "
+                    "pass overwrite=true to train it again"
+                )
+            write_model_card(out, config, info["metrics"])
+        log.info("%s was finished: its model card was written again; nothing was trained", out)
+        return info["metrics"]
+
+    metrics = decide_on_main(accelerator, finish)
+    accelerator.end_training()
     return metrics
 
 

@@ -8,8 +8,9 @@ Layout of ``output_dir``:
     train_manifest.json    the image ids this run trained on
     checkpoints/           resumable states (``latest`` names the newest complete one)
     adapter/               the trained adapter + head (a peft folder, or this toolkit's format)
-    metrics.json           validation (selected checkpoint) and test metrics, parameter counts,
-                           "selection" (mode, images, best step, evaluations), test_evaluations (1)
+    metrics.json           written last (the run is finished once it exists): validation
+                           (selected checkpoint) and test metrics, parameter counts, "selection"
+                           (mode, images, best step, evaluations), test_evaluations (1)
     predictions_test.csv   image_id, label, predicted, one probability per emotion
     selection/step_<N>.csv the selection set's predictions at each evaluation (step N, zero-padded
                            to 6 digits; same columns as predictions_test.csv), so another selection
@@ -62,9 +63,11 @@ WRITTEN = frozenset(
 )
 
 
-def check_run_dir(config: RunConfig) -> None:
-    """The refusals of ``prepare_run_dir``, read-only: call before any slow setup."""
-    _plan(config)
+def check_run_dir(config: RunConfig) -> str:
+    """The refusals of ``prepare_run_dir``, read-only: call before any slow setup. Returns the
+    plan: "finish" (resume=true on a finished run: only its finishing steps are redone, see
+    ``engine.recipe.finish_run``), else what ``prepare_run_dir`` will do."""
+    return _plan(config)
 
 
 @contextlib.contextmanager
@@ -80,6 +83,8 @@ def prepare_run_dir(config: RunConfig) -> tuple[Path, Path | None]:
     """Under the folder's lock: start, clean or reuse it. Returns (folder, checkpoint or None)."""
     out = Path(config.output_dir)
     plan = _plan(config, locked=True)
+    if plan == "finish":
+        return out, None
     if plan == "resume":
         return out, latest_checkpoint(out / "checkpoints")
     if plan in ("clean", "overwrite"):
@@ -162,16 +167,16 @@ def _plan(config: RunConfig, locked: bool = False) -> str:
         return "clean"  # an earlier attempt stopped before its first checkpoint: nothing to lose
     if config.overwrite:
         return "overwrite"
-    if not config.resume:
-        state = "a finished run" if finished else "a run"
+    if not config.resume and finished:
         raise EmoSetError(
-            f"{out} already holds {state}; pass resume=true to continue it, "
-            "overwrite=true to replace it, or another output_dir"
+            f"{out} already holds a finished run (metrics.json); pick another output_dir, "
+            f"pass overwrite=true to train it again over it, or score it again with "
+            f"emoset-peft eval {out}"
         )
-    if finished:
+    if not config.resume:
         raise EmoSetError(
-            f"{out} holds a finished run (metrics.json exists); nothing to resume. "
-            "Pass overwrite=true to run it again"
+            f"{out} already holds an unfinished run (checkpoint {checkpoint.name}); pass "
+            "resume=true to continue it, overwrite=true to replace it, or another output_dir"
         )
     saved = out / "config.yaml"
     first_line = saved.read_text().splitlines()[0] if saved.exists() else ""
@@ -183,7 +188,9 @@ def _plan(config: RunConfig, locked: bool = False) -> str:
             f"{saved} was written by a different config{f' ({differs})' if differs else ''}; "
             "resume needs the same recipe and overrides (or pass overwrite=true)"
         )
-    return "resume"
+    # metrics.json is written last; what a run wrote after it in older versions (the model
+    # card) may be missing, and is redone from it without training
+    return "finish" if finished else "resume"
 
 
 def _written_by_us(name: str) -> bool:

@@ -159,7 +159,6 @@ def run_cell(
             out_dir=out,
             show_progress=show_progress,
             decode_seconds=decode_seconds,
-            split_batch=cell.large,  # every cell: train.batch_size images per step, all processes
         )
     except TrainingDiverged as err:
         if not accelerator.is_main_process:

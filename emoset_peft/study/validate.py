@@ -59,14 +59,15 @@ def check_grid(study, cells, num_processes: int = 1) -> list[str]:
                 "apply to study cells (a study resumes by skipping finished cells); remove "
                 "it from the study's recipe",
             )
-        if cell.large and num_processes > 1 and train.batch_size % num_processes:
+        if cell.large:
+            from emoset_peft.engine.recipe import per_process_batch
+
             _in_cell(
                 cell,
-                _refuse,
-                f"a large_per_class cell is trained by all {num_processes} "
-                f"processes, which split its train.batch_size={train.batch_size} (the "
-                "global batch of every cell); set train.batch_size to a multiple of "
-                f"{num_processes}",
+                per_process_batch,
+                train.batch_size,
+                num_processes,
+                f"the {num_processes} processes that train a large_per_class cell together",
             )
     return warnings
 
