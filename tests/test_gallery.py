@@ -4,6 +4,7 @@ confidence and its most confident mistakes, per emotion; the best method's opens
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,47 @@ def test_a_study_without_run_configs_reports_without_a_gallery(tmp_path):
     make_fake_study(tmp_path, seeds=(0,), ks=(1,), methods=("linear",), zero_shot=False, full=False)  # fmt: skip
     text = write_report(tmp_path, n_boot=100).read_text()
     assert "No gallery for linear: runs/linear_k1_s0/config.yaml names no data.root" in text
+
+
+def _rewrite_results(study, change) -> None:
+    with open(study / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames, [change(row) for row in reader]
+    with open(study / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_run_dirs_that_are_absolute_or_outside_the_study_keep_the_gallery(study, tmp_path):
+    study = shutil.copytree(study, tmp_path / "study")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(study / "cells" / "linear_k4_s0", elsewhere / "linear_k4_s0")
+
+    def change(row):
+        if row["run_dir"] == "cells/linear_k4_s0":
+            return {**row, "run_dir": str(elsewhere / "linear_k4_s0")}
+        return {**row, "run_dir": str(study / row["run_dir"])}
+
+    _rewrite_results(study, change)
+    text = write_report(study, n_boot=100).read_text()
+    assert "No gallery" not in text
+    for method in METHODS:
+        assert f"(gallery_{method}.png)" in text and (study / f"gallery_{method}.png").is_file()
+
+
+def test_a_relative_data_root_is_found_where_the_cells_were_trained(study, tmp_path, monkeypatch):
+    study = shutil.copytree(study, tmp_path / "study")
+    for config_path in study.glob("cells/*/config.yaml"):
+        root = Path(yaml.safe_load(config_path.read_text())["data"]["root"])
+        config = yaml.safe_load(config_path.read_text())
+        config["data"]["root"] = root.name  # typed as `data.root=<name>` in root's parent
+        config_path.write_text(yaml.safe_dump(config))
+        provenance_path = config_path.with_name("provenance.json")
+        provenance = json.loads(provenance_path.read_text())
+        provenance_path.write_text(json.dumps({**provenance, "cwd": str(root.parent)}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the report runs in another folder
+    text = write_report(study, n_boot=100).read_text()
+    assert "No gallery" not in text and "was the tree moved" not in text
+    assert all((study / f"gallery_{method}.png").is_file() for method in METHODS)

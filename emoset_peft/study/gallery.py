@@ -4,8 +4,9 @@ confidence and its most confident mistakes, one PNG per method (``gallery_<metho
 Each method is shown at its largest k. Its seeds are pooled by averaging their saved test
 probabilities (``predictions_test.csv``, read by ``study/predictions.py``), so every image
 appears once, with the prediction of the seeds together. The images themselves come from the
-EmoSet tree named by ``data.root`` in the cell's ``config.yaml`` (only read). When that tree is
-gone (moved, another machine), the report says so in one line and has no gallery.
+EmoSet tree named by ``data.root`` in the cell's ``config.yaml`` (only read; a relative one is
+resolved where the cell was trained, as ``eval`` does). When that tree is gone (moved, another
+machine), the report says so in one line and has no gallery.
 
 The method with the highest mean test accuracy at its largest k is "the best method": its
 gallery opens the report, the others close it.
@@ -13,6 +14,7 @@ gallery opens the report, the others close it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from emoset_peft.errors import EmoSetError
 from emoset_peft.study.per_class import per_class_sort_key
 from emoset_peft.study.plots import DPI
 from emoset_peft.study.predictions import PREDICTIONS_FILE, load_predictions
+from emoset_peft.study.result_rows import shown_path
 
 PER_SIDE = 3  # images per emotion: this many right answers, then this many mistakes
 TILE = 1.3  # inches per image tile
@@ -128,13 +131,15 @@ def _image_paths(study_dir: Path, rows, class_names) -> dict[str, Path] | str:
     """image_id -> file in the cell's EmoSet tree; a reason (str) when the tree is not there."""
     from emoset_peft.data.split_files import read_split_records
 
-    config_path = study_dir / str(rows[0]["run_dir"]) / "config.yaml"
-    shown = config_path.relative_to(study_dir)
+    run_dir = study_dir / str(rows[0]["run_dir"])  # an absolute run_dir replaces study_dir
+    config_path = run_dir / "config.yaml"
+    shown = shown_path(config_path, study_dir)
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        root = Path(str(config["data"]["root"]))
+        typed = str(config["data"]["root"])
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return f"{shown} names no data.root, so the test images cannot be found"
+    root = _data_root(run_dir, typed)
     split = root / "test.json"
     where = f"the test images are not under {root} (data.root in {shown})"
     if not split.is_file():
@@ -144,6 +149,22 @@ def _image_paths(study_dir: Path, rows, class_names) -> dict[str, Path] | str:
     except EmoSetError as err:
         return f"{where}: {err}"
     return {record.image_id: root / record.image_rel for record in records}
+
+
+def _data_root(run_dir: Path, typed: str) -> Path:
+    """The cell's data.root as eval finds it: a relative one starts where the cell was trained
+    (not where the report runs), the current folder only when the run does not record that."""
+    from emoset_peft.config import load_config
+    from emoset_peft.engine.rescore import training_folder
+
+    root = Path(typed).expanduser()
+    if root.is_absolute():
+        return root
+    try:
+        folder = training_folder(run_dir, load_config(run_dir / "config.yaml"))
+    except EmoSetError:
+        folder = None  # a config.yaml this version cannot load: nothing tells where it ran
+    return Path(os.path.abspath((folder or Path.cwd()) / root))
 
 
 def _draw(entry: Mapping, paths: Mapping[str, Path]) -> Figure:

@@ -16,6 +16,8 @@ empty results.csv is an error.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -42,8 +44,9 @@ from emoset_peft.study.summary import (
     build_summary,
     default_baseline,
 )
-from emoset_peft.study.summary_files import write_summary
-from emoset_peft.utils.io import atomic_write_text
+from emoset_peft.study.summary_files import summary_files
+from emoset_peft.utils.io import atomic_open
+from emoset_peft.utils.storage import is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -402,10 +405,37 @@ def write_report(
     summary["gallery"], galleries = gallery.build_galleries(study)
     figures = {**build_figures(study, summary), **galleries}
     text = render_markdown(study, summary, list(figures))
-    for name, fig in figures.items():
-        fig.savefig(study.directory / name, dpi=plots.DPI)
-    write_summary(study.directory, summary)
+    files = {name: _png(fig) for name, fig in figures.items()}
+    files.update({name: content.encode() for name, content in summary_files(summary).items()})
+    files[REPORT_FILE] = text.encode()
+    _write_together(study.directory, files)
     path = study.directory / REPORT_FILE
-    atomic_write_text(path, text)
     logger.info("wrote %s, summary.json and %d figure(s)", path, len(figures))
     return path
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=plots.DPI)
+    return buffer.getvalue()
+
+
+def _write_together(directory: Path, files: Mapping[str, bytes]) -> None:
+    """Every file into a temp file beside it first; only when all are written are they renamed
+    over the old ones, so a full disk leaves the previous report whole (never half old, half
+    new). An OSError is one EmoSetError line naming the file."""
+    path = directory
+    try:
+        with contextlib.ExitStack() as renames:
+            for name, content in files.items():
+                path = directory / name
+                handle = renames.enter_context(atomic_open(path, "wb"))
+                handle.write(content)
+                handle.flush()  # a full disk fails here, naming this file, not at the renames
+    except OSError as err:
+        hint = "free space" if is_disk_full(err) else "check the folder's permissions"
+        raise EmoSetError(
+            f"cannot write {path} ({err.strerror or err}): the report was not updated, the files "
+            f"of the previous one are intact; {hint} and run `emoset-peft report {directory}` "
+            "again"
+        ) from None

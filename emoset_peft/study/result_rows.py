@@ -101,6 +101,12 @@ def cell_label(row: dict) -> str:
     return f"{method} k={k} seed={seed or data_seed or train_seed or '?'}"
 
 
+def shown_path(path: Path, study: Path) -> Path:
+    """``path`` as messages show it: relative to the study folder when inside it (a row's
+    ``run_dir`` may also be absolute, or point elsewhere)."""
+    return path.relative_to(study) if path.is_relative_to(study) else path
+
+
 def time_columns(seconds: dict) -> dict:
     """The results.csv time columns of a cell from its metrics.json ``seconds``."""
     return {column: seconds.get(part, "") for column, part in TIME_PARTS.items()}

@@ -41,6 +41,7 @@ from emoset_peft.study.result_rows import (
     RowNote,
     cell_label,
     renamed_columns,
+    shown_path,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ def read_run_metrics(study: Path, row: dict, problems: list[str]) -> dict | None
     if not run_dir:
         return None
     path = study / run_dir / "metrics.json"  # run_dir may also be absolute
-    shown = path.relative_to(study) if path.is_relative_to(study) else path
+    shown = shown_path(path, study)
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

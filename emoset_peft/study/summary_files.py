@@ -1,5 +1,5 @@
 """``summary.json`` (everything a report shows, JSON-ready) and ``summary.csv`` (the per-cell
-table), written atomically beside report.md."""
+table), as the texts the report writes beside report.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoset_peft.utils.io import atomic_write_json, atomic_write_text
+from emoset_peft.utils.io import json_text
 
 CSV_COLUMNS = (
     "method",
@@ -28,10 +28,8 @@ CSV_COLUMNS = (
 )
 
 
-def write_summary(directory: Path, summary: Mapping) -> tuple[Path, Path]:
-    """summary.json (everything) and summary.csv (the per-cell table), written atomically."""
-    json_path, csv_path = directory / "summary.json", directory / "summary.csv"
-    atomic_write_json(json_path, _clean(summary))
+def summary_files(summary: Mapping) -> dict[str, str]:
+    """``{file name: text}`` of summary.json (everything) and summary.csv (the per-cell table)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n"
@@ -39,8 +37,10 @@ def write_summary(directory: Path, summary: Mapping) -> tuple[Path, Path]:
     writer.writeheader()
     for entry in summary["cells"]:
         writer.writerow({key: "" if entry.get(key) is None else entry[key] for key in CSV_COLUMNS})
-    atomic_write_text(csv_path, buffer.getvalue())
-    return json_path, csv_path
+    return {
+        "summary.json": json_text(_clean(summary)),
+        "summary.csv": buffer.getvalue(),
+    }
 
 
 def _clean(value):

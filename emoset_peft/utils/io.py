@@ -55,9 +55,12 @@ def current_umask() -> int:
 
 
 def atomic_write_json(path: str | Path, content: Any) -> None:
-    atomic_write_text(
-        path, json.dumps(content, indent=2, sort_keys=False, default=_jsonable) + "\n"
-    )
+    atomic_write_text(path, json_text(content))
+
+
+def json_text(content: Any) -> str:
+    """``content`` as the JSON text the toolkit writes (indented, numpy values as numbers)."""
+    return json.dumps(content, indent=2, sort_keys=False, default=_jsonable) + "\n"
 
 
 def _jsonable(value: Any) -> Any:
