@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -197,7 +198,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             ) from None
         raise
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        content = load_yaml_text(path.read_text(encoding="utf-8")) or {}
+    except YAMLExpansionError as err:
+        raise EmoSetError(
+            f"recipe {path}: {err}; write the values out instead of nesting aliases"
+        ) from None
     except UnicodeDecodeError as err:
         raise EmoSetError(
             f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
@@ -212,6 +217,56 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
+# A recipe holds a few hundred values. Each alias (*name) stands for its anchor's whole value, so
+# nested aliases multiply ("billion laughs": 9 levels of 9 aliases are 387 million values, which
+# PyYAML builds as shared objects but every deepcopy, asdict or repr writes out in full).
+MAX_YAML_VALUES = 100_000
+
+
+class YAMLExpansionError(ValueError):
+    """A YAML text whose aliases expand past MAX_YAML_VALUES values, or into themselves."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """safe_load's loader, refusing an alias expansion bomb after composing the node graph (a
+    node per value written, aliases shared) and before constructing any Python object."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Values in ``node`` with every alias written out, counted once per shared node."""
+    if isinstance(node, yaml.ScalarNode):
+        return 1
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    where = f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+    if key in open_nodes:
+        raise YAMLExpansionError(f"the value at {where} contains an alias to itself")
+    open_nodes.add(key)
+    children = node.value if isinstance(node, yaml.SequenceNode) else sum(node.value, ())
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_nodes)
+        if total > MAX_YAML_VALUES:
+            raise YAMLExpansionError(
+                f"the aliases in the value at {where} expand to more than "
+                f"{MAX_YAML_VALUES:,} values"
+            )
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total
+
+
+def load_yaml_text(text: str) -> Any:
+    """``yaml.safe_load`` that raises YAMLExpansionError for an alias expansion bomb."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def save_config(config: RunConfig, path: str | Path) -> None:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write_text(path, f"# resolved config, fingerprint {config.fingerprint()}\n{text}")
@@ -220,7 +275,7 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 def parse_value(text: str) -> Any:
     """``key=value`` values are YAML scalars/lists: 3e-4, true, null, [q, v], {r: 8}."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text)
     except yaml.YAMLError:
         return text
 
@@ -237,7 +292,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise EmoSetError(f"override {item!r}: {key} is not a section")
-    node[keys[-1]] = parse_value(text)
+    try:
+        node[keys[-1]] = parse_value(text)
+    except YAMLExpansionError as err:
+        raise EmoSetError(f"override {dotted.strip()}: {err}") from None
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -292,31 +350,33 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             except EmoSetError as err:
                 errors.append(str(err))
         raise EmoSetError(
-            errors[0] if len(errors) == 1 else f"{where}={value!r} fits none of {_type_name(hint)}"
+            errors[0]
+            if len(errors) == 1
+            else f"{where}={_shown(value)} fits none of {_type_name(hint)}"
         )
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             value = [value]  # train.targets=q is a one-item list
         if not isinstance(value, list):
-            raise EmoSetError(f"{where} must be a list, got {value!r}")
+            raise EmoSetError(f"{where} must be a list, got {_shown(value)}")
         return [_convert(v, item, where) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
-            raise EmoSetError(f"{where} must be a mapping, got {value!r}")
+            raise EmoSetError(f"{where} must be a mapping, got {_shown(value)}")
         return dict(value)
     if hint is Any:
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise EmoSetError(f"{where} must be true or false, got {value!r}")
+        raise EmoSetError(f"{where} must be true or false, got {_shown(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise EmoSetError(f"{where} must be an integer, got {value!r}")
+        raise EmoSetError(f"{where} must be an integer, got {_shown(value)}")
     if hint is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -327,15 +387,26 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 pass
         if number is None:
-            raise EmoSetError(f"{where} must be a number, got {value!r}")
+            raise EmoSetError(f"{where} must be a number, got {_shown(value)}")
         if not math.isfinite(number):  # YAML .nan / .inf, or lr=nan on the command line
             raise EmoSetError(f"{where}={value} must be a finite number")
         return number
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise EmoSetError(f"{where} must be a string, got {value!r}")
+        raise EmoSetError(f"{where} must be a string, got {_shown(value)}")
     raise EmoSetError(f"{where}: unsupported type {_type_name(hint)}")
+
+
+# A wrong value is quoted in its message as far as it tells what was written: a long string or a
+# big list (a whole expanded YAML tree) would bury the line that says what to do.
+_SHORT_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 4, 4
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
+
+
+def _shown(value: Any) -> str:
+    return _SHORT_REPR.repr(value)
 
 
 def _type_name(hint: Any) -> str:
@@ -358,10 +429,12 @@ def validate(config: RunConfig) -> RunConfig:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
         if value not in allowed:
-            raise EmoSetError(f"{dotted}={value!r} is not one of {', '.join(map(str, allowed))}")
+            raise EmoSetError(
+                f"{dotted}={_shown(value)} is not one of {', '.join(map(str, allowed))}"
+            )
     per_class = config.data.per_class
     if isinstance(per_class, str) and per_class != "all":
-        raise EmoSetError(f"data.per_class={per_class!r} must be a number of images or 'all'")
+        raise EmoSetError(f"data.per_class={_shown(per_class)} must be a number of images or 'all'")
     if isinstance(per_class, int) and per_class < 0:
         raise EmoSetError(f"data.per_class={per_class} must be >= 0")
     _check_ranges(config)
