@@ -11,6 +11,7 @@ SLOW_STEPS = (
     "emoset_peft.engine.recipe.preflight",  # the model build on the backbone's config
     "emoset_peft.engine.recipe.make_accelerator",
     "emoset_peft.models.load_adapter",
+    "emoset_peft.engine.rescore.load_for_scoring",
 )
 
 

@@ -39,6 +39,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import dataclasses
     from pathlib import Path
 
     from emoset_peft.data.pipeline import Normalizer
@@ -46,18 +47,24 @@ def run(args) -> int:
     from emoset_peft.engine.metrics import write_predictions
     from emoset_peft.engine.recipe import make_accelerator
     from emoset_peft.engine.rescore import (
+        differences_line,
+        differing_metrics,
         eval_configs,
+        load_for_scoring,
         load_split,
         output_paths,
         refuse_training_output,
+        run_scoring,
+        warn_if_slow,
     )
     from emoset_peft.engine.run_dir import make_output_dir
     from emoset_peft.errors import EmoSetError
     from emoset_peft.metrics.registry import summary_line
-    from emoset_peft.models import input_spec, load_adapter
+    from emoset_peft.models import input_spec
     from emoset_peft.models.wrapper import check_adapter_folder
     from emoset_peft.utils.io import atomic_write_json
     from emoset_peft.utils.outputs import check_output_file, output_errors
+    from emoset_peft.utils.provenance import provenance
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "adapter").is_dir():
@@ -73,14 +80,22 @@ def run(args) -> int:
             args.out, "--out", ours=_is_metrics_json, kind="eval metrics", example="metrics.json"
         )
     make_output_dir(metrics_path.parent, "the eval output folder")  # unwritable: fail now
-    accelerator = make_accelerator(config, track=False)  # scoring logs to no tracker
-    moved = any(item.split("=", 1)[0].strip() == "model.backbone" for item in args.overrides)
-    backbone = config.model.backbone if moved else None  # default: the adapter's own record
+    given = {item.split("=", 1)[0].strip() for item in args.overrides}
+    recorded = run_scoring(run_dir, trained)
+    # The run's own precision unless one is asked for: the rule may pick another one here.
+    keep = None if "train.mixed_precision" in given else recorded.precision
+    accelerator = make_accelerator(config, track=False, mixed_precision=keep)  # no tracker
+    precision = str(accelerator.mixed_precision)
+    if keep is not None:
+        warn_if_slow(precision, accelerator.device, "scoring")
+    # model.backbone= for a moved backbone; by default the one the adapter records
+    backbone = config.model.backbone if "model.backbone" in given else None
     try:
-        model = load_adapter(run_dir / "adapter", backbone=backbone).to(accelerator.device)
+        model = load_for_scoring(run_dir / "adapter", recorded, precision, backbone)
     except EmoSetError as err:  # its hint names the Python argument; here it is an override
         hint = "load_adapter(..., backbone="
         raise EmoSetError(str(err).replace(hint, "model.backbone=")) from None
+    model.to(accelerator.device)
     spec = input_spec(model)
     with accelerator.main_process_first():
         images, class_names = load_split(
@@ -98,8 +113,20 @@ def run(args) -> int:
         Normalizer(spec.mean, spec.std, accelerator.device),
         spec.image_size,
         config.train.eval_batch_size,
+        merge_adapters=recorded.merge_adapters,
     )
     metrics["num_processes"] = accelerator.num_processes
+    here = provenance()
+    now = dataclasses.replace(
+        recorded,
+        precision=precision,
+        batch_size=config.train.eval_batch_size,
+        num_processes=accelerator.num_processes,
+        device=accelerator.device.type,
+        setup={"device": here["device"], "torch": here["versions"].get("torch")},
+    )
+    same_images = args.split == "test" and config.data == trained.data
+    differing = differing_metrics(metrics, recorded.test) if same_images and recorded.test else []
     if accelerator.is_main_process:
         write_predictions(predictions_path, images.image_ids, images.labels, probs, class_names)
         atomic_write_json(
@@ -111,6 +138,8 @@ def run(args) -> int:
                 atomic_write_json(args.out, metrics)
         print(f"{args.split} ({len(images)} images of {config.data.root}): {summary_line(metrics)}")
         print(f"wrote {metrics_path} and {predictions_path}")
+        if differing:
+            print(differences_line(differing, recorded, now))
         if images.skipped:
             print(f"{len(images.skipped)} unreadable image(s) left out, e.g. {images.skipped[0]}")
     return 0

@@ -49,7 +49,7 @@ def run(args) -> int:
     from emoset_peft.deploy.predict import (
         adapter_folder,
         find_images,
-        load_model,
+        load_scoring_model,
         score_images,
         write_prediction_csv,
     )
@@ -69,7 +69,7 @@ def run(args) -> int:
         kind="a predictions CSV",
         example="predictions.csv",
     )
-    model = load_model(folder, "cpu" if args.cpu else None)
+    model, scoring = load_scoring_model(folder, "cpu" if args.cpu else None)  # as its run did
 
     def warn(name: str, reason: str) -> None:
         print(f"emoset-peft predict: warning: skipped {name}: {reason}", file=sys.stderr)
@@ -81,6 +81,7 @@ def run(args) -> int:
         skip_unreadable=True,
         on_unreadable=warn,
         show_progress=not args.no_progress,
+        scoring=scoring,
     )
     skipped = len(scored.unreadable)
     if not scored.indices:

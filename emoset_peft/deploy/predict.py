@@ -3,10 +3,12 @@
 A run scores images with its own geometry, not the backbone's image processor: each file is
 decoded to a square of ``image_size / crop_ratio`` pixels (``data.pipeline.decode_square``,
 what the decode cache stores), centre-cropped to ``image_size`` and normalised with the
-backbone's mean/std, and the probabilities come from ``engine.evaluate.predict_probs`` with the
-adapters folded in. Prediction reuses those functions, so a run's test images predicted here
-give its ``predictions_test.csv`` (in fp32; a run that evaluated under bf16 agrees to bf16
-rounding). A PIL image already in memory skips the JPEG draft decode that a file gets, so a
+backbone's mean/std, and the probabilities come from ``engine.evaluate.predict_probs``. A run
+folder (or its ``adapter/``) is scored the way its run scored its test split
+(``engine.rescore.RunScoring``: its recorded autocast, frozen weights stored as it stored them,
+adapters folded in unless it trained under ``train.compile``), so a run's test images predicted
+here give its ``predictions_test.csv``, bf16 runs included; an adapter folder of its own is
+scored in fp32. A PIL image already in memory skips the JPEG draft decode that a file gets, so a
 photo at least twice the decode size may differ from its file by a grey level or so.
 
 ``predict(model, images)`` is the API (``ep.predict``); ``find_images`` and
@@ -69,6 +71,25 @@ def load_model(path: str | os.PathLike, device: Any = None):
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return load_adapter(adapter_folder(path)).to(device)
+
+
+def load_scoring_model(path: str | os.PathLike, device: Any = None):
+    """(model, ``RunScoring``): ``load_model``, and for a run folder (or its ``adapter/``) the
+    model as its run scored its test split, with how it did; an adapter folder of its own gets
+    the defaults (fp32, adapters folded in)."""
+    import torch
+
+    from emoset_peft.config import load_config
+    from emoset_peft.engine.rescore import RunScoring, is_run_folder, load_for_scoring, run_scoring
+
+    folder = adapter_folder(path)
+    if folder.name != "adapter" or not is_run_folder(folder.parent):
+        return load_model(folder, device), RunScoring()
+    run_dir = folder.parent
+    scoring = run_scoring(run_dir, load_config(run_dir / "config.yaml"))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_for_scoring(folder, scoring, scoring.precision or "no")
+    return model.to(device), scoring
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -134,8 +155,12 @@ def score_images(
     skip_unreadable: bool = False,
     on_unreadable: Callable[[str, str], None] | None = None,
     show_progress: bool = False,
+    scoring=None,
 ) -> Scored:
     """Class probabilities for ``images`` (paths or PIL images) with the run's eval geometry.
+
+    ``scoring``: the ``RunScoring`` of ``load_scoring_model`` (the run's autocast and whether
+    its adapters are folded in); None: fp32, folded.
 
     An image that cannot be read raises ``CorruptImageError`` naming it, or with
     ``skip_unreadable`` is left out, listed in ``unreadable`` and passed to ``on_unreadable``
@@ -146,6 +171,7 @@ def score_images(
 
     from emoset_peft.data.pipeline import Normalizer, cache_resolution
     from emoset_peft.engine.evaluate import predict_probs
+    from emoset_peft.engine.rescore import warn_if_slow
     from emoset_peft.engine.solo import SoloAccelerator
     from emoset_peft.models import input_spec, merged_for_inference, unwrap
     from emoset_peft.utils.cpus import default_decode_workers
@@ -157,7 +183,10 @@ def score_images(
     class_names = [network.id2label[index] for index in range(len(network.id2label))]
     first = next(network.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    accelerator = SoloAccelerator(device)
+    precision = (scoring.precision if scoring is not None else None) or "no"
+    merge = scoring.merge_adapters if scoring is not None else True
+    accelerator = SoloAccelerator(device, precision)
+    warn_if_slow(precision, device, "predicting")
     normalizer = Normalizer(spec.mean, spec.std, device)
     resolution = cache_resolution(spec.image_size, spec.crop_ratio)
 
@@ -175,7 +204,7 @@ def score_images(
     unreadable: list[tuple[int, str, str]] = []
     chunk = max(CHUNK_IMAGES, int(batch_size))
     with (
-        merged_for_inference(network) as _,  # folded once for all chunks, not once per chunk
+        merged_for_inference(network, enabled=merge) as _,  # once for all chunks
         ThreadPoolExecutor(max_workers=default_decode_workers()) as pool,
         tqdm(total=len(images), unit="img", desc="predicting", disable=not show_progress) as bar,
     ):
@@ -346,9 +375,12 @@ def predict(
     images = _image_list(images)
     if top_k is not None and int(top_k) < 1:
         raise EmoSetError(f"top_k must be at least 1 (or None for every class), got {top_k}")
+    scoring = None
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
-    scored = score_images(model, images, batch_size=batch_size, show_progress=show_progress)
+        model, scoring = load_scoring_model(model)
+    scored = score_images(
+        model, images, batch_size=batch_size, show_progress=show_progress, scoring=scoring
+    )
     return [ranked(row, scored.class_names, top_k) for row in scored.probs]
 
 

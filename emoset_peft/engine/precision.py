@@ -115,14 +115,16 @@ def choose_precision(
     return PrecisionDecision(requested, "no", f"this CPU {why}, so fp32")
 
 
-def decide_precision(requested: str, device: torch.device) -> PrecisionDecision:
-    """``choose_precision`` for ``device`` on this machine. Logs the decision and its reason
-    once per process."""
+def choose_here(requested: str, device: torch.device) -> PrecisionDecision:
+    """``choose_precision`` for ``device`` on this machine, silently."""
     gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     vendor, flags = cpu_features() if device.type == "cpu" else ("", frozenset())
-    decision = choose_precision(
-        requested, device.type, gpu_bf16=gpu_bf16, vendor=vendor, flags=flags
-    )
+    return choose_precision(requested, device.type, gpu_bf16=gpu_bf16, vendor=vendor, flags=flags)
+
+
+def decide_precision(requested: str, device: torch.device) -> PrecisionDecision:
+    """``choose_here``, and the decision with its reason logged once per process."""
+    decision = choose_here(requested, device)
     if (requested, device.type, decision.reason) not in _LOGGED:  # once, not once per cell
         _LOGGED.add((requested, device.type, decision.reason))
         dropped = decision.resolved == "no" and requested.rstrip("!") in _DTYPES

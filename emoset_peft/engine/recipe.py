@@ -22,10 +22,9 @@ from emoset_peft.deploy.card import write_model_card
 from emoset_peft.engine import features
 from emoset_peft.engine.evaluate import evaluate
 from emoset_peft.engine.precision import (
-    cast_frozen_weights,
-    frozen_dtype,
     precision_record,
     resolve_mixed_precision,
+    store_frozen_weights,
 )
 from emoset_peft.engine.run_dir import (
     check_run_dir,
@@ -55,10 +54,13 @@ def make_accelerator(
     tracker_project: str = RUN_PROJECT,
     *,
     track: bool = True,
+    mixed_precision: str | None = None,
 ):
     """The run's Accelerator. Hosted trackers log run ``<output_dir name>`` of project
     ``tracker_project`` (engine/tracking.py); folder trackers write under ``project_dir``.
-    ``track=False`` (scoring a finished run): no trackers, whatever the run trained with."""
+    ``track=False`` (scoring a finished run): no trackers, whatever the run trained with.
+    ``mixed_precision``: what to run, kept as given (scoring a run in its recorded precision);
+    None: the precision rule's decision for ``train.mixed_precision``."""
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 
     fresh_accelerator_state()  # each run in one process gets its own settings
@@ -67,7 +69,8 @@ def make_accelerator(
     device = PartialState(cpu=config.cpu).device  # what the Accelerator below will use
     return Accelerator(
         cpu=config.cpu,
-        mixed_precision=resolve_mixed_precision(config.train.mixed_precision, device),
+        mixed_precision=mixed_precision
+        or resolve_mixed_precision(config.train.mixed_precision, device),
         log_with=trackers,
         project_dir=str(project_dir) if project_dir else None,
         # A CLIP model keeps parameters that a vision-only loss never reaches (text tower,
@@ -111,8 +114,7 @@ def build_run_model(
         head_init=m.head_init,
         **m.options,
     )
-    if m.quantize is None:
-        cast_frozen_weights(model, frozen_dtype(m.frozen_dtype, precision))
+    store_frozen_weights(model, m, precision)
     if config.train.fast_kernels:  # every forward of a run is under its accelerator's autocast
         enable_fast_kernels(model, autocast=precision in ("bf16", "fp16"))
     return model

@@ -10,6 +10,14 @@ Results go to ``metrics_<split>.json`` and ``predictions_<split>.csv`` in ``RUN/
 run's own data tree) or ``RUN/eval/<tree folder name>/`` (another tree), never over a file the
 run wrote while training (``metrics.json``, ``predictions_test.csv``, ...).
 
+A run is scored the way it scored its own test split (:class:`RunScoring`): under the autocast
+recorded in its metrics.json (whatever the precision rule would pick on this machine), with its
+frozen weights stored as training stored them (``model.frozen_dtype``: bf16-rounded weights give
+other logits than fp32 ones under the same autocast) and its adapters folded in unless it trained
+under ``train.compile``. Eval then gives the run's test metrics; where one differs (another
+device, precision, batch size, thread count or torch), :func:`differences_line` says which, by
+how much and why.
+
 Paths in a run's config.yaml are kept as typed (its fingerprint hashes them so): a relative
 ``data.root`` is resolved against the folder the run was trained in (provenance.json ``cwd``; for
 runs from before it was recorded, the folder that ``output_dir`` was relative to), overrides on
@@ -23,6 +31,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from emoset_peft.config import DataConfig, RunConfig, load_config
 from emoset_peft.data.emoset import check_emoset_root
@@ -202,3 +211,155 @@ def load_split(data: DataConfig, split: str, spec, run_dir: Path, *, show_progre
         show_progress=show_progress,
     )
     return images, list(emoset["train"].features["label"].names)
+
+
+# Accuracy-like metrics agree to this much when a run is scored again the same way (the
+# probabilities are then bit-identical; this leaves room for summation order only).
+TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class RunScoring:
+    """How a run scored its test split: what eval and predict repeat to give its numbers."""
+
+    precision: str | None = None  # the autocast recorded ("no", "bf16", "fp16"); None: unknown
+    merge_adapters: bool = True  # folded in while scoring (not under train.compile)
+    frozen: Any = None  # config.model of the run: frozen_dtype and quantize
+    batch_size: int | None = None  # train.eval_batch_size
+    num_processes: int | None = None
+    test: dict | None = None  # metrics.json's "test"
+    device: str | None = None  # the kind it ran on (metrics.json's precision record)
+    setup: dict = dataclasses.field(default_factory=dict)  # provenance: device, threads, torch
+
+
+def run_scoring(run_dir: Path, trained: RunConfig) -> RunScoring:
+    """The run's :class:`RunScoring` from its config, metrics.json and provenance.json (what a
+    run without metrics.json does not record stays None)."""
+    metrics = _json_object(run_dir / "metrics.json")
+    provenance = _json_object(run_dir / "provenance.json")
+    precision = metrics.get("mixed_precision")
+    record = metrics.get("precision") if isinstance(metrics.get("precision"), dict) else {}
+    return RunScoring(
+        precision=str(precision) if precision in ("no", "bf16", "fp16") else None,
+        merge_adapters=not trained.train.compile,
+        frozen=trained.model,
+        batch_size=trained.train.eval_batch_size,
+        num_processes=metrics.get("num_processes"),
+        test=metrics.get("test") if isinstance(metrics.get("test"), dict) else None,
+        device=record.get("device"),
+        setup={
+            "device": provenance.get("device"),
+            "torch": (provenance.get("versions") or {}).get("torch"),
+        },
+    )
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def load_for_scoring(adapter: Path, scoring: RunScoring, precision: str, backbone=None):
+    """``load_adapter(adapter, backbone)`` with its frozen weights stored as the run stored
+    them at ``precision``, in eval mode and with no trainable parameter.
+
+    Loaded trainable first, so that what training kept in fp32 (adapters, head) is told apart
+    from the frozen base that it cast."""
+    from emoset_peft.engine.precision import store_frozen_weights
+    from emoset_peft.models import load_adapter
+
+    model = load_adapter(adapter, backbone=backbone, trainable=scoring.frozen is not None)
+    if scoring.frozen is not None:
+        store_frozen_weights(model, scoring.frozen, precision)
+    for param in model.parameters():
+        param.requires_grad = False
+    return model.eval()
+
+
+def warn_if_slow(precision: str, device, what: str) -> None:
+    """A warning where the run's ``precision`` is not one the rule would pick here (emulated or
+    slower than fp32): reproducing the run costs speed."""
+    import logging
+
+    from emoset_peft.engine.precision import choose_here
+
+    decision = choose_here(precision, device)
+    if precision != "no" and decision.resolved != precision:
+        logging.getLogger(__name__).warning(
+            "%s in %s as the run did, though the rule would run fp32 here (%s): slower",
+            what,
+            precision,
+            decision.reason,
+        )
+
+
+def differing_metrics(new: dict, old: dict, tolerance: float = TOLERANCE) -> list[tuple]:
+    """(dotted key, new, old) for every number of ``old`` that ``new`` misses by more than
+    ``tolerance`` (nested per-class and slice entries included)."""
+    found = []
+
+    def walk(a, b, key):
+        if isinstance(b, dict):
+            for name, value in b.items():
+                walk(a.get(name) if isinstance(a, dict) else None, value, f"{key}{name}.")
+        elif isinstance(b, list):
+            for index, value in enumerate(b):
+                inner = a[index] if isinstance(a, list) and index < len(a) else None
+                walk(inner, value, f"{key}{index}.")
+        elif isinstance(b, (int, float)) and not isinstance(b, bool):
+            ok = isinstance(a, (int, float)) and abs(float(a) - float(b)) <= tolerance
+            if not ok:
+                found.append((key.rstrip("."), a, b))
+
+    walk(new, old, "")
+    return found
+
+
+def differences_line(
+    differing: list[tuple], scoring: RunScoring, now: RunScoring, shown: int = 3
+) -> str:
+    """One line: which test metrics differ from the run's metrics.json, by how much, and why
+    (what differs between the run's scoring and this one)."""
+    headline = sorted(differing, key=lambda item: "." in item[0])  # top-level metrics first
+    parts = [
+        f"{key} {new:.6g} vs {old:.6g} ({new - old:+.2g})"
+        if isinstance(new, (int, float))
+        else f"{key} missing"
+        for key, new, old in headline[:shown]
+    ]
+    more = f" and {len(differing) - shown} more" if len(differing) > shown else ""
+    return (
+        f"{len(differing)} test metric(s) differ from the run's metrics.json: "
+        f"{', '.join(parts)}{more}; why: {scoring_differences(scoring, now)}"
+    )
+
+
+def scoring_differences(scoring: RunScoring, now: RunScoring) -> str:
+    """What differs between how the run scored and how this scoring ran, in words."""
+    named = {"no": "fp32"}
+    reasons = []
+    if scoring.precision is None:
+        reasons.append("the run's metrics.json records no precision")
+    elif now.precision != scoring.precision:
+        reasons.append(
+            f"scored in {named.get(now.precision, now.precision)}, the run in "
+            f"{named.get(scoring.precision, scoring.precision)}"
+        )
+    if scoring.device and scoring.device != now.device:
+        reasons.append(f"on {now.device}, the run on {scoring.device}")
+    for key, what in (("device", "machine"), ("torch", "torch")):
+        was, is_now = scoring.setup.get(key), now.setup.get(key)
+        if was and is_now and was != is_now:
+            reasons.append(f"{what} {is_now}, the run's {was}")
+    if scoring.batch_size != now.batch_size:
+        reasons.append(f"eval_batch_size {now.batch_size}, the run's {scoring.batch_size}")
+    if scoring.num_processes and scoring.num_processes != now.num_processes:
+        reasons.append(f"{now.num_processes} process(es), the run's {scoring.num_processes}")
+    if scoring.merge_adapters != now.merge_adapters:
+        reasons.append("adapters folded in one scoring and not in the other")
+    if not reasons:
+        return "same precision, device, batches and torch: no known cause, please report it"
+    return "; ".join(reasons)
