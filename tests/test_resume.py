@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -71,3 +72,38 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_run, tmp_path):
     assert weights_a.keys() == weights_b.keys()
     for key in weights_a:
         assert (weights_a[key] == weights_b[key]).all(), key
+
+
+def test_resume_leaves_no_adapter_copy_of_a_run_killed_while_saving_it(
+    tiny_run, tmp_path, monkeypatch
+):
+    from emoset_peft.engine.trainer import TrainingLoop
+
+    save = TrainingLoop.checkpoint
+
+    def checkpoint_then_ctrl_c(loop):
+        save(loop)
+        raise KeyboardInterrupt
+
+    args = ["train", "-q", *tiny_run("run", **{"train.checkpoint_every": 4})]
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingLoop, "checkpoint", checkpoint_then_ctrl_c)
+        assert main(args) == 130
+    run = tmp_path / "run"
+    # A process killed inside atomic_folder, as a kill while the adapter is written leaves it.
+    script = (
+        "import os, sys, pathlib; from emoset_peft.utils.storage import atomic_folder\n"
+        "with atomic_folder(pathlib.Path(sys.argv[1]) / 'adapter', 'the adapter', '') as tmp:\n"
+        "    (tmp / 'adapter_model.safetensors').write_bytes(b'x' * 4096)\n"
+        "    os._exit(9)\n"
+    )
+    repo = str(Path(__file__).resolve().parents[1])
+    subprocess.run(
+        [sys.executable, "-c", script, str(run)], check=False, env=dict(os.environ, PYTHONPATH=repo)
+    )
+    (copy,) = [path for path in run.iterdir() if path.name.startswith(".adapter.")]
+    assert (copy / "adapter_model.safetensors").is_file()
+
+    assert main([*args, "resume=true"]) == 0
+    assert (run / "metrics.json").exists()
+    assert not [path.name for path in run.iterdir() if path.name.endswith(".tmp")]

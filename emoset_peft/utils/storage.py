@@ -58,6 +58,8 @@ def atomic_folder(target: Path, what: str, hint: str):
     success, removed on any failure (a full disk becomes one EmoSetError line)."""
     import shutil
 
+    # a killed writer's whole copy (a resumed run's adapter) would otherwise stay beside target
+    remove_stale_temps(target.parent, stem=target.name)
     tmp = temp_path(target)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -75,9 +77,11 @@ def temp_path(target: Path, suffix: str = "") -> Path:
     return target.with_name(f".{target.name}.{_host()}.{os.getpid()}.tmp{suffix}")
 
 
-def remove_stale_temps(folder: Path, dry_run: bool = False) -> list[Path]:
-    """Delete (or with ``dry_run`` only list) temp files in ``folder`` whose writer (this host,
-    that pid) no longer runs."""
+def remove_stale_temps(folder: Path, dry_run: bool = False, stem: str | None = None) -> list[Path]:
+    """Delete (or with ``dry_run`` only list) temp files and folders in ``folder`` whose writer
+    (this host, that pid) no longer runs; with ``stem``, only the temps of ``folder/stem``."""
+    import shutil
+
     stale = []
     try:
         candidates = sorted(folder.iterdir())
@@ -87,11 +91,16 @@ def remove_stale_temps(folder: Path, dry_run: bool = False) -> list[Path]:
         match = _TEMP_NAME.match(path.name)
         if not match or match["host"] != _host() or _alive(int(match["pid"])):
             continue
+        if stem is not None and match["stem"] != stem:
+            continue
         if dry_run:
             stale.append(path)
             continue
         with contextlib.suppress(OSError):
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
             stale.append(path)
             log.info(
                 "removed %s, left by a process (pid %s) that no longer runs", path, match["pid"]
