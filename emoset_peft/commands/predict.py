@@ -3,9 +3,14 @@ preprocessing, written to a CSV (emoset_peft/deploy/predict.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from emoset_peft.commands.intermixed import intermixed
+
+# Written without --out: an earlier predict's results there are kept unless --overwrite says so
+# (running predict twice in one folder must not silently lose the first run's rows).
+DEFAULT_OUT = "predictions.csv"
 
 
 def register(subparsers) -> None:
@@ -32,7 +37,13 @@ def register(subparsers) -> None:
         "(quote them; ** recurses)",
     )
     parser.add_argument(
-        "--out", default="predictions.csv", help="the CSV to write (default: %(default)s)"
+        "--out",
+        help=f"the CSV to write (default: {DEFAULT_OUT}, which must not exist unless --overwrite)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing {DEFAULT_OUT} when no --out is given",
     )
     parser.add_argument(
         "--top-k", type=int, default=3, help="top-k emotions per row (default: %(default)s)"
@@ -60,6 +71,13 @@ def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise EmoSetError("--top-k and --batch-size must be at least 1")
     folder = adapter_folder(args.model)  # bad model folder: one line before any image is read
+    if args.out is None:
+        args.out = DEFAULT_OUT
+        if os.path.lexists(DEFAULT_OUT) and not args.overwrite:
+            raise EmoSetError(
+                f"{os.path.abspath(DEFAULT_OUT)} already exists and is kept; pass --out PATH to "
+                "write the predictions elsewhere, or --overwrite to replace it"
+            )
     images = find_images(args.paths)
     refuse_training_output(args.out, "--out")
     check_output_file(
