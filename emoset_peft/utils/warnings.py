@@ -27,6 +27,11 @@ WARNINGS = (
         r"The following rank_pattern keys did not match any targeted module[^\[]*"
         r"\['[^']*\.lora_E'(, '[^']*\.lora_E')*\]\.$",
     ),
+    # tqdm.auto, imported by the toolkit and the Hugging Face libraries in a Jupyter kernel
+    # without ipywidgets (a TqdmWarning, matched by its base class so tqdm is not imported
+    # here): the bars fall back to the text ones the CLI draws, and show_progress=False (the
+    # notebook's setting) draws none.
+    (Warning, r"IProgress not found"),
 )
 
 # logger name -> message prefixes dropped from that logger (its other records pass).
