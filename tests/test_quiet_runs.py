@@ -139,3 +139,30 @@ def test_a_closed_pipe_ends_quietly():
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 141
+
+
+def test_importing_bitsandbytes_offline_prints_nothing():
+    """bitsandbytes asks the `kernels` package for an optional CPU kernel at import; offline,
+    `kernels` first says that it cannot check that kernel's publisher."""
+    code = "import emoset_peft, bitsandbytes"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+
+
+@pytest.mark.slow  # two processes under accelerate launch
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch's reducer prints this from C++ (no Python filter reaches it): the fix is to "
+    "pass find_unused_parameters=True only for models with trainable parameters the loss never "
+    "reaches (engine/recipe.py make_accelerator), then drop this marker",
+)
+def test_a_quiet_two_process_train_prints_no_ddp_warning(tiny_run):
+    from two_processes import run_two_cpu_processes
+
+    done = run_two_cpu_processes("train", *tiny_run("ddp", cpu="true"), "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "find_unused_parameters" not in done.stderr, done.stderr[-3000:]
+    assert done.stdout.startswith("test accuracy")

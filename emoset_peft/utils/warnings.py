@@ -27,6 +27,11 @@ WARNINGS = (
         r"The following rank_pattern keys did not match any targeted module[^\[]*"
         r"\['[^']*\.lora_E'(, '[^']*\.lora_E')*\]\.$",
     ),
+    # tqdm.auto, imported by the toolkit and the Hugging Face libraries in a Jupyter kernel
+    # without ipywidgets (a TqdmWarning, matched by its base class so tqdm is not imported
+    # here): the bars fall back to the text ones the CLI draws, and show_progress=False (the
+    # notebook's setting) draws none.
+    (Warning, r"IProgress not found"),
 )
 
 # logger name -> message prefixes dropped from that logger (its other records pass).
@@ -34,6 +39,12 @@ LOG_RECORDS = {
     # bitsandbytes >= 0.49 on the CPU, at import: the optional Hub `kernels` package for 4-bit
     # matmuls is absent, so its pure-PyTorch path runs (the one the toolkit's tests check).
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
+    # ... and with the `kernels` package installed and HF_HUB_OFFLINE=1, `kernels` says first
+    # that it cannot check that kernel's publisher offline (then loads it only from the local
+    # cache, or fails into the line above). Only that one repository's line is dropped.
+    "kernels._internals.hf_hub": (
+        "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+    ),
     # model.quantize=8bit, every step: LLM.int8 computes in float16 by design; the toolkit picks
     # the dtypes, and its 8-bit tests check the result.
     "bitsandbytes.autograd._functions": ("MatMul8bitLt: inputs will be cast from",),
