@@ -217,7 +217,9 @@ class EmoSetModel(nn.Module):
         previous = saved_files(path)
         own_card = is_toolkit_card(path)
         self.spec.save(self, path)
-        record = {**self.record, "format_version": FORMAT_VERSION}
+        trainable = count_parameters(self)
+        # kept so that a model loaded frozen for inference still reports what its method trains
+        record = {**self.record, "format_version": FORMAT_VERSION, "trainable_params": trainable[0]}
         (path / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
         stale = remove_stale(path, previous)
         if stale:
@@ -226,7 +228,6 @@ class EmoSetModel(nn.Module):
             logger.info("%s: kept %s (not a card emoset_peft wrote)", path, CARD_NAME)
             return
         # A finished run rewrites the card with its results.
-        trainable = count_parameters(self)
         write_card(path, record, trainable=trainable if trainable[0] else None)
 
     def merge_and_unload(self) -> nn.Module:
@@ -251,9 +252,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit packed weights count as their unpacked size."""
+    """(trainable, total) parameter counts; 4-bit packed weights count as their unpacked size.
+
+    A model that ``load_adapter`` froze for inference reports the parameters its method trains
+    (its run's metrics.json ``trainable_params``), as saved with it, not the 0 that require a
+    gradient now."""
+    model = unwrap(model)
     trainable = total = 0
-    for param in unwrap(model).parameters():
+    for param in model.parameters():
         count = param.numel()
         if param.__class__.__name__ == "Params4bit":
             # Two 4-bit values per byte of storage (as peft.PeftModel.get_nb_trainable_parameters).
@@ -262,6 +268,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += count
         if param.requires_grad:
             trainable += count
+    if trainable == 0 and isinstance(model, EmoSetModel):
+        trainable = int(model.record.get("trainable_params") or 0)
     return trainable, total
 
 
