@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+
+from full_disk import run_cli_with_file_limit
 
 from emoset_peft.cli import main
 from emoset_peft.data import read_manifest
@@ -124,17 +123,8 @@ def test_subset_on_a_full_disk_is_one_line_and_leaves_nothing(synthetic_root, tm
 
     load_emoset(synthetic_root)  # the index cache exists: the child only writes the manifest
     out = tmp_path / "m.json"
-    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200)); "
-    run = "from emoset_peft.cli import main; raise SystemExit(main())"
     argv = ["data", "subset", str(synthetic_root), "--per-class", "2", "--out", str(out)]
-    result = subprocess.run(
-        [sys.executable, "-c", limit + run, *argv],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        timeout=120,
-        check=False,
-    )
+    result = run_cli_with_file_limit(argv, max_bytes=200, timeout=120)
     err = result.stderr.strip()
     assert result.returncode == 2 and "\n" not in err and "Traceback" not in err, err
     assert f"cannot write --out {out}" in err and "free space" in err

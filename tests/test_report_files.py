@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 from fixtures_study import make_fake_study
+from full_disk import run_cli_with_file_limit
 
 from emoset_peft.study import report as report_module
-
-# ``ulimit -f`` for the child only: a write past 16 KB fails with EFBIG, as on a full disk.
-LIMITED_CLI = """
-import resource, sys
-resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
-from emoset_peft.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def _files(folder) -> dict[str, bytes]:
@@ -29,14 +18,8 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_report_whole(tmp_path):
     before = _files(tmp_path)
     assert any(name.endswith(".png") for name in before) and "summary.json" in before
     # Another bootstrap seed: every file of the new report would differ from the old one.
-    result = subprocess.run(
-        [sys.executable, "-c", LIMITED_CLI, "report", str(tmp_path), "--bootstrap", "100"]
-        + ["--seed", "1"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        timeout=300,
-        check=False,
+    result = run_cli_with_file_limit(
+        ["report", tmp_path, "--bootstrap", "100", "--seed", "1"], max_bytes=16 * 1024
     )
     err = result.stderr.strip()
     assert result.returncode == 2 and "\n" not in err and "Traceback" not in err, err
