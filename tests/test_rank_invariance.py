@@ -82,9 +82,10 @@ def test_train_batch_size_is_the_global_batch_on_one_and_two_processes(tiny_run,
 def test_a_batch_size_two_processes_cannot_split_is_one_line_before_any_work(tiny_run, tmp_path):
     result = run_two_cpu_processes("train", *tiny_run("odd", cpu="true", **{"train.batch_size": 9}))
     assert result.returncode != 0
-    # Each rank refuses on its own (both know the process count): the same one line twice.
+    # Each rank refuses on its own (both know the process count), so the line comes once or
+    # twice: the launcher stops the other rank as soon as the first one exits.
     errors = [line for line in result.stderr.splitlines() if "error: " in line]
-    assert len(errors) == 2 and errors[0] == errors[1], result.stderr[-3000:]
+    assert len(errors) in (1, 2) and len(set(errors)) == 1, result.stderr[-3000:]
     assert "train.batch_size=9" in errors[0] and "2 processes" in errors[0]
     assert "multiple of 2" in errors[0]
     assert "EmoSetError" not in result.stderr  # (the launcher's own traceback is not ours)
